@@ -1,0 +1,252 @@
+//! beacon-collector: a beacon ingest server.
+//!
+//! # Layout
+//! - [`config`]: the TOML schema, defaults and `validate()`.
+//! - [`listener`]: socket2 listeners (`SO_REUSEPORT`, backlog vs somaxconn), per-socket TCP
+//!   options, the accept loop with connection permits.
+//! - [`http`]: hyper connections, timers, routes, limits, CORS, request → record.
+//! - [`record`]: the beacon record, its binary encoding and its NDJSON form.
+//! - [`forwarder`]: bounded queue → batches on a unix socket → ACKs, resend on reconnect.
+//! - [`protocol`]: the frame format between collector and processing stage.
+//! - [`processor`]: the bundled processing stage writing rotated NDJSON files.
+//! - [`supervisor`]: runs the embedded processing stage as a child and restarts it.
+//! - [`metrics`]: metric names, the Prometheus recorder, the admin listener.
+//!
+//! Data path: accept → [`http`] builds a record → [`forwarder::QueueSender::push`] (503 when
+//! full) → 204 → the forwarder batches it to the processing stage → ACK → dropped from memory.
+//! Shutdown runs that path to the end: health check 503, drain, flush, and only then exit.
+
+pub mod config;
+pub mod forwarder;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod processor;
+pub mod protocol;
+pub mod record;
+pub mod supervisor;
+pub mod time;
+
+use config::Config;
+use http::{App, Phase};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// The sockets `run` serves, bound before it starts (so bind errors surface first and tests
+/// can bind port 0 and read the address).
+pub struct Listeners {
+    /// `SO_REUSEPORT` beacon listeners, all on the same address.
+    pub beacon: Vec<std::net::TcpListener>,
+    /// The admin listener, if enabled.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds everything the config asks for.
+    pub fn bind(config: &Config) -> Result<Self, listener::ListenError> {
+        let beacon = listener::bind(&config.server, config.listeners())?;
+        let admin = if config.admin.enabled {
+            let addr = config.admin.listen;
+            let l = std::net::TcpListener::bind(addr).map_err(|source| listener::ListenError {
+                addr,
+                step: "bind admin",
+                source,
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|source| listener::ListenError {
+                    addr,
+                    step: "O_NONBLOCK",
+                    source,
+                })?;
+            Some(l)
+        } else {
+            None
+        };
+        Ok(Self { beacon, admin })
+    }
+
+    /// Address of the beacon listener.
+    pub fn beacon_addr(&self) -> Option<std::net::SocketAddr> {
+        self.beacon.first().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// How to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// SIGTERM: deregistration delay with failing health check, drain, flush.
+    Graceful,
+    /// SIGINT: no deregistration delay, a short drain, then flush.
+    Fast,
+}
+
+/// What `run` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Beacons answered 2xx.
+    pub accepted: u64,
+    /// Beacons the processing stage acknowledged.
+    pub acknowledged: u64,
+}
+
+/// Why `run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be registered with the runtime.
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    /// `accept` failed in a way that makes the listener unusable.
+    #[error("accept: {0}")]
+    Accept(std::io::Error),
+    /// Accepted beacons were not acknowledged by the flush deadline.
+    #[error("{lost} accepted beacons were not acknowledged by the processing stage within shutdown.flush_timeout_seconds")]
+    Lost {
+        /// How many.
+        lost: u64,
+    },
+}
+
+/// Serves beacons on `listeners` until `shutdown` resolves (or a listener fails), then drains
+/// and flushes as the config says. Requires a Tokio runtime with the time and I/O drivers.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = Shutdown>,
+) -> Result<RunReport, RunError> {
+    let handle = metrics::install();
+    let (queue, forwarder) = forwarder::channel(config.queue.capacity, &config.forward);
+    let app = Arc::new(App::new(&config, queue));
+    let (close_tx, close_rx) = watch::channel(false);
+    let (report_tx, report_rx) = watch::channel(forwarder::ForwardReport::default());
+    let mut fwd_task = tokio::spawn(forwarder.run(close_rx, report_tx));
+
+    let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+    if let Some(l) = listeners.admin {
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
+        tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "admin listening (/metrics)");
+        tokio::spawn(metrics::serve_admin(l, handle, stop_admin_rx));
+    }
+
+    let max_conns = config.server.max_connections;
+    let permits = Arc::new(Semaphore::new(max_conns));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (stop_accept_tx, stop_accept_rx) = watch::channel(false);
+    let builder = Arc::new(http::builder(&config));
+    let opts = listener::SocketOptions::from_config(&config.server);
+    let header_timeout = Duration::from_secs(config.http.header_timeout_seconds);
+    let mut accepts = tokio::task::JoinSet::new();
+    for l in listeners.beacon {
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
+        if accepts.is_empty() {
+            tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "listening");
+        }
+        let (app, builder, phase_rx) = (app.clone(), builder.clone(), phase_rx.clone());
+        accepts.spawn(listener::accept_loop(
+            l,
+            permits.clone(),
+            stop_accept_rx.clone(),
+            move |stream, peer, permit| {
+                if let Err(e) = opts.apply(&stream) {
+                    // Usually the peer already reset the connection.
+                    tracing::debug!(%peer, error = %e, "setting socket options; dropping connection");
+                    return;
+                }
+                tokio::spawn(http::serve_connection(
+                    stream,
+                    peer,
+                    permit,
+                    app.clone(),
+                    builder.clone(),
+                    header_timeout,
+                    phase_rx.clone(),
+                ));
+            },
+        ));
+    }
+
+    let mut failure = None;
+    let kind = tokio::select! {
+        k = shutdown => k,
+        Some(res) = accepts.join_next() => {
+            failure = match res {
+                Ok(Err(e)) => Some(RunError::Accept(e)),
+                Ok(Ok(())) => None,
+                Err(e) => Some(RunError::Accept(std::io::Error::other(e))),
+            };
+            Shutdown::Fast
+        }
+    };
+
+    let s = &config.shutdown;
+    if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
+        tracing::info!(
+            seconds = s.deregistration_delay_seconds,
+            "SIGTERM: failing health checks while still serving"
+        );
+        app.set_draining();
+        let _ = phase_tx.send(Phase::Deregistering);
+        tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
+    }
+    app.set_draining();
+    tracing::info!("stopping accept; draining connections");
+    let _ = stop_accept_tx.send(true);
+    while accepts.join_next().await.is_some() {}
+    let _ = phase_tx.send(Phase::Draining);
+    let drain = match kind {
+        Shutdown::Graceful => Duration::from_secs(s.drain_timeout_seconds),
+        Shutdown::Fast => Duration::from_secs(s.drain_timeout_seconds).min(Duration::from_secs(2)),
+    };
+    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        let open = max_conns - permits.available_permits();
+        tracing::warn!(open, "drain deadline passed; closing remaining connections");
+        let _ = phase_tx.send(Phase::Abort);
+        let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+    }
+
+    // Every connection is gone: no more records can be queued. Hand everything over.
+    let _ = close_tx.send(true);
+    let flush = Duration::from_secs(s.flush_timeout_seconds);
+    let flushed = tokio::time::timeout(flush, &mut fwd_task).await.is_ok();
+    if !flushed {
+        fwd_task.abort();
+    }
+    let _ = stop_admin_tx.send(true);
+    let accepted = app.accepted.load(Ordering::SeqCst);
+    let acknowledged = report_rx.borrow().acked;
+    let lost = accepted.saturating_sub(acknowledged);
+    if lost > 0 {
+        ::metrics::counter!(metrics::FORWARD_LOST_RECORDS_TOTAL).increment(lost);
+        tracing::error!(
+            accepted,
+            acknowledged,
+            lost,
+            "shutdown flush deadline passed with accepted beacons unacknowledged"
+        );
+        return Err(failure.unwrap_or(RunError::Lost { lost }));
+    }
+    tracing::info!(
+        accepted,
+        acknowledged,
+        "shutdown complete: every accepted beacon acknowledged"
+    );
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(RunReport {
+            accepted,
+            acknowledged,
+        }),
+    }
+}
+
+/// Resolves when the flag turns true, or when its sender is gone (which also means "stop").
+/// Returns `()` so no watch guard is held across an await in a `select!`.
+pub(crate) async fn wait_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}

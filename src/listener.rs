@@ -1,0 +1,374 @@
+//! The public TCP listener: building `SO_REUSEPORT` sockets with socket2 (every option an
+//! explicit, labelled step), the somaxconn check, per-connection socket options, and the accept
+//! loop with its connection permits and error classification.
+
+use crate::config::ServerConfig;
+use crate::metrics as m;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Where the kernel publishes the cap it applies to every `listen(2)` backlog.
+pub const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// A failed listener set-up step.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {addr}: {step}: {source}")]
+pub struct ListenError {
+    /// The address being bound.
+    pub addr: SocketAddr,
+    /// Which step failed (`"socket"`, `"SO_REUSEPORT"`, `"bind"`, ...).
+    pub step: &'static str,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// The backlog the kernel will really use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// What the config asked for.
+    pub requested: u32,
+    /// `net.core.somaxconn`, if readable.
+    pub somaxconn: Option<u32>,
+}
+
+impl Backlog {
+    /// Reads somaxconn from `path` (normally [`SOMAXCONN_PATH`]).
+    pub fn probe(requested: u32, path: &str) -> Self {
+        let somaxconn = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Self {
+            requested,
+            somaxconn,
+        }
+    }
+
+    /// The backlog after the kernel's silent cap.
+    pub fn effective(&self) -> u32 {
+        self.somaxconn
+            .map_or(self.requested, |s| self.requested.min(s))
+    }
+
+    /// True when the kernel will silently shorten the configured backlog.
+    pub fn truncated(&self) -> bool {
+        self.effective() < self.requested
+    }
+
+    /// Logs the effective backlog, and a warning with the fix when it is truncated.
+    pub fn log(&self) {
+        if self.truncated() {
+            tracing::warn!(
+                requested = self.requested,
+                somaxconn = self.somaxconn,
+                effective = self.effective(),
+                fix = %format!(
+                    "sysctl -w net.core.somaxconn={0}; persist with 'net.core.somaxconn = {0}' in /etc/sysctl.d/60-beacon-collector.conf",
+                    self.requested
+                ),
+                "listen backlog is silently truncated by the kernel to net.core.somaxconn: bursts of new \
+                 connections beyond it are dropped (ListenOverflows)"
+            );
+        } else {
+            tracing::info!(
+                requested = self.requested,
+                somaxconn = self.somaxconn,
+                effective = self.effective(),
+                "listen backlog"
+            );
+        }
+    }
+}
+
+/// Binds `count` `SO_REUSEPORT` sockets on `cfg.listen`. With port 0, the first socket picks
+/// the port and the others join it. Sockets are non-blocking, ready for tokio.
+pub fn bind(cfg: &ServerConfig, count: usize) -> Result<Vec<std::net::TcpListener>, ListenError> {
+    let mut addr = cfg.listen;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let l = bind_one(addr, cfg.backlog)?;
+        if addr.port() == 0 {
+            addr = l.local_addr().map_err(|source| ListenError {
+                addr,
+                step: "getsockname",
+                source,
+            })?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, ListenError> {
+    let step = |step: &'static str| move |source| ListenError { addr, step, source };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(step("socket"))?;
+    // Restart without waiting for TIME_WAIT sockets of the previous process to expire.
+    s.set_reuse_address(true).map_err(step("SO_REUSEADDR"))?;
+    // One socket per worker: the kernel spreads new connections across them.
+    s.set_reuse_port(true).map_err(step("SO_REUSEPORT"))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false).map_err(step("IPV6_V6ONLY"))?;
+    }
+    // Inherited by accepted sockets on Linux; set again per connection to be explicit.
+    s.set_tcp_nodelay(true).map_err(step("TCP_NODELAY"))?;
+    s.set_nonblocking(true).map_err(step("O_NONBLOCK"))?;
+    s.bind(&addr.into()).map_err(step("bind"))?;
+    // std and tokio would use 128 here; the kernel caps whatever we pass at somaxconn.
+    s.listen(backlog.min(i32::MAX as u32) as i32)
+        .map_err(step("listen"))?;
+    Ok(s.into())
+}
+
+/// Per-connection TCP options from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOptions {
+    /// Keepalive idle time before jitter.
+    pub keepalive_idle: Duration,
+    /// Keepalive probe interval.
+    pub keepalive_interval: Duration,
+    /// Keepalive probes.
+    pub keepalive_probes: u32,
+    /// Jitter on the idle time, percent.
+    pub jitter_percent: u32,
+    /// `TCP_USER_TIMEOUT`, if set.
+    pub user_timeout: Option<Duration>,
+}
+
+impl SocketOptions {
+    /// From the `[server]` section.
+    pub fn from_config(cfg: &ServerConfig) -> Self {
+        Self {
+            keepalive_idle: Duration::from_secs(cfg.tcp_keepalive_idle_seconds),
+            keepalive_interval: Duration::from_secs(cfg.tcp_keepalive_interval_seconds),
+            keepalive_probes: cfg.tcp_keepalive_probes,
+            jitter_percent: cfg.tcp_keepalive_jitter_percent,
+            user_timeout: (cfg.tcp_user_timeout_seconds > 0)
+                .then(|| Duration::from_secs(cfg.tcp_user_timeout_seconds)),
+        }
+    }
+
+    /// The keepalive idle time for one connection: base ± jitter, whole seconds (the kernel's
+    /// unit), at least 1 s.
+    pub fn jittered_idle(&self) -> Duration {
+        let base = self.keepalive_idle.as_secs();
+        let spread = base * u64::from(self.jitter_percent) / 100;
+        let secs = if spread == 0 {
+            base
+        } else {
+            base - spread + fastrand::u64(0..=2 * spread)
+        };
+        Duration::from_secs(secs.max(1))
+    }
+
+    /// Applies the options to an accepted socket.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        let s = SockRef::from(stream);
+        s.set_tcp_nodelay(true)?;
+        let ka = TcpKeepalive::new()
+            .with_time(self.jittered_idle())
+            .with_interval(self.keepalive_interval)
+            .with_retries(self.keepalive_probes);
+        s.set_tcp_keepalive(&ka)?;
+        if let Some(t) = self.user_timeout {
+            s.set_tcp_user_timeout(Some(t))?;
+        }
+        Ok(())
+    }
+}
+
+/// What to do about an `accept(2)` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptErrorClass {
+    /// The failure belonged to one connection (or a signal): accept again at once.
+    Retry,
+    /// Out of a resource (fds, buffers, memory): pause before accepting again so a full
+    /// process does not spin a core, and let connections close meanwhile.
+    Pause,
+    /// The listener itself is broken.
+    Fatal,
+}
+
+/// Classifies an accept error, with a bounded metric label.
+pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) {
+    use AcceptErrorClass::*;
+    match e.raw_os_error() {
+        Some(libc::ECONNABORTED) => (Retry, "econnaborted"),
+        Some(libc::EINTR) => (Retry, "eintr"),
+        Some(libc::EAGAIN) => (Retry, "eagain"),
+        // accept(2): "Linux accept() passes already-pending network errors on the new socket as
+        // an error code from accept()"; for TCP these must be treated like EAGAIN.
+        Some(
+            libc::ENETDOWN
+            | libc::EPROTO
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::ETIMEDOUT
+            | libc::ECONNRESET,
+        ) => (Retry, "network"),
+        // Firewall (e.g. a netfilter rule) refused this connection.
+        Some(libc::EPERM) => (Retry, "eperm"),
+        Some(libc::EMFILE) => (Pause, "emfile"),
+        Some(libc::ENFILE) => (Pause, "enfile"),
+        Some(libc::ENOBUFS) => (Pause, "enobufs"),
+        Some(libc::ENOMEM) => (Pause, "enomem"),
+        _ => (Fatal, "fatal"),
+    }
+}
+
+/// How long to pause after a resource error (HAProxy pauses 100 ms, nginx 500 ms).
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `stop` resolves. A permit from `permits` is taken *before*
+/// `accept`, so at the cap connections wait in the kernel's accept queue (bounded by the
+/// backlog) rather than in the process; the permit travels with the connection and is returned
+/// when the connection is dropped. Returns `Err` only for a fatal accept error.
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut on_conn: F,
+) -> io::Result<()>
+where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+{
+    let mut last_log: Option<Instant> = None;
+    let mut suppressed = 0u64;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = crate::wait_true(&mut stop) => return Ok(()),
+            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        loop {
+            let res = tokio::select! {
+                biased;
+                _ = crate::wait_true(&mut stop) => return Ok(()),
+                r = listener.accept() => r,
+            };
+            match res {
+                Ok((stream, peer)) => {
+                    metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(1);
+                    on_conn(stream, peer, permit);
+                    break;
+                }
+                Err(e) => {
+                    let (class, kind) = classify_accept_error(&e);
+                    metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => kind).increment(1);
+                    match class {
+                        AcceptErrorClass::Retry => continue,
+                        AcceptErrorClass::Fatal => {
+                            tracing::error!(error = %e, "accept failed; listener is unusable");
+                            return Err(e);
+                        }
+                        AcceptErrorClass::Pause => {
+                            let now = Instant::now();
+                            if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                                tracing::warn!(
+                                    error = %e,
+                                    kind,
+                                    suppressed,
+                                    "accept out of resources; pausing {} ms (raise LimitNOFILE / \
+                                     ulimit -n, or lower server.max_connections)",
+                                    ACCEPT_PAUSE.as_millis()
+                                );
+                                last_log = Some(now);
+                                suppressed = 0;
+                            } else {
+                                suppressed += 1;
+                            }
+                            tokio::select! {
+                                _ = crate::wait_true(&mut stop) => return Ok(()),
+                                _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_truncation() {
+        let b = Backlog {
+            requested: 4096,
+            somaxconn: Some(128),
+        };
+        assert!(b.truncated());
+        assert_eq!(b.effective(), 128);
+        let b = Backlog {
+            requested: 511,
+            somaxconn: Some(4096),
+        };
+        assert!(!b.truncated());
+        assert_eq!(Backlog::probe(10, "/nonexistent").somaxconn, None);
+    }
+
+    #[test]
+    fn accept_errors_classified() {
+        let c = |n| classify_accept_error(&io::Error::from_raw_os_error(n)).0;
+        assert_eq!(c(libc::ECONNABORTED), AcceptErrorClass::Retry);
+        assert_eq!(c(libc::EINTR), AcceptErrorClass::Retry);
+        assert_eq!(c(libc::EMFILE), AcceptErrorClass::Pause);
+        assert_eq!(c(libc::ENFILE), AcceptErrorClass::Pause);
+        assert_eq!(c(libc::ENOBUFS), AcceptErrorClass::Pause);
+        assert_eq!(c(libc::ENOMEM), AcceptErrorClass::Pause);
+        assert_eq!(c(libc::EBADF), AcceptErrorClass::Fatal);
+        assert_eq!(c(libc::EINVAL), AcceptErrorClass::Fatal);
+    }
+
+    #[test]
+    fn keepalive_jitter_stays_in_range() {
+        let o = SocketOptions {
+            keepalive_idle: Duration::from_secs(100),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_probes: 3,
+            jitter_percent: 10,
+            user_timeout: None,
+        };
+        let seen: std::collections::HashSet<u64> =
+            (0..500).map(|_| o.jittered_idle().as_secs()).collect();
+        assert!(seen.iter().all(|s| (90..=110).contains(s)));
+        assert!(seen.len() > 5, "jitter spreads values: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn reuseport_listeners_share_a_port_and_apply_options() {
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            backlog: 77,
+            ..ServerConfig::default()
+        };
+        let ls = bind(&cfg, 3).unwrap();
+        let port = ls[0].local_addr().unwrap().port();
+        assert!(ls.iter().all(|l| l.local_addr().unwrap().port() == port));
+        drop(ls);
+        let l = TcpListener::from_std(bind(&cfg, 1).unwrap().remove(0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        SocketOptions::from_config(&cfg).apply(&s).unwrap();
+        let r = SockRef::from(&s);
+        assert!(r.tcp_nodelay().unwrap());
+        assert!(r.keepalive().unwrap());
+        assert_eq!(r.tcp_user_timeout().unwrap(), Some(Duration::from_secs(30)));
+        let idle = r.tcp_keepalive_time().unwrap().as_secs();
+        assert!((108..=132).contains(&idle), "{idle}");
+        assert_eq!(r.tcp_keepalive_interval().unwrap(), Duration::from_secs(15));
+        assert_eq!(r.tcp_keepalive_retries().unwrap(), 4);
+    }
+}

@@ -1,0 +1,248 @@
+//! The `beacon-collector` binary: parses arguments, loads config, sets up logging, binds, and
+//! calls the library. Exit codes: 0 ok, 1 runtime failure, 64 bad config or usage.
+
+use anyhow::Context as _;
+use beacon_collector::config::{Config, ForwardMode, LogFormat};
+use beacon_collector::{listener, processor, supervisor, Listeners, Shutdown};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(version, about = "High-throughput beacon ingest server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve beacons (starts the embedded processing stage unless forward.mode = "external").
+    Serve(Common),
+    /// Run the bundled processing stage: unix socket in, NDJSON files out.
+    Process {
+        #[command(flatten)]
+        common: Common,
+        /// Exit when stdin reaches end-of-file (used by `serve` so the child dies with it).
+        #[arg(long, hide = true)]
+        watch_stdin: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse and validate a config file; exit 64 with the key, the problem and the fix.
+    Validate {
+        /// The file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the annotated default configuration.
+    PrintDefault,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Config file (TOML). Without it the built-in defaults are used.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Log format; overrides log.format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Auto,
+    Pretty,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Config { cmd } => match cmd {
+            ConfigCmd::PrintDefault => {
+                print!("{}", beacon_collector::config::DEFAULT_TOML);
+                ExitCode::SUCCESS
+            }
+            ConfigCmd::Validate { config } => match Config::load(&config) {
+                Ok(_) => {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => config_error(&config, &e),
+            },
+        },
+        Cmd::Serve(common) => start(&common, serve),
+        Cmd::Process {
+            common,
+            watch_stdin,
+        } => start(&common, |c, p| process(c, p, watch_stdin)),
+    }
+}
+
+fn config_error(path: &Path, e: &beacon_collector::config::ConfigError) -> ExitCode {
+    eprintln!(
+        "error: invalid configuration {}\n  key:     {}\n  problem: {}\n  fix:     {}",
+        path.display(),
+        e.key,
+        e.problem,
+        e.fix
+    );
+    ExitCode::from(EX_USAGE)
+}
+
+fn start(
+    common: &Common,
+    body: impl FnOnce(Config, Option<PathBuf>) -> anyhow::Result<()>,
+) -> ExitCode {
+    let config = match &common.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => return config_error(p, &e),
+        },
+        None => Config::default(),
+    };
+    let format = match common.log_format {
+        Some(LogFormatArg::Auto) => LogFormat::Auto,
+        Some(LogFormatArg::Pretty) => LogFormat::Pretty,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        None => config.log.format,
+    };
+    init_logging(format, &config.log.level);
+    let path = common
+        .config
+        .as_ref()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    match body(config, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().flatten_event(true).init();
+    } else {
+        let color = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none()
+            && std::env::var("TERM").map_or(true, |t| t != "dumb");
+        b.with_ansi(color).init();
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+}
+
+fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let rt = runtime(config.worker_threads())?;
+    rt.block_on(async move {
+        let backlog = listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH);
+        backlog.log();
+        let listeners = Listeners::bind(&config)?;
+        let sup = (config.forward.mode == ForwardMode::Embedded).then(|| {
+            let mut args: Vec<std::ffi::OsString> = vec!["process".into(), "--watch-stdin".into()];
+            if let Some(p) = &config_path {
+                args.push("-c".into());
+                args.push(p.into());
+            }
+            let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("beacon-collector"));
+            supervisor::Supervisor::start(supervisor::ChildSpec {
+                program: exe,
+                args,
+                restart_delay: std::time::Duration::from_millis(config.processor.restart_delay_ms),
+            })
+        });
+        let res = beacon_collector::run(config, listeners, signals()).await;
+        if let Some(s) = sup {
+            s.stop().await;
+        }
+        res.map(|_| ()).context("serve")
+    })
+}
+
+/// SIGTERM → graceful, SIGINT → fast; a second signal exits at once.
+async fn signals() -> Shutdown {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+    let kind = tokio::select! {
+        _ = term.recv() => Shutdown::Graceful,
+        _ = int.recv() => Shutdown::Fast,
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("second signal: exiting without draining");
+        std::process::exit(130);
+    });
+    kind
+}
+
+fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow::Result<()> {
+    let rt = runtime(config.worker_threads().min(2))?;
+    rt.block_on(async move {
+        let l = processor::bind(&config.forward.socket_path, config.processor.socket_mode)?;
+        tracing::info!(
+            socket = %config.forward.socket_path.display(),
+            data_dir = %config.processor.data_dir.display(),
+            "processing stage listening"
+        );
+        let stop = async move {
+            use tokio::io::AsyncReadExt;
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
+            let stdin_eof = async {
+                if !watch_stdin {
+                    return std::future::pending().await;
+                }
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 64];
+                while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+                tracing::info!("parent went away (stdin closed)");
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = stdin_eof => {}
+            }
+        };
+        let socket = config.forward.socket_path.clone();
+        let res = processor::run(config, l, stop).await;
+        let _ = std::fs::remove_file(&socket);
+        res.context("processing stage")
+    })
+}

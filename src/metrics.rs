@@ -1,0 +1,137 @@
+//! Metric names (all of them, in one place), the Prometheus recorder, and the admin listener
+//! that serves `/metrics`.
+//!
+//! Names carry their unit (`_seconds`, `_bytes`, `_total`); label values are bounded sets.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// HTTP requests answered, by `route` and `status`.
+pub const HTTP_REQUESTS_TOTAL: &str = "beacon_http_requests_total";
+/// Request handling time, by `route`.
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "beacon_http_request_duration_seconds";
+/// Request body bytes received on beacon routes.
+pub const HTTP_REQUEST_BODY_BYTES_TOTAL: &str = "beacon_http_request_body_bytes_total";
+/// Beacons accepted (answered 2xx, queued for the processing stage), by `kind`.
+pub const BEACONS_ACCEPTED_TOTAL: &str = "beacon_accepted_total";
+/// Beacons refused, by `reason`.
+pub const BEACONS_REJECTED_TOTAL: &str = "beacon_rejected_total";
+/// Connections accepted.
+pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "beacon_connections_accepted_total";
+/// Connections open now.
+pub const CONNECTIONS_OPEN: &str = "beacon_connections_open";
+/// Connections closed because their headers did not arrive within `http.header_timeout_seconds`.
+pub const HEADER_TIMEOUTS_TOTAL: &str = "beacon_http_header_timeouts_total";
+/// `accept(2)` errors, by `kind`.
+pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
+/// Records waiting in the in-memory queue.
+pub const QUEUE_DEPTH: &str = "beacon_queue_depth";
+/// Records sent to the processing stage and not yet acknowledged.
+pub const FORWARD_UNACKED_RECORDS: &str = "beacon_forward_unacked_records";
+/// Records written to the processing stage (resends included).
+pub const FORWARD_SENT_RECORDS_TOTAL: &str = "beacon_forward_sent_records_total";
+/// Records the processing stage acknowledged.
+pub const FORWARD_ACKED_RECORDS_TOTAL: &str = "beacon_forward_acked_records_total";
+/// Records sent again after a reconnect.
+pub const FORWARD_RESENT_RECORDS_TOTAL: &str = "beacon_forward_resent_records_total";
+/// Connections (re-)established to the processing stage.
+pub const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
+/// Connections to the processing stage lost or abandoned, by `reason`.
+pub const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
+/// Accepted records that could not be handed over before the shutdown flush deadline.
+pub const FORWARD_LOST_RECORDS_TOTAL: &str = "beacon_forward_lost_records_total";
+/// Restarts of the embedded processing stage.
+pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
+/// 1 while draining on SIGTERM (health check failing), else 0.
+pub const DRAINING: &str = "beacon_draining";
+
+/// Processing stage: records written to the sink.
+pub const SINK_RECORDS_TOTAL: &str = "beacon_sink_records_total";
+/// Processing stage: duplicate records dropped (resends it had already written).
+pub const SINK_DUPLICATES_TOTAL: &str = "beacon_sink_duplicates_total";
+/// Processing stage: undecodable records skipped.
+pub const SINK_CORRUPT_RECORDS_TOTAL: &str = "beacon_sink_corrupt_records_total";
+/// Processing stage: files rotated.
+pub const SINK_FILES_ROTATED_TOTAL: &str = "beacon_sink_files_rotated_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and returns its handle. Later calls
+/// return the same handle (tests start many servers in one process).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_string()),
+                    &[
+                        0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+                        0.25, 1.0, 5.0,
+                    ],
+                )
+                .expect("bucket list is not empty");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program): then our
+            // handle renders nothing, which is the embedding program's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` on the admin listener until `stop` resolves.
+pub async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let upkeep = handle.clone();
+    let upkeep_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = crate::wait_true(&mut stop) => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(crate::listener::ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(handle.render())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.expect("static response parts"))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    upkeep_task.abort();
+}

@@ -1,0 +1,597 @@
+//! The beacon record: its id, its binary encoding (the payload of a BATCH frame, see
+//! `docs/PROTOCOL.md`), decoding of query strings and form bodies, and its NDJSON form.
+//!
+//! Values are kept exactly. On the wire every value is raw bytes with a length. In NDJSON a
+//! value that is valid UTF-8 is a JSON string (newlines and control bytes escaped by JSON, so a
+//! record is always one line); a value that is not valid UTF-8 becomes `{"b64": "<base64>"}`,
+//! so no byte is lost or replaced.
+
+use bytes::{BufMut, BytesMut};
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What a beacon carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// `GET`/`HEAD` with a query string.
+    Query = 0,
+    /// `POST` with `application/x-www-form-urlencoded`.
+    Form = 1,
+    /// `POST` with a JSON body (`application/json`, or `text/plain` that is valid JSON).
+    Json = 2,
+    /// `POST` with a `text/plain` body that is not JSON, kept as it came.
+    Text = 3,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Kind::Query,
+            1 => Kind::Form,
+            2 => Kind::Json,
+            3 => Kind::Text,
+            _ => return None,
+        })
+    }
+
+    /// The name used in NDJSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Query => "query",
+            Kind::Form => "form",
+            Kind::Json => "json",
+            Kind::Text => "text",
+        }
+    }
+}
+
+/// A record, borrowed from a request (to encode) or from a frame (after decoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    /// UUIDv7, unique per beacon: downstream deduplicates replays by it.
+    pub id: [u8; 16],
+    /// Receive time, microseconds since the Unix epoch.
+    pub received_us: u64,
+    /// `ip:port` of the TCP peer.
+    pub peer: &'a [u8],
+    /// HTTP method.
+    pub method: &'a [u8],
+    /// Request path without the query.
+    pub path: &'a [u8],
+    /// What the beacon carried.
+    pub kind: Kind,
+    /// `User-Agent` header, if sent.
+    pub user_agent: Option<&'a [u8]>,
+    /// `Referer` header, if sent.
+    pub referer: Option<&'a [u8]>,
+    /// `Origin` header, if sent.
+    pub origin: Option<&'a [u8]>,
+    /// Decoded query parameters, then form parameters, in order, duplicates kept.
+    pub params: Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+    /// For `Json`: compact JSON text; for `Text`: the body as sent; otherwise empty.
+    pub body: Cow<'a, [u8]>,
+}
+
+/// Why a record could not be decoded from a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload ended before the record did.
+    #[error("record truncated")]
+    Truncated,
+    /// Bytes left after the last field.
+    #[error("{0} trailing bytes after record")]
+    Trailing(usize),
+    /// Unknown `kind` byte.
+    #[error("unknown record kind {0}")]
+    BadKind(u8),
+}
+
+const ABSENT: u32 = u32::MAX;
+
+impl<'a> RecordRef<'a> {
+    /// Appends the binary encoding (PROTOCOL.md, "Record") to `out`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let params_len: usize = self.params.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+        out.reserve(
+            16 + 8
+                + 1
+                + 4 * 8
+                + self.peer.len()
+                + self.method.len()
+                + self.path.len()
+                + params_len
+                + self.body.len()
+                + self.user_agent.map_or(0, <[u8]>::len)
+                + self.referer.map_or(0, <[u8]>::len)
+                + self.origin.map_or(0, <[u8]>::len),
+        );
+        out.put_slice(&self.id);
+        out.put_u64(self.received_us);
+        out.put_u8(self.kind as u8);
+        put_bytes(out, self.peer);
+        put_bytes(out, self.method);
+        put_bytes(out, self.path);
+        put_opt(out, self.user_agent);
+        put_opt(out, self.referer);
+        put_opt(out, self.origin);
+        out.put_u32(self.params.len() as u32);
+        for (k, v) in &self.params {
+            put_bytes(out, k);
+            put_bytes(out, v);
+        }
+        put_bytes(out, &self.body);
+    }
+
+    /// Decodes one record; the whole slice must be the record.
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        let id: [u8; 16] = r.take(16)?.try_into().expect("16 bytes");
+        let received_us = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let kind_byte = r.take(1)?[0];
+        let kind = Kind::from_u8(kind_byte).ok_or(DecodeError::BadKind(kind_byte))?;
+        let peer = r.bytes()?;
+        let method = r.bytes()?;
+        let path = r.bytes()?;
+        let user_agent = r.opt()?;
+        let referer = r.opt()?;
+        let origin = r.opt()?;
+        let n = r.u32()? as usize;
+        // Each pair needs at least 8 bytes: never trust a count to size an allocation.
+        let mut params = Vec::with_capacity(n.min((buf.len() - r.pos) / 8));
+        for _ in 0..n {
+            let k = r.bytes()?;
+            let v = r.bytes()?;
+            params.push((Cow::Borrowed(k), Cow::Borrowed(v)));
+        }
+        let body = Cow::Borrowed(r.bytes()?);
+        if r.pos != buf.len() {
+            return Err(DecodeError::Trailing(buf.len() - r.pos));
+        }
+        Ok(RecordRef {
+            id,
+            received_us,
+            peer,
+            method,
+            path,
+            kind,
+            user_agent,
+            referer,
+            origin,
+            params,
+            body,
+        })
+    }
+
+    /// Appends the record as one NDJSON line (with the trailing `\n`).
+    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":\"");
+        out.extend_from_slice(format_uuid(&self.id).as_bytes());
+        out.extend_from_slice(b"\",\"received_at\":\"");
+        out.extend_from_slice(crate::time::rfc3339_micros(self.received_us).as_bytes());
+        out.extend_from_slice(b"\",\"peer\":");
+        json_value(out, self.peer);
+        out.extend_from_slice(b",\"method\":");
+        json_value(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_value(out, self.path);
+        out.extend_from_slice(b",\"kind\":\"");
+        out.extend_from_slice(self.kind.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"params\":[");
+        for (i, (k, v)) in self.params.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'[');
+            json_value(out, k);
+            out.push(b',');
+            json_value(out, v);
+            out.push(b']');
+        }
+        out.push(b']');
+        for (name, v) in [
+            ("user_agent", self.user_agent),
+            ("referer", self.referer),
+            ("origin", self.origin),
+        ] {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            match v {
+                Some(v) => json_value(out, v),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        match self.kind {
+            Kind::Json => {
+                out.extend_from_slice(b",\"json\":");
+                // The collector validated and compacted it; re-check so a foreign or corrupt
+                // producer cannot break the line or the file's JSON.
+                if is_compact_json(&self.body) {
+                    out.extend_from_slice(&self.body);
+                } else {
+                    json_value(out, &self.body);
+                }
+            }
+            Kind::Text => {
+                out.extend_from_slice(b",\"body\":");
+                json_value(out, &self.body);
+            }
+            Kind::Query | Kind::Form => {}
+        }
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+fn is_compact_json(b: &[u8]) -> bool {
+    !b.contains(&b'\n')
+        && !b.contains(&b'\r')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_opt(out: &mut BytesMut, b: Option<&[u8]>) {
+    match b {
+        Some(b) => put_bytes(out, b),
+        None => out.put_u32(ABSENT),
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()?;
+        if n == ABSENT {
+            return Err(DecodeError::Truncated);
+        }
+        self.take(n as usize)
+    }
+    fn opt(&mut self) -> Result<Option<&'a [u8]>, DecodeError> {
+        let n = self.u32()?;
+        if n == ABSENT {
+            return Ok(None);
+        }
+        self.take(n as usize).map(Some)
+    }
+}
+
+/// Writes `b` as a JSON string if it is UTF-8, else as `{"b64":"..."}`.
+fn json_value(out: &mut Vec<u8>, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail"),
+        Err(_) => {
+            out.extend_from_slice(b"{\"b64\":\"");
+            base64(out, b);
+            out.extend_from_slice(b"\"}");
+        }
+    }
+}
+
+fn base64(out: &mut Vec<u8>, b: &[u8]) {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        out.push(T[(n >> 18) as usize & 63]);
+        out.push(T[(n >> 12) as usize & 63]);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63]
+        } else {
+            b'='
+        });
+    }
+}
+
+/// A new UUIDv7: 48 bits of Unix milliseconds, then 74 random bits.
+pub fn new_id(now_us: u64) -> [u8; 16] {
+    let ms = now_us / 1000;
+    let hi = fastrand::u64(..);
+    let lo = fastrand::u64(..);
+    let mut id = [0u8; 16];
+    id[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    id[6..8].copy_from_slice(&((hi as u16 & 0x0fff) | 0x7000).to_be_bytes());
+    id[8..].copy_from_slice(&((lo & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000).to_be_bytes());
+    id
+}
+
+/// Canonical 8-4-4-4-12 hex form.
+pub fn format_uuid(id: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in id.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
+        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+    }
+    s
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Limits applied while decoding parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamLimits {
+    /// Most parameters (query and form together).
+    pub max_params: usize,
+    /// Longest decoded name.
+    pub max_name_bytes: usize,
+    /// Longest decoded value.
+    pub max_value_bytes: usize,
+}
+
+/// Which parameter limit was exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// More parameters than `max_params`.
+    #[error("too many parameters")]
+    TooMany,
+    /// A name longer than `max_param_name_bytes`.
+    #[error("parameter name too long")]
+    NameTooLong,
+    /// A value longer than `max_param_value_bytes`.
+    #[error("parameter value too long")]
+    ValueTooLong,
+}
+
+/// Parses `application/x-www-form-urlencoded` bytes (also used for query strings) the way the
+/// WHATWG URL standard does: `&`-separated, first `=` splits, `+` is a space, `%XX` decoded,
+/// a `%` not followed by two hex digits kept literally. Appends to `params`.
+pub fn parse_urlencoded<'a>(
+    input: &'a [u8],
+    limits: &ParamLimits,
+    params: &mut Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+) -> Result<(), ParamError> {
+    for seq in input.split(|&b| b == b'&') {
+        if seq.is_empty() {
+            continue;
+        }
+        if params.len() >= limits.max_params {
+            return Err(ParamError::TooMany);
+        }
+        let (name, value) = match seq.iter().position(|&b| b == b'=') {
+            Some(i) => (&seq[..i], &seq[i + 1..]),
+            None => (seq, &seq[seq.len()..]),
+        };
+        let name = percent_decode(name);
+        if name.len() > limits.max_name_bytes {
+            return Err(ParamError::NameTooLong);
+        }
+        let value = percent_decode(value);
+        if value.len() > limits.max_value_bytes {
+            return Err(ParamError::ValueTooLong);
+        }
+        params.push((name, value));
+    }
+    Ok(())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes `+` and `%XX`; borrows when there is nothing to decode (the common case for names).
+fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+    if !s.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                s.get(i + 1).and_then(|&b| hex(b)),
+                s.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Validates JSON and returns it with insignificant whitespace removed (so it fits on one
+/// NDJSON line). Numbers, strings and key order are kept byte for byte. `None` if invalid.
+pub fn compact_json(input: &[u8]) -> Option<Vec<u8>> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(input).ok()?;
+    let mut out = Vec::with_capacity(input.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in input {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => {
+                    in_string = true;
+                    out.push(b);
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ParamLimits = ParamLimits {
+        max_params: 4,
+        max_name_bytes: 8,
+        max_value_bytes: 16,
+    };
+
+    fn parse(s: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ParamError> {
+        let mut p = Vec::new();
+        parse_urlencoded(s.as_bytes(), &LIMITS, &mut p)?;
+        Ok(p.into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect())
+    }
+
+    #[test]
+    fn urlencoded_like_whatwg() {
+        let p = parse("a=1&&b=x+y%20z&c&a=%zz%4").unwrap();
+        assert_eq!(
+            p,
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"x y z".to_vec()),
+                (b"c".to_vec(), b"".to_vec()),
+                (b"a".to_vec(), b"%zz%4".to_vec()),
+            ]
+        );
+        assert_eq!(parse("k=%0Aline%0D%00").unwrap()[0].1, b"\nline\r\0");
+        assert_eq!(parse("k=%FF").unwrap()[0].1, vec![0xff]);
+    }
+
+    #[test]
+    fn urlencoded_limits() {
+        assert_eq!(parse("a&b&c&d&e"), Err(ParamError::TooMany));
+        assert_eq!(parse("abcdefghi=1"), Err(ParamError::NameTooLong));
+        assert_eq!(parse("a=12345678901234567"), Err(ParamError::ValueTooLong));
+        // Limits apply to decoded lengths: 16 escaped bytes decode to 16 bytes.
+        assert!(parse(
+            &"a="
+                .chars()
+                .chain("%41".repeat(16).chars())
+                .collect::<String>()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn record_roundtrip_and_ndjson() {
+        let rec = RecordRef {
+            id: new_id(1_700_000_000_000_000),
+            received_us: 1_700_000_000_123_456,
+            peer: b"127.0.0.1:5000",
+            method: b"GET",
+            path: b"/beacon",
+            kind: Kind::Query,
+            user_agent: Some(b"UA \"quoted\""),
+            referer: None,
+            origin: Some(b"https://a.example"),
+            params: vec![
+                (Cow::Borrowed(b"t"), Cow::Borrowed(b"line1\nline2")),
+                (Cow::Borrowed(b"bin"), Cow::Owned(vec![0xff, 0x00, b'a'])),
+            ],
+            body: Cow::Borrowed(b""),
+        };
+        let mut buf = BytesMut::new();
+        rec.encode(&mut buf);
+        let back = RecordRef::decode(&buf).unwrap();
+        assert_eq!(back, rec);
+        let mut line = Vec::new();
+        back.write_ndjson(&mut line);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["params"][0][1], "line1\nline2");
+        assert_eq!(v["params"][1][1]["b64"], "/wBh");
+        assert_eq!(v["user_agent"], "UA \"quoted\"");
+        assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["received_at"], "2023-11-14T22:13:20.123456Z");
+        assert_eq!(v["id"].as_str().unwrap().len(), 36);
+        assert_eq!(&v["id"].as_str().unwrap()[14..15], "7");
+    }
+
+    #[test]
+    fn decode_rejects_truncation_and_trailing() {
+        let rec = RecordRef {
+            id: [1; 16],
+            received_us: 1,
+            peer: b"p",
+            method: b"POST",
+            path: b"/b",
+            kind: Kind::Text,
+            user_agent: None,
+            referer: None,
+            origin: None,
+            params: vec![],
+            body: Cow::Borrowed(b"hello"),
+        };
+        let mut buf = BytesMut::new();
+        rec.encode(&mut buf);
+        for cut in 0..buf.len() {
+            assert!(RecordRef::decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = buf.to_vec();
+        longer.push(0);
+        assert_eq!(RecordRef::decode(&longer), Err(DecodeError::Trailing(1)));
+    }
+
+    #[test]
+    fn json_compaction_keeps_values() {
+        let c = compact_json(b" { \"a b\" : [1, 2.50e3 ,\n\"x\\\" y\"] }\n").unwrap();
+        assert_eq!(c, br#"{"a b":[1,2.50e3,"x\" y"]}"#);
+        assert!(compact_json(b"{\"a\":").is_none());
+        assert!(compact_json(b"").is_none());
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            let mut out = Vec::new();
+            base64(&mut out, i.as_bytes());
+            assert_eq!(out, o.as_bytes());
+        }
+    }
+}

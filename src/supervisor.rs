@@ -1,0 +1,115 @@
+//! Runs the embedded processing stage as a child process and restarts it when it dies.
+//!
+//! The child gets a pipe as stdin and exits when it reads EOF, so it never outlives the
+//! collector, even after `kill -9`. It runs in its own process group so a terminal's Ctrl-C
+//! reaches only the collector, which then stops the child itself, *after* the last beacon has
+//! been acknowledged.
+
+use crate::metrics as m;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// A running supervisor.
+pub struct Supervisor {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How to start the child.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// The executable (normally the collector's own).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// First restart delay; doubles while the child keeps dying quickly, up to 10 s.
+    pub restart_delay: Duration,
+}
+
+impl Supervisor {
+    /// Starts the child and watches it.
+    pub fn start(spec: ChildSpec) -> Self {
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut delay = spec.restart_delay;
+            loop {
+                let started = Instant::now();
+                let mut child = match spawn(&spec) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(program = %spec.program.display(), error = %e, "cannot start processing stage");
+                        tokio::select! {
+                            _ = &mut stop_rx => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                tracing::info!(pid = child.id(), "processing stage started");
+                tokio::select! {
+                    status = child.wait() => {
+                        metrics::counter!(m::PROCESSOR_RESTARTS_TOTAL).increment(1);
+                        tracing::error!(status = ?status.ok(), "processing stage exited; restarting");
+                    }
+                    _ = &mut stop_rx => {
+                        stop_child(&mut child).await;
+                        return;
+                    }
+                }
+                // A child that ran a while gets a fast restart; one that keeps crashing backs off.
+                if started.elapsed() > Duration::from_secs(10) {
+                    delay = spec.restart_delay;
+                }
+                tokio::select! {
+                    _ = &mut stop_rx => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
+        Self {
+            stop: Some(stop_tx),
+            task,
+        }
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after 10 s) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
+    Command::new(&spec.program)
+        .args(&spec.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+}
+
+async fn stop_child(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we own and a valid signal number has no memory effects.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => tracing::info!(status = ?status.ok(), "processing stage stopped"),
+        Err(_) => {
+            tracing::warn!("processing stage did not stop within 10 s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
