@@ -17,7 +17,7 @@ pub const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
 
 /// A failed listener set-up step.
 #[derive(Debug, thiserror::Error)]
-#[error("listener {addr}: {step}: {source}")]
+#[error("listener {addr}: {step}")]
 pub struct ListenError {
     /// The address being bound.
     pub addr: SocketAddr,

@@ -191,7 +191,8 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
-/// SIGTERM → graceful, SIGINT → fast; a second signal exits at once.
+/// SIGTERM → graceful, SIGINT → fast. A second SIGINT (an impatient operator) exits at once;
+/// a repeated SIGTERM (orchestrators resend it) does not cut the drain short.
 async fn signals() -> Shutdown {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
@@ -201,12 +202,15 @@ async fn signals() -> Shutdown {
         _ = int.recv() => Shutdown::Fast,
     };
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM again: already shutting down"),
+                _ = int.recv() => {
+                    eprintln!("second SIGINT: exiting without draining");
+                    std::process::exit(130);
+                }
+            }
         }
-        eprintln!("second signal: exiting without draining");
-        std::process::exit(130);
     });
     kind
 }
@@ -231,8 +235,14 @@ fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow:
                 }
                 let mut stdin = tokio::io::stdin();
                 let mut buf = [0u8; 64];
-                while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
-                tracing::info!("parent went away (stdin closed)");
+                let why = loop {
+                    match stdin.read(&mut buf).await {
+                        Ok(0) => break "end of file".to_string(),
+                        Ok(_) => continue,
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                tracing::info!(why, "parent went away (stdin closed)");
             };
             tokio::select! {
                 _ = term.recv() => {}

@@ -51,6 +51,9 @@ impl Supervisor {
                     }
                 };
                 tracing::info!(pid = child.id(), "processing stage started");
+                // Child::wait() closes stdin first; hold our end so the child's EOF means
+                // "the collector is gone", not "the collector is waiting for you".
+                let _stdin = child.stdin.take();
                 tokio::select! {
                     status = child.wait() => {
                         metrics::counter!(m::PROCESSOR_RESTARTS_TOTAL).increment(1);
