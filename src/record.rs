@@ -10,6 +10,9 @@ use bytes::{BufMut, BytesMut};
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// One decoded parameter: name and value, raw bytes, borrowed when nothing was decoded.
+pub type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// What a beacon carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -68,7 +71,7 @@ pub struct RecordRef<'a> {
     /// `Origin` header, if sent.
     pub origin: Option<&'a [u8]>,
     /// Decoded query parameters, then form parameters, in order, duplicates kept.
-    pub params: Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+    pub params: Vec<Param<'a>>,
     /// For `Json`: compact JSON text; for `Text`: the body as sent; otherwise empty.
     pub body: Cow<'a, [u8]>,
 }
@@ -370,7 +373,7 @@ pub enum ParamError {
 pub fn parse_urlencoded<'a>(
     input: &'a [u8],
     limits: &ParamLimits,
-    params: &mut Vec<(Cow<'a, [u8]>, Cow<'a, [u8]>)>,
+    params: &mut Vec<Param<'a>>,
 ) -> Result<(), ParamError> {
     for seq in input.split(|&b| b == b'&') {
         if seq.is_empty() {
@@ -473,7 +476,9 @@ mod tests {
         max_value_bytes: 16,
     };
 
-    fn parse(s: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ParamError> {
+    type Owned = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn parse(s: &str) -> Result<Owned, ParamError> {
         let mut p = Vec::new();
         parse_urlencoded(s.as_bytes(), &LIMITS, &mut p)?;
         Ok(p.into_iter()

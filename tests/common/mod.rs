@@ -1,0 +1,368 @@
+//! Test harness: a real collector (`run()` in-process, or the real binary) on port 0, a real
+//! processing stage (the real binary) on a unix socket in a temp dir, a tiny raw HTTP client,
+//! and a reader for the NDJSON output.
+#![allow(dead_code)]
+
+use beacon_collector::config::{Config, ForwardMode};
+use beacon_collector::{Listeners, RunError, RunReport, Shutdown};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_beacon-collector");
+
+/// A config for tests: loopback port 0, no admin listener, external stage in `dir`, short
+/// shutdown phases.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.worker_threads = 2;
+    c.admin.enabled = false;
+    c.forward.mode = ForwardMode::External;
+    c.forward.socket_path = dir.join("stage.sock");
+    c.forward.reconnect_max_ms = 200;
+    c.processor.data_dir = dir.join("data");
+    c.processor.restart_delay_ms = 100;
+    c.shutdown.deregistration_delay_seconds = 0;
+    c.shutdown.drain_timeout_seconds = 5;
+    c.shutdown.flush_timeout_seconds = 20;
+    c
+}
+
+pub fn write_config(dir: &Path, c: &Config) -> PathBuf {
+    let p = dir.join("collector.toml");
+    std::fs::write(&p, toml::to_string(c).unwrap()).unwrap();
+    p
+}
+
+/// The real processing stage binary.
+pub struct Stage {
+    pub child: Child,
+    socket: PathBuf,
+}
+
+impl Stage {
+    pub fn start(dir: &Path, c: &Config) -> Stage {
+        let cfg = write_config(dir, c);
+        let child = Command::new(BIN)
+            .args(["process", "--log-format", "json", "-c"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = c.forward.socket_path.clone();
+        wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        Stage { child, socket }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "stage exited with {status}");
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `run()` in-process on its own runtime thread.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<Shutdown>>,
+    thread: Option<std::thread::JoinHandle<Result<RunReport, RunError>>>,
+}
+
+impl Server {
+    pub fn start(c: Config) -> Server {
+        let listeners = Listeners::bind(&c).unwrap();
+        let addr = listeners.beacon_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(beacon_collector::run(c, listeners, async move {
+                rx.await.unwrap_or(Shutdown::Fast)
+            }))
+        });
+        Server {
+            addr,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts down and returns what `run` returned.
+    pub fn shutdown(mut self, kind: Shutdown) -> Result<RunReport, RunError> {
+        let _ = self.stop.take().unwrap().send(kind);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(Shutdown::Fast);
+        }
+    }
+}
+
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive connection speaking raw HTTP/1.1.
+pub struct Conn {
+    pub rd: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn {
+            rd: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.rd.get_mut().write_all(raw).unwrap();
+    }
+
+    /// Reads one response; `None` if the server closed the connection first.
+    pub fn read(&mut self, head: bool) -> Option<Resp> {
+        let mut line = String::new();
+        match self.rd.read_line(&mut line) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.rd.read_line(&mut h).ok()?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (k, v) = h.split_once(':')?;
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut r = Resp {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let len: usize = r.header("content-length").map_or(0, |v| v.parse().unwrap());
+        if !head && len > 0 {
+            r.body = vec![0; len];
+            self.rd.read_exact(&mut r.body).ok()?;
+        }
+        Some(r)
+    }
+
+    pub fn request(&mut self, raw: &[u8]) -> Option<Resp> {
+        self.send(raw);
+        self.read(raw.starts_with(b"HEAD "))
+    }
+
+    /// True when the server has closed the connection (EOF) within `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        self.rd.get_ref().set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 1];
+        let r = self.rd.read(&mut b);
+        self.rd
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        matches!(r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+/// One request on a fresh connection.
+pub fn req(addr: SocketAddr, raw: &str) -> Resp {
+    Conn::open(addr)
+        .request(raw.as_bytes())
+        .expect("a response")
+}
+
+pub fn get(addr: SocketAddr, target: &str) -> Resp {
+    req(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: t\r\nUser-Agent: test-ua\r\n\r\n"),
+    )
+}
+
+pub fn post(addr: SocketAddr, target: &str, ctype: &str, body: &[u8]) -> Resp {
+    let mut raw = format!(
+        "POST {target} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    Conn::open(addr).request(&raw).expect("a response")
+}
+
+/// Every NDJSON record under `dir` (finished and open files).
+pub fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    let mut paths: Vec<_> = rd.map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    for p in paths {
+        let text = std::fs::read_to_string(&p).unwrap();
+        for line in text.lines() {
+            out.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{p:?}: {e}: {line}")));
+        }
+    }
+    out
+}
+
+pub fn unique_ids(recs: &[serde_json::Value]) -> std::collections::HashSet<String> {
+    recs.iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Param value by name from a record.
+pub fn param<'a>(rec: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    rec["params"]
+        .as_array()?
+        .iter()
+        .find(|p| p[0] == name)
+        .map(|p| &p[1])
+}
+
+/// The real `serve` binary, with its JSON log on stderr read line by line.
+pub struct Binary {
+    pub child: Child,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    pub fn start(dir: &Path, args: &[&str]) -> Binary {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push(line);
+            }
+        });
+        Binary { child, log }
+    }
+
+    /// Waits for the first JSON log line whose message starts with `msg` and returns it.
+    pub fn wait_for(&self, msg: &str, limit: Duration) -> serde_json::Value {
+        self.wait_for_nth(msg, 1, limit)
+    }
+
+    /// Waits until `n` log lines have a message starting with `msg`; returns the n-th.
+    pub fn wait_for_nth(&self, msg: &str, n: usize, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found: Vec<serde_json::Value> = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| v["message"].as_str().is_some_and(|m| m.starts_with(msg)))
+                .collect();
+            if found.len() >= n {
+                return found[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {msg:?} (#{n}); log: {:#?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "binary did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,190 @@
+//! Beacons of every shape arrive in the NDJSON output with the right fields.
+
+use crate::common::*;
+use beacon_collector::Shutdown;
+
+#[test]
+fn get_and_post_beacons_arrive_with_their_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let a = srv.addr;
+
+    let r = req(
+        a,
+        "GET /beacon?u=https%3A%2F%2Fshop.example%2Fcart&t_done=1234&nl=line1%0Aline2&bin=%FF%00&sp=a+b HTTP/1.1\r\n\
+         Host: t\r\nUser-Agent: Mozilla/5.0 (test)\r\nReferer: https://shop.example/cart\r\nOrigin: https://shop.example\r\n\r\n",
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r.header("access-control-allow-credentials").is_none());
+
+    let r = req(a, "HEAD /beacon?h=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 204);
+
+    let r = get(a, "/beacon.gif?g=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/gif"));
+    assert_eq!(r.body.len(), 43);
+    assert!(r.body.starts_with(b"GIF89a"));
+
+    assert_eq!(
+        post(
+            a,
+            "/beacon?site=s1",
+            "application/x-www-form-urlencoded",
+            b"f=1&msg=hi%20there"
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        post(
+            a,
+            "/beacon",
+            "application/json",
+            b"{\n  \"j\": [1, 2.50],\n  \"s\": \"x\\ny\"\n}"
+        )
+        .status,
+        204
+    );
+    // sendBeacon(url, string): text/plain; JSON inside is kept as JSON, anything else as text.
+    assert_eq!(
+        post(a, "/beacon", "text/plain;charset=UTF-8", b"{\"tp\":true}").status,
+        204
+    );
+    assert_eq!(
+        post(
+            a,
+            "/beacon",
+            "text/plain;charset=UTF-8",
+            b"free text\nsecond line"
+        )
+        .status,
+        204
+    );
+
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    assert_eq!(report.accepted, 7);
+    assert_eq!(report.acknowledged, 7);
+    stage.stop();
+
+    let recs = records(&c.processor.data_dir);
+    // One line per record: the newline inside a value did not split it.
+    assert_eq!(recs.len(), 7, "{recs:#?}");
+    assert_eq!(unique_ids(&recs).len(), 7);
+
+    let q = recs.iter().find(|r| param(r, "t_done").is_some()).unwrap();
+    assert_eq!(q["method"], "GET");
+    assert_eq!(q["path"], "/beacon");
+    assert_eq!(q["kind"], "query");
+    assert_eq!(param(q, "u").unwrap(), "https://shop.example/cart");
+    assert_eq!(param(q, "nl").unwrap(), "line1\nline2");
+    assert_eq!(param(q, "sp").unwrap(), "a b");
+    // Invalid UTF-8 is kept byte for byte, as base64.
+    assert_eq!(param(q, "bin").unwrap()["b64"], "/wA=");
+    assert_eq!(q["user_agent"], "Mozilla/5.0 (test)");
+    assert_eq!(q["referer"], "https://shop.example/cart");
+    assert_eq!(q["origin"], "https://shop.example");
+    assert!(q["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(q["received_at"].as_str().unwrap().ends_with('Z'));
+
+    let h = recs.iter().find(|r| param(r, "h").is_some()).unwrap();
+    assert_eq!(h["method"], "HEAD");
+    let g = recs.iter().find(|r| param(r, "g").is_some()).unwrap();
+    assert_eq!(g["path"], "/beacon.gif");
+
+    let f = recs.iter().find(|r| r["kind"] == "form").unwrap();
+    assert_eq!(param(f, "site").unwrap(), "s1");
+    assert_eq!(param(f, "msg").unwrap(), "hi there");
+
+    let j = recs
+        .iter()
+        .find(|r| r["kind"] == "json" && r["json"]["j"].is_array())
+        .unwrap();
+    assert_eq!(j["json"]["s"], "x\ny");
+    assert_eq!(j["method"], "POST");
+    assert!(recs
+        .iter()
+        .any(|r| r["kind"] == "json" && r["json"]["tp"] == true));
+    let t = recs.iter().find(|r| r["kind"] == "text").unwrap();
+    assert_eq!(t["body"], "free text\nsecond line");
+}
+
+#[test]
+fn cors_preflight_and_origin_allow_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.http.allowed_origins = vec!["https://shop.example".into()];
+    let _stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let a = srv.addr;
+
+    let ok = req(
+        a,
+        "OPTIONS /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+    );
+    assert_eq!(ok.status, 204);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(
+        ok.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    assert_eq!(ok.header("access-control-max-age"), Some("86400"));
+    assert!(ok.header("access-control-allow-credentials").is_none());
+    assert!(ok
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("vary") && v.contains("Origin")));
+
+    let bad = req(
+        a,
+        "OPTIONS /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+    );
+    assert_eq!(bad.status, 403);
+    assert!(bad.header("access-control-allow-origin").is_none());
+
+    // A simple (no-preflight) text/plain beacon from a foreign origin is refused too.
+    let raw = "POST /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx";
+    assert_eq!(req(a, raw).status, 403);
+    let raw = "POST /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\nContent-Type: text/plain\r\nContent-Length: 1\r\n\r\nx";
+    let r = req(a, raw);
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://shop.example")
+    );
+}
+
+#[test]
+fn routes_methods_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let _stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let a = srv.addr;
+    assert_eq!(get(a, "/healthz").status, 200);
+    assert_eq!(get(a, "/nope").status, 404);
+    let r = req(a, "DELETE /beacon HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, POST, OPTIONS"));
+    assert_eq!(
+        req(
+            a,
+            "POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+        )
+        .status,
+        405
+    );
+    assert_eq!(post(a, "/beacon.gif", "text/plain", b"x").status, 405);
+}

@@ -1,0 +1,146 @@
+//! The real `serve` binary: SIGTERM drains with a failing health check and every 204'd beacon
+//! reaches the files; the embedded stage is restarted when it dies; the backlog warning.
+
+use crate::common::*;
+use beacon_collector::config::ForwardMode;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const BEACON: &[u8] = b"GET /beacon?k=v HTTP/1.1\r\nHost: t\r\n\r\n";
+
+fn start_serve(
+    dir: &std::path::Path,
+    c: &beacon_collector::config::Config,
+) -> (Binary, SocketAddr) {
+    let cfg = write_config(dir, c);
+    let bin = Binary::start(
+        dir,
+        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
+    );
+    let l = bin.wait_for("listening", Duration::from_secs(10));
+    let addr: SocketAddr = l["addr"].as_str().unwrap().parse().unwrap();
+    (bin, addr)
+}
+
+#[test]
+fn sigterm_fails_health_while_serving_then_exits_0_with_every_204_in_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.forward.mode = ForwardMode::Embedded;
+    c.shutdown.deregistration_delay_seconds = 2;
+    let (mut bin, addr) = start_serve(dir.path(), &c);
+
+    let mut ok = 0;
+    let mut conn = Conn::open(addr);
+    for _ in 0..300 {
+        if conn.request(BEACON).is_some_and(|r| r.status == 204) {
+            ok += 1;
+        }
+    }
+    assert_eq!(get(addr, "/healthz").status, 200);
+
+    bin.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    bin.wait_for("SIGTERM", Duration::from_secs(5));
+    // During the deregistration delay: health fails, beacons are still accepted, and every
+    // response asks the client (the load balancer) to close the connection.
+    let h = get(addr, "/healthz");
+    assert_eq!(h.status, 503);
+    assert_eq!(h.header("connection"), Some("close"));
+    let r = conn
+        .request(BEACON)
+        .expect("keep-alive connection still served while deregistering");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("connection"), Some("close"));
+    ok += 1;
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let r = get(addr, "/beacon?late=1");
+        assert_eq!(r.status, 204);
+        ok += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let status = bin.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "did not wait out the deregistration delay"
+    );
+    let recs = records(&c.processor.data_dir);
+    assert_eq!(
+        unique_ids(&recs).len(),
+        ok,
+        "every 204'd beacon is in the output"
+    );
+    // The stage closed its files on the way out.
+    let names: Vec<_> = std::fs::read_dir(&c.processor.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| n.ends_with(".ndjson")), "{names:?}");
+}
+
+#[test]
+fn embedded_stage_killed_is_restarted_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.forward.mode = ForwardMode::Embedded;
+    let (mut bin, addr) = start_serve(dir.path(), &c);
+    let first = bin.wait_for("processing stage started", Duration::from_secs(10));
+    let pid = first["pid"].as_i64().unwrap() as i32;
+
+    let mut ok = 0;
+    let mut conn = Conn::open(addr);
+    for _ in 0..100 {
+        ok += usize::from(conn.request(BEACON).is_some_and(|r| r.status == 204));
+    }
+    wait_until(Duration::from_secs(10), || {
+        records(&c.processor.data_dir).len() >= 100
+    });
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    for _ in 0..100 {
+        ok += usize::from(conn.request(BEACON).is_some_and(|r| r.status == 204));
+    }
+    let second = bin.wait_for_nth("processing stage started", 2, Duration::from_secs(10));
+    assert_ne!(second["pid"], first["pid"]);
+    wait_until(Duration::from_secs(10), || {
+        unique_ids(&records(&c.processor.data_dir)).len() >= 200
+    });
+
+    bin.signal(libc::SIGINT);
+    assert!(bin.wait(Duration::from_secs(30)).success());
+    assert_eq!(ok, 200);
+    assert_eq!(unique_ids(&records(&c.processor.data_dir)).len(), 200);
+}
+
+#[test]
+fn backlog_above_somaxconn_is_reported() {
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if somaxconn >= i32::MAX as u64 {
+        return; // nothing can exceed it
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.server.backlog = somaxconn as u32 + 1;
+    let cfg = write_config(dir.path(), &c);
+    let mut bin = Binary::start(
+        dir.path(),
+        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
+    );
+    let w = bin.wait_for(
+        "listen backlog is silently truncated",
+        Duration::from_secs(10),
+    );
+    assert_eq!(w["level"], "WARN");
+    assert_eq!(w["requested"].as_u64(), Some(somaxconn + 1));
+    assert_eq!(w["effective"].as_u64(), Some(somaxconn));
+    assert!(w["fix"].as_str().unwrap().contains("net.core.somaxconn"));
+    bin.signal(libc::SIGINT);
+    assert!(bin.wait(Duration::from_secs(15)).success());
+}

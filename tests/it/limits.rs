@@ -1,0 +1,99 @@
+//! Every limit answers its status without reading what it refuses.
+
+use crate::common::*;
+use std::time::Duration;
+
+fn server() -> (tempfile::TempDir, Stage, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    (dir, stage, srv)
+}
+
+#[test]
+fn uri_too_long_is_414() {
+    let (_d, _s, srv) = server();
+    let target = format!("/beacon?x={}", "a".repeat(9000));
+    assert_eq!(get(srv.addr, &target).status, 414);
+}
+
+#[test]
+fn header_limits_are_431() {
+    let (_d, _s, srv) = server();
+    // Total header bytes above max_header_bytes (16 KiB), checked by the handler.
+    let big = format!(
+        "GET /beacon?a=1 HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17_000)
+    );
+    assert_eq!(req(srv.addr, &big).status, 431);
+    // More headers than max_headers (64), refused by hyper before the handler.
+    let mut many = String::from("GET /beacon?a=1 HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..80 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(req(srv.addr, &many).status, 431);
+}
+
+#[test]
+fn declared_oversize_body_is_413_before_the_body_is_sent() {
+    let (_d, _s, srv) = server();
+    let mut conn = Conn::open(srv.addr);
+    // Headers only: if the server waited for the 100 000 body bytes, this would time out.
+    conn.send(b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 100000\r\n\r\n");
+    conn.rd
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let r = conn.read(false).expect("413 without sending the body");
+    assert_eq!(r.status, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+}
+
+#[test]
+fn chunked_oversize_body_is_413() {
+    let (_d, _s, srv) = server();
+    let mut conn = Conn::open(srv.addr);
+    conn.send(b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let chunk = vec![b'x'; 16 * 1024];
+    for _ in 0..5 {
+        conn.send(format!("{:x}\r\n", chunk.len()).as_bytes());
+        conn.send(&chunk);
+        conn.send(b"\r\n");
+    }
+    let r = conn.read(false).expect("a response");
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn parameter_limits_are_400() {
+    let (_d, _s, srv) = server();
+    let many: Vec<String> = (0..300).map(|i| format!("p{i}=1")).collect();
+    let r = get(srv.addr, &format!("/beacon?{}", many.join("&")));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body, b"too_many_params");
+    let long_name = format!("{}=1", "n".repeat(300));
+    assert_eq!(
+        get(srv.addr, &format!("/beacon?{long_name}")).body,
+        b"param_name_too_long"
+    );
+    let long_value = format!("v={}", "x".repeat(9000));
+    let r = post(
+        srv.addr,
+        "/beacon",
+        "application/x-www-form-urlencoded",
+        long_value.as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body, b"param_value_too_long");
+}
+
+#[test]
+fn bad_bodies_are_4xx() {
+    let (_d, _s, srv) = server();
+    let r = post(srv.addr, "/beacon", "application/json", b"{\"a\":");
+    assert_eq!((r.status, r.body.as_slice()), (400, &b"invalid_json"[..]));
+    let r = post(srv.addr, "/beacon", "image/png", b"x");
+    assert_eq!(r.status, 415);
+}

@@ -1,0 +1,16 @@
+//! Integration tests: real sockets, the real processing stage binary, port 0, temp dirs.
+
+mod common;
+
+#[path = "it/beacons.rs"]
+mod beacons;
+#[path = "it/config.rs"]
+mod config;
+#[path = "it/forwarding.rs"]
+mod forwarding;
+#[path = "it/lifecycle.rs"]
+mod lifecycle;
+#[path = "it/limits.rs"]
+mod limits;
+#[path = "it/timeouts.rs"]
+mod timeouts;
