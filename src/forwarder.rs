@@ -59,6 +59,7 @@ pub struct Forwarder {
     rx: mpsc::Receiver<Bytes>,
     cfg: ForwardConfig,
     socket_path: PathBuf,
+    linger: Duration,
     instance: u64,
     next_seq: u64,
     /// Sent (or about to be sent) and not yet acknowledged, in sequence order.
@@ -74,6 +75,7 @@ pub fn channel(capacity: usize, cfg: &ForwardConfig) -> (QueueSender, Forwarder)
         Forwarder {
             rx,
             socket_path: cfg.socket_path.clone(),
+            linger: Duration::from_millis(cfg.linger_ms),
             cfg: cfg.clone(),
             instance: fastrand::u64(..),
             next_seq: 1,
@@ -91,9 +93,9 @@ enum ConnEnd {
 }
 
 impl Forwarder {
-    /// Runs until `close` turns true *and* every queued record is acknowledged. The caller bounds
-    /// the flush with a deadline and then calls [`Forwarder::report_lost`] through the handle it
-    /// gets back from [`Forwarder::run`]'s future being dropped (see `lib.rs`).
+    /// Runs until `close` turns true *and* every queued record is acknowledged, publishing the
+    /// acknowledged count on `report`. The caller bounds the shutdown flush with a deadline;
+    /// accepted minus acknowledged is then what was lost (see `lib.rs`).
     pub async fn run(
         mut self,
         mut close: watch::Receiver<bool>,
@@ -251,6 +253,17 @@ impl Forwarder {
                         // Closed and drained: wait for the last ACKs.
                         continue;
                     }
+                    let limit = self.cfg.batch_max_records.min(room);
+                    if batch.len() < limit && !self.linger.is_zero() && !self.rx.is_closed() {
+                        tokio::time::sleep(self.linger).await;
+                        while batch.len() < limit {
+                            match self.rx.try_recv() {
+                                Ok(r) => batch.push(r),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    let got = batch.len();
                     if self.unacked.is_empty() {
                         last_progress = Instant::now();
                     }
@@ -277,11 +290,6 @@ impl Forwarder {
                 }
             }
         }
-    }
-
-    /// Records currently owned by the forwarder and not yet acknowledged (queued or in flight).
-    pub fn pending(&self) -> u64 {
-        (self.rx.len() + self.unacked.len()) as u64
     }
 }
 
