@@ -254,6 +254,11 @@ pub struct ProcessorConfig {
     pub socket_mode: u32,
     /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
     pub fsync: bool,
+    /// Serve the processing stage's own Prometheus `/metrics` (records written, duplicates
+    /// dropped, corrupt records, rotations).
+    pub admin_enabled: bool,
+    /// Address of the processing stage's metrics listener.
+    pub admin_listen: SocketAddr,
     /// Milliseconds the supervisor waits before restarting a processing stage that exited;
     /// doubles per quick failure up to 10 s.
     pub restart_delay_ms: u64,
@@ -268,6 +273,8 @@ impl Default for ProcessorConfig {
             rotate_seconds: 3600,
             socket_mode: 0o660,
             fsync: false,
+            admin_enabled: true,
+            admin_listen: "127.0.0.1:9103".parse().expect("static address"),
             restart_delay_ms: 200,
         }
     }
@@ -584,6 +591,13 @@ impl Config {
             ));
         }
 
+        if self.admin.enabled && p.admin_enabled && self.admin.listen == p.admin_listen {
+            return Err(ConfigError::new(
+                "processor.admin_listen",
+                "same address as admin.listen",
+                "give the processing stage its own metrics port (default 127.0.0.1:9103)",
+            ));
+        }
         positive(
             "shutdown.drain_timeout_seconds",
             self.shutdown.drain_timeout_seconds,

@@ -115,8 +115,13 @@ impl Forwarder {
                 Ok(stream) => {
                     metrics::counter!(m::FORWARD_CONNECTS_TOTAL).increment(1);
                     tracing::info!(socket = %self.socket_path.display(), unacked = self.unacked.len(), "connected to processing stage");
-                    backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
-                    match self.connection(stream, &mut close, &report).await {
+                    let connected = Instant::now();
+                    let end = self.connection(stream, &mut close, &report).await;
+                    // A stage that accepts and drops us at once must not get a reconnect storm.
+                    if connected.elapsed() > Duration::from_secs(1) {
+                        backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
+                    }
+                    match end {
                         ConnEnd::Done => break,
                         ConnEnd::Lost(reason) => {
                             metrics::counter!(m::FORWARD_DISCONNECTS_TOTAL, "reason" => reason)

@@ -219,6 +219,15 @@ fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow:
     let rt = runtime(config.worker_threads().min(2))?;
     rt.block_on(async move {
         let l = processor::bind(&config.forward.socket_path, config.processor.socket_mode)?;
+        let admin = if config.processor.admin_enabled {
+            let addr = config.processor.admin_listen;
+            let a = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding processor.admin_listen {addr}"))?;
+            a.set_nonblocking(true)?;
+            Some(a)
+        } else {
+            None
+        };
         tracing::info!(
             socket = %config.forward.socket_path.display(),
             data_dir = %config.processor.data_dir.display(),
@@ -251,7 +260,7 @@ fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow:
             }
         };
         let socket = config.forward.socket_path.clone();
-        let res = processor::run(config, l, stop).await;
+        let res = processor::run(config, l, admin, stop).await;
         let _ = std::fs::remove_file(&socket);
         res.context("processing stage")
     })

@@ -85,6 +85,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
 pub async fn run(
     config: Config,
     listener: UnixListener,
+    admin: Option<std::net::TcpListener>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ProcessError> {
     let pc = config.processor.clone();
@@ -93,47 +94,43 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
 
-    // The writer owns the file. It ends when every job sender is gone (all connections done).
-    let writer = tokio::spawn(async move {
+    // The writer owns the file. It ends when every job sender is gone (all connections done),
+    // or at the first write error: then the stage exits non-zero, the supervisor restarts it,
+    // and the collector resends everything unacknowledged. Never ACK what is not written.
+    let mut writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut failed: Option<ProcessError> = None;
         loop {
             tokio::select! {
                 job = job_rx.recv() => {
                     let Some(job) = job else { break };
-                    if failed.is_some() {
-                        // Never ACK what is not written; the collector keeps and resends it.
+                    if let Err(e) = tokio::task::block_in_place(|| sink.write(&job.lines, job.records)) {
                         let _ = job.done.send(false);
-                        continue;
+                        return Err(e);
                     }
-                    match tokio::task::block_in_place(|| sink.write(&job.lines, job.records)) {
-                        Ok(()) => { let _ = job.done.send(true); }
-                        Err(e) => {
-                            tracing::error!(error = %e, "sink write failed; acknowledging nothing more");
-                            let _ = job.done.send(false);
-                            failed = Some(e);
-                        }
-                    }
+                    let _ = job.done.send(true);
                 }
-                _ = tick.tick() => {
-                    if let Err(e) = sink.rotate_if_old() {
-                        tracing::error!(error = %e, "rotating file");
-                    }
-                }
+                _ = tick.tick() => sink.rotate_if_old()?,
             }
         }
-        let closed = sink.close();
-        match (failed, closed) {
-            (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(())) => Ok(()),
-        }
+        sink.close()
     });
+
+    let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+    if let Some(l) = admin {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(m::serve_admin(l, m::install(), stop_admin_rx));
+            }
+            Err(e) => tracing::warn!(error = %e, "processing stage metrics listener unusable"),
+        }
+    }
 
     let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(stop);
-    loop {
+    let early = loop {
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => break None,
+            res = &mut writer => break Some(res),
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     conns.spawn(connection(stream, job_tx.clone(), stop_rx.clone(), seen.clone()));
@@ -145,11 +142,16 @@ pub async fn run(
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
-    }
-    tracing::info!("processing stage stopping: finishing pending writes");
+    };
+    let _ = stop_admin_tx.send(true);
     let _ = stop_tx.send(true);
     drop(job_tx);
     drop(listener);
+    if let Some(res) = early {
+        conns.shutdown().await;
+        return res.expect("writer task does not panic");
+    }
+    tracing::info!("processing stage stopping: finishing pending writes");
     while conns.join_next().await.is_some() {}
     writer.await.expect("writer task does not panic")
 }

@@ -20,6 +20,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.worker_threads = 2;
     c.admin.enabled = false;
+    c.processor.admin_enabled = false;
     c.forward.mode = ForwardMode::External;
     c.forward.socket_path = dir.join("stage.sock");
     c.forward.reconnect_max_ms = 200;

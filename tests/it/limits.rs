@@ -97,3 +97,23 @@ fn bad_bodies_are_4xx() {
     let r = post(srv.addr, "/beacon", "image/png", b"x");
     assert_eq!(r.status, 415);
 }
+
+#[test]
+fn body_that_stalls_past_the_body_deadline_is_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.http.body_timeout_seconds = 1;
+    let _stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let mut conn = Conn::open(srv.addr);
+    let start = std::time::Instant::now();
+    conn.send(b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nab");
+    let r = conn.read(false).expect("a response");
+    assert_eq!(r.status, 408);
+    assert_eq!(r.header("connection"), Some("close"));
+    let t = start.elapsed();
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+        "{t:?}"
+    );
+}
