@@ -1,101 +1,74 @@
-//! The forwarder: takes encoded records from the bounded queue, sends them in BATCH frames
-//! over one persistent unix-socket connection to the processing stage, keeps every record until
-//! the stage ACKs it, and resends the unacknowledged ones after a reconnect.
+//! The forwarder: streams spooled records in BATCH frames over one persistent unix-socket
+//! connection to the processing stage, and turns the stage's ACKs into [`Spool::ack`], which
+//! deletes fully acknowledged segments.
 //!
-//! Ownership: request handlers hold [`QueueSender`]s; the forwarder task owns the receiving
-//! end and the unacked window. The queue is the only buffer in front of the socket, so a
-//! durable spool can replace it without touching the handlers (they only see `push`).
+//! It reads the spool's segment files (normally still in the page cache) rather than keeping
+//! records in memory, so sending, replay after a reconnect and replay after a crash are the
+//! same code path: start at `acked + 1` and read forward. Memory stays bounded however long
+//! the stage is away; the spool's size limit is the only buffer.
 
 use crate::config::ForwardConfig;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
+use crate::spool::Spool;
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-/// Why a record was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PushError {
-    /// The queue is at capacity: the processing stage is not keeping up.
-    #[error("queue full")]
-    Full,
-    /// The forwarder has stopped taking records (shutdown).
-    #[error("queue closed")]
-    Closed,
-}
-
-/// The handlers' end of the queue. Cloning is cheap.
-#[derive(Clone)]
-pub struct QueueSender {
-    tx: mpsc::Sender<Bytes>,
-}
-
-impl QueueSender {
-    /// Queues one encoded record without waiting. On `Ok` the forwarder owns it: it will be
-    /// delivered or counted in `beacon_forward_lost_records_total` at shutdown.
-    pub fn push(&self, record: Bytes) -> Result<(), PushError> {
-        self.tx.try_send(record).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PushError::Full,
-            mpsc::error::TrySendError::Closed(_) => PushError::Closed,
-        })
-    }
-}
-
-/// What the forwarder reports when it ends.
+/// What the forwarder reports while it runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ForwardReport {
-    /// Records acknowledged by the processing stage.
+    /// Records acknowledged by the processing stage since this forwarder started.
     pub acked: u64,
-    /// Records accepted but not acknowledged when the forwarder gave up (flush deadline).
-    pub lost: u64,
 }
 
 /// The forwarder task's state.
 pub struct Forwarder {
-    rx: mpsc::Receiver<Bytes>,
+    spool: Spool,
     cfg: ForwardConfig,
     socket_path: PathBuf,
     linger: Duration,
-    instance: u64,
-    next_seq: u64,
-    /// Sent (or about to be sent) and not yet acknowledged, in sequence order.
-    unacked: VecDeque<(u64, Bytes)>,
-    acked: u64,
-}
-
-/// Creates the queue and the forwarder that drains it.
-pub fn channel(capacity: usize, cfg: &ForwardConfig) -> (QueueSender, Forwarder) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (
-        QueueSender { tx },
-        Forwarder {
-            rx,
-            socket_path: cfg.socket_path.clone(),
-            linger: Duration::from_millis(cfg.linger_ms),
-            cfg: cfg.clone(),
-            instance: fastrand::u64(..),
-            next_seq: 1,
-            unacked: VecDeque::new(),
-            acked: 0,
-        },
-    )
+    /// Highest sequence number sent on any connection of this process (for counting resends).
+    last_sent: u64,
+    acked_at_start: u64,
 }
 
 enum ConnEnd {
-    /// Everything delivered and the queue is closed.
+    /// Closing, and everything in the spool is acknowledged.
     Done,
     /// Connection failed; reconnect.
     Lost(&'static str),
 }
 
 impl Forwarder {
-    /// Runs until `close` turns true *and* every queued record is acknowledged, publishing the
-    /// acknowledged count on `report`. The caller bounds the shutdown flush with a deadline;
-    /// accepted minus acknowledged is then what was lost (see `lib.rs`).
+    /// A forwarder for `spool`.
+    pub fn new(spool: Spool, cfg: &ForwardConfig) -> Self {
+        let acked = spool.acked();
+        Self {
+            spool,
+            socket_path: cfg.socket_path.clone(),
+            linger: Duration::from_millis(cfg.linger_ms),
+            cfg: cfg.clone(),
+            last_sent: acked,
+            acked_at_start: acked,
+        }
+    }
+
+    fn report(&self, report: &watch::Sender<ForwardReport>) {
+        let acked = self.spool.acked() - self.acked_at_start;
+        report.send_if_modified(|r| {
+            let changed = r.acked != acked;
+            r.acked = acked;
+            changed
+        });
+    }
+
+    /// Runs until `close` turns true and everything in the spool is acknowledged. The caller
+    /// bounds that with the shutdown flush deadline; what is left stays in the spool for the
+    /// next start.
     pub async fn run(
         mut self,
         mut close: watch::Receiver<bool>,
@@ -105,18 +78,16 @@ impl Forwarder {
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);
         let mut last_warn: Option<Instant> = None;
         loop {
-            if *close.borrow() {
-                self.rx.close();
-            }
-            if self.rx.is_closed() && self.rx.is_empty() && self.unacked.is_empty() {
+            if *close.borrow() && self.spool.unacked() == 0 {
                 break;
             }
             match UnixStream::connect(&self.socket_path).await {
                 Ok(stream) => {
                     metrics::counter!(m::FORWARD_CONNECTS_TOTAL).increment(1);
-                    tracing::info!(socket = %self.socket_path.display(), unacked = self.unacked.len(), "connected to processing stage");
+                    tracing::info!(socket = %self.socket_path.display(), unacked = self.spool.unacked(), "connected to processing stage");
                     let connected = Instant::now();
                     let end = self.connection(stream, &mut close, &report).await;
+                    self.spool.checkpoint();
                     // A stage that accepts and drops us at once must not get a reconnect storm.
                     if connected.elapsed() > Duration::from_secs(1) {
                         backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
@@ -128,7 +99,7 @@ impl Forwarder {
                                 .increment(1);
                             tracing::warn!(
                                 reason,
-                                unacked = self.unacked.len(),
+                                unacked = self.spool.unacked(),
                                 "lost processing stage; reconnecting"
                             );
                         }
@@ -136,25 +107,25 @@ impl Forwarder {
                 }
                 Err(e) => {
                     if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(socket = %self.socket_path.display(), error = %e, queued = self.rx.len(), "cannot reach processing stage; retrying");
+                        tracing::warn!(socket = %self.socket_path.display(), error = %e, unacked = self.spool.unacked(), "cannot reach processing stage; retrying");
                         last_warn = Some(Instant::now());
                     }
                 }
             }
             // Full jitter (0.5x..1.5x) so a fleet of collectors does not reconnect in step.
             let delay = backoff.mul_f64(0.5 + fastrand::f64());
-            metrics::gauge!(m::QUEUE_DEPTH).set(self.rx.len() as f64);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                // On shutdown, retry at the current pace but notice the close at once.
+                // Notice a shutdown at once (it may be able to finish now).
                 _ = crate::wait_true(&mut close), if !*close.borrow() => {}
             }
             backoff = (backoff * 2).min(max_backoff);
         }
-        report.send_modify(|r| r.acked = self.acked);
+        self.spool.checkpoint();
+        self.report(&report);
         tracing::info!(
-            acked = self.acked,
-            "forwarder finished: every accepted beacon acknowledged"
+            acked = self.spool.acked() - self.acked_at_start,
+            "forwarder finished: the spool is empty"
         );
     }
 
@@ -169,7 +140,7 @@ impl Forwarder {
         // by the select below; it publishes the latest cumulative ACK. Dropping its sender
         // (EOF, error, protocol violation) tells us the connection is gone.
         let (ack_tx, mut ack_rx) = watch::channel(0u64);
-        let reader = tokio::spawn(async move {
+        let reader_task = tokio::spawn(async move {
             loop {
                 match protocol::read_frame(&mut rd).await {
                     Ok(Some(Frame::Ack { seq })) => {
@@ -193,47 +164,39 @@ impl Forwarder {
                 }
             }
         });
-        let _reader_guard = AbortOnDrop(reader);
-        let write_timeout = Duration::from_secs(self.cfg.ack_timeout_seconds);
+        let _reader_guard = AbortOnDrop(reader_task);
+        let io_timeout = Duration::from_secs(self.cfg.ack_timeout_seconds);
 
         let mut buf = BytesMut::with_capacity(64 * 1024);
         Frame::Hello {
             version: protocol::VERSION,
-            instance: self.instance,
+            instance: self.spool.instance(),
         }
         .encode(&mut buf);
-        // Resend what the previous connection left unacknowledged, oldest first, in batches.
-        let resend = self.unacked.len();
-        if resend > 0 {
-            metrics::counter!(m::FORWARD_RESENT_RECORDS_TOTAL).increment(resend as u64);
-            let mut i = 0;
-            while i < self.unacked.len() {
-                let end = (i + self.cfg.batch_max_records).min(self.unacked.len());
-                let first = self.unacked[i].0;
-                protocol::encode_batch(first, self.unacked.range(i..end).map(|(_, b)| b), &mut buf);
-                i = end;
-            }
-            metrics::counter!(m::FORWARD_SENT_RECORDS_TOTAL).increment(resend as u64);
-        }
-        if let Err(reason) = write(&mut wr, &mut buf, write_timeout).await {
+        if let Err(reason) = write(&mut wr, &mut buf, io_timeout).await {
             return ConnEnd::Lost(reason);
         }
 
-        let mut batch: Vec<Bytes> = Vec::with_capacity(self.cfg.batch_max_records);
+        // Everything after the last ACK is (re)sent, oldest first.
+        let mut acked = self.spool.acked();
+        let mut reader = Some(self.spool.reader(acked + 1));
+        let mut sent = acked;
+        let mut written_rx = self.spool.written();
+        let mut batch: Vec<(u64, Bytes)> = Vec::with_capacity(self.cfg.batch_max_records);
         let mut last_progress = Instant::now();
-        let mut stall_check = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut closing = *close.borrow();
         loop {
-            metrics::gauge!(m::FORWARD_UNACKED_RECORDS).set(self.unacked.len() as f64);
-            metrics::gauge!(m::QUEUE_DEPTH).set(self.rx.len() as f64);
-            if self.rx.is_closed() && self.rx.is_empty() && self.unacked.is_empty() {
+            let written = *written_rx.borrow_and_update();
+            let position = reader.as_ref().expect("present between reads").position();
+            let inflight = sent.saturating_sub(acked);
+            metrics::gauge!(m::FORWARD_UNACKED_RECORDS).set(inflight as f64);
+            if closing && inflight == 0 && position > written {
                 let _ = wr.shutdown().await;
                 return ConnEnd::Done;
             }
-            let room = self
-                .cfg
-                .max_unacked_records
-                .saturating_sub(self.unacked.len());
-            let can_take = room > 0 && !(self.rx.is_closed() && self.rx.is_empty());
+            let room = (self.cfg.max_unacked_records as u64).saturating_sub(inflight);
+            let can_send = position <= written && room > 0;
             tokio::select! {
                 biased;
                 changed = ack_rx.changed() => {
@@ -241,55 +204,75 @@ impl Forwarder {
                         return ConnEnd::Lost("closed");
                     }
                     let seq = *ack_rx.borrow_and_update();
-                    let mut n = 0u64;
-                    while self.unacked.front().is_some_and(|(s, _)| *s <= seq) {
-                        self.unacked.pop_front();
-                        n += 1;
-                    }
-                    if n > 0 {
-                        self.acked += n;
+                    if seq > acked {
+                        metrics::counter!(m::FORWARD_ACKED_RECORDS_TOTAL).increment(seq.min(sent) - acked);
+                        acked = seq.min(sent);
+                        self.spool.ack(acked);
                         last_progress = Instant::now();
-                        metrics::counter!(m::FORWARD_ACKED_RECORDS_TOTAL).increment(n);
-                        report.send_modify(|r| r.acked = self.acked);
+                        self.report(report);
                     }
                 }
-                got = self.rx.recv_many(&mut batch, self.cfg.batch_max_records.min(room.max(1))), if can_take => {
-                    if got == 0 {
-                        // Closed and drained: wait for the last ACKs.
-                        continue;
-                    }
-                    let limit = self.cfg.batch_max_records.min(room);
-                    if batch.len() < limit && !self.linger.is_zero() && !self.rx.is_closed() {
-                        tokio::time::sleep(self.linger).await;
-                        while batch.len() < limit {
-                            match self.rx.try_recv() {
-                                Ok(r) => batch.push(r),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    let got = batch.len();
-                    if self.unacked.is_empty() {
+                _ = std::future::ready(()), if can_send => {
+                    if inflight == 0 {
                         last_progress = Instant::now();
                     }
-                    let first = self.next_seq;
-                    for r in batch.drain(..) {
-                        self.unacked.push_back((self.next_seq, r));
-                        self.next_seq += 1;
+                    let max = (self.cfg.batch_max_records as u64).min(room) as usize;
+                    let mut r = reader.take().expect("present between reads");
+                    let mut out = std::mem::take(&mut batch);
+                    let (r, out, res) = tokio::task::spawn_blocking(move || {
+                        let res = r.read(written, max, &mut out);
+                        (r, out, res)
+                    })
+                    .await
+                    .expect("spool read does not panic");
+                    reader = Some(r);
+                    batch = out;
+                    if let Err(e) = res {
+                        tracing::error!(error = %e, "reading the spool");
+                        return ConnEnd::Lost("spool_read");
                     }
-                    let start = self.unacked.len() - got;
-                    protocol::encode_batch(first, self.unacked.range(start..).map(|(_, b)| b), &mut buf);
-                    metrics::counter!(m::FORWARD_SENT_RECORDS_TOTAL).increment(got as u64);
-                    if let Err(reason) = write(&mut wr, &mut buf, write_timeout).await {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    // One BATCH frame per run of consecutive sequence numbers (a corrupt,
+                    // skipped record leaves a gap).
+                    let mut start = 0;
+                    for i in 1..=batch.len() {
+                        if i == batch.len() || batch[i].0 != batch[i - 1].0 + 1 {
+                            protocol::encode_batch(batch[start].0, batch[start..i].iter().map(|(_, b)| b), &mut buf);
+                            start = i;
+                        }
+                    }
+                    let first = batch[0].0;
+                    let last = batch[batch.len() - 1].0;
+                    if first <= self.last_sent {
+                        let resent = self.last_sent.min(last) - first + 1;
+                        metrics::counter!(m::FORWARD_RESENT_RECORDS_TOTAL).increment(resent);
+                    }
+                    metrics::counter!(m::FORWARD_SENT_RECORDS_TOTAL).increment(batch.len() as u64);
+                    batch.clear();
+                    sent = last;
+                    self.last_sent = self.last_sent.max(last);
+                    if let Err(reason) = write(&mut wr, &mut buf, io_timeout).await {
                         return ConnEnd::Lost(reason);
                     }
                 }
-                _ = crate::wait_true(close), if !self.rx.is_closed() => {
-                    // Refuse new records; what is queued is still delivered.
-                    self.rx.close();
+                changed = written_rx.changed(), if !can_send && position > written => {
+                    if changed.is_err() {
+                        // Spool writer gone (shutdown); what is written is all there will be.
+                        closing = true;
+                        continue;
+                    }
+                    // New records after an idle moment: give the batch a moment to fill.
+                    // They are already answered, so this costs no client latency.
+                    if !self.linger.is_zero() && !closing {
+                        tokio::time::sleep(self.linger).await;
+                    }
                 }
-                _ = stall_check.tick() => {
-                    if !self.unacked.is_empty() && last_progress.elapsed() > write_timeout {
+                _ = crate::wait_true(close), if !closing => closing = true,
+                _ = tick.tick() => {
+                    self.spool.checkpoint();
+                    if inflight > 0 && last_progress.elapsed() > io_timeout {
                         return ConnEnd::Lost("ack_timeout");
                     }
                 }

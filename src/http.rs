@@ -10,9 +10,9 @@
 //! Body reads get their own deadline in the handler.
 
 use crate::config::Config;
-use crate::forwarder::{PushError, QueueSender};
 use crate::metrics as m;
 use crate::record::{self, Kind, ParamError, ParamLimits, RecordRef};
+use crate::spool::{AppendError, Spool};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -50,17 +50,17 @@ pub enum Phase {
 pub struct App {
     http: crate::config::HttpConfig,
     limits: ParamLimits,
-    queue: QueueSender,
+    spool: Spool,
     retry_after: HeaderValue,
     any_origin: bool,
-    /// Beacons answered 2xx: each one is owned by the forwarder from then on.
+    /// Beacons answered 2xx: each one is in the spool.
     pub accepted: AtomicU64,
     draining: AtomicBool,
 }
 
 impl App {
     /// Builds the shared state from a validated config.
-    pub fn new(config: &Config, queue: QueueSender) -> Self {
+    pub fn new(config: &Config, spool: Spool) -> Self {
         let h = &config.http;
         Self {
             limits: ParamLimits {
@@ -68,7 +68,7 @@ impl App {
                 max_name_bytes: h.max_param_name_bytes,
                 max_value_bytes: h.max_param_value_bytes,
             },
-            queue,
+            spool,
             retry_after: HeaderValue::from(config.queue.retry_after_seconds),
             any_origin: h.allowed_origins.iter().any(|o| o == "*"),
             http: h.clone(),
@@ -281,6 +281,8 @@ enum Reject {
     BodyError,
     OriginNotAllowed,
     QueueFull,
+    SpoolFull,
+    SpoolFailed,
     ShuttingDown,
 }
 
@@ -294,7 +296,9 @@ impl Reject {
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Reject::QueueFull | Reject::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::QueueFull | Reject::SpoolFull | Reject::SpoolFailed | Reject::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -312,6 +316,8 @@ impl Reject {
             Reject::BodyError => "body_error",
             Reject::OriginNotAllowed => "origin_not_allowed",
             Reject::QueueFull => "queue_full",
+            Reject::SpoolFull => "spool_full",
+            Reject::SpoolFailed => "spool_write_failed",
             Reject::ShuttingDown => "shutting_down",
         }
     }
@@ -382,6 +388,9 @@ fn health(app: &App, method: &Method) -> Resp {
     }
     if app.is_draining() {
         plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !app.spool.healthy() {
+        // Spool above its high-water mark or failing writes: send traffic elsewhere.
+        plain(StatusCode::SERVICE_UNAVAILABLE, "spool full or failing\n")
     } else {
         plain(StatusCode::OK, "ok\n")
     }
@@ -416,8 +425,8 @@ async fn beacon(app: &App, peer: &[u8], route: Route, req: Request<Incoming>) ->
     resp
 }
 
-/// Validates the request, builds the record, and queues it. `Ok` means the beacon is owned by
-/// the forwarder.
+/// Validates the request, builds the record, and appends it to the spool. `Ok` means the
+/// beacon is durable (as `spool.ack_after` defines) and will be delivered.
 async fn accept(app: &App, peer: &[u8], req: Request<Incoming>) -> Result<(), Reject> {
     let h = &app.http;
     let received_us = record::now_us();
@@ -505,9 +514,12 @@ async fn accept(app: &App, peer: &[u8], req: Request<Incoming>) -> Result<(), Re
     };
     let mut buf = BytesMut::new();
     rec.encode(&mut buf);
-    app.queue.push(buf.freeze()).map_err(|e| match e {
-        PushError::Full => Reject::QueueFull,
-        PushError::Closed => Reject::ShuttingDown,
+    // Answered only once the record is in the spool (written, or fsync'd).
+    app.spool.append(buf.freeze()).await.map_err(|e| match e {
+        AppendError::Busy => Reject::QueueFull,
+        AppendError::Full => Reject::SpoolFull,
+        AppendError::Failed => Reject::SpoolFailed,
+        AppendError::Closed => Reject::ShuttingDown,
     })?;
     app.accepted.fetch_add(1, Ordering::Relaxed);
     metrics::counter!(m::BEACONS_ACCEPTED_TOTAL, "kind" => kind.as_str()).increment(1);
@@ -698,6 +710,8 @@ mod tests {
             Reject::BodyError,
             Reject::OriginNotAllowed,
             Reject::QueueFull,
+            Reject::SpoolFull,
+            Reject::SpoolFailed,
             Reject::ShuttingDown,
         ] {
             let s = r.status().as_u16();

@@ -6,15 +6,17 @@
 //!   options, the accept loop with connection permits.
 //! - [`http`]: hyper connections, timers, routes, limits, CORS, request → record.
 //! - [`record`]: the beacon record, its binary encoding and its NDJSON form.
-//! - [`forwarder`]: bounded queue → batches on a unix socket → ACKs, resend on reconnect.
+//! - [`spool`]: durable segmented log with group commit; a beacon is answered once it is here.
+//! - [`forwarder`]: spool → batches on a unix socket → ACKs → spool segments deleted.
 //! - [`protocol`]: the frame format between collector and processing stage.
 //! - [`processor`]: the bundled processing stage writing rotated NDJSON files.
 //! - [`supervisor`]: runs the embedded processing stage as a child and restarts it.
 //! - [`metrics`]: metric names, the Prometheus recorder, the admin listener.
 //!
-//! Data path: accept → [`http`] builds a record → [`forwarder::QueueSender::push`] (503 when
-//! full) → 204 → the forwarder batches it to the processing stage → ACK → dropped from memory.
-//! Shutdown runs that path to the end: health check 503, drain, flush, and only then exit.
+//! Data path: accept → [`http`] builds a record → [`spool::Spool::append`] (group commit; 503
+//! when it cannot) → 204 → the forwarder streams it to the processing stage → ACK → the
+//! segment is deleted once all its records are acknowledged. Shutdown: health check 503,
+//! drain, flush what the stage will take; anything left stays in the spool for the next start.
 
 pub mod config;
 pub mod forwarder;
@@ -24,6 +26,7 @@ pub mod metrics;
 pub mod processor;
 pub mod protocol;
 pub mod record;
+pub mod spool;
 pub mod supervisor;
 pub mod time;
 
@@ -88,8 +91,11 @@ pub enum Shutdown {
 pub struct RunReport {
     /// Beacons answered 2xx.
     pub accepted: u64,
-    /// Beacons the processing stage acknowledged.
+    /// Records the processing stage acknowledged during this run (replays from an earlier
+    /// run included).
     pub acknowledged: u64,
+    /// Records left in the spool at exit (delivered at the next start).
+    pub remaining: u64,
 }
 
 /// Why `run` failed.
@@ -101,12 +107,9 @@ pub enum RunError {
     /// `accept` failed in a way that makes the listener unusable.
     #[error("accept: {0}")]
     Accept(std::io::Error),
-    /// Accepted beacons were not acknowledged by the flush deadline.
-    #[error("{lost} accepted beacons were not acknowledged by the processing stage within shutdown.flush_timeout_seconds")]
-    Lost {
-        /// How many.
-        lost: u64,
-    },
+    /// The spool could not be opened or recovered.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 /// Serves beacons on `listeners` until `shutdown` resolves (or a listener fails), then drains
@@ -117,8 +120,17 @@ pub async fn run(
     shutdown: impl Future<Output = Shutdown>,
 ) -> Result<RunReport, RunError> {
     let handle = metrics::install();
-    let (queue, forwarder) = forwarder::channel(config.queue.capacity, &config.forward);
-    let app = Arc::new(App::new(&config, queue));
+    let (spool, recovery) = spool::Spool::open(&config.spool, config.queue.capacity)?;
+    tracing::info!(
+        dir = %config.spool.dir.display(),
+        records = recovery.records,
+        unacked = recovery.unacked,
+        corrupt = recovery.corrupt,
+        truncated_bytes = recovery.truncated_bytes,
+        "spool recovered"
+    );
+    let forwarder = forwarder::Forwarder::new(spool.clone(), &config.forward);
+    let app = Arc::new(App::new(&config, spool.clone()));
     let (close_tx, close_rx) = watch::channel(false);
     let (report_tx, report_rx) = watch::channel(forwarder::ForwardReport::default());
     let mut fwd_task = tokio::spawn(forwarder.run(close_rx, report_tx));
@@ -210,38 +222,36 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
     }
 
-    // Every connection is gone: no more records can be queued. Hand everything over.
+    // Every connection is gone: nothing more is appended. Hand over what the stage will take.
     let _ = close_tx.send(true);
     let flush = Duration::from_secs(s.flush_timeout_seconds);
-    let flushed = tokio::time::timeout(flush, &mut fwd_task).await.is_ok();
-    if !flushed {
+    if tokio::time::timeout(flush, &mut fwd_task).await.is_err() {
         fwd_task.abort();
     }
+    spool.checkpoint();
     let _ = stop_admin_tx.send(true);
-    let accepted = app.accepted.load(Ordering::SeqCst);
-    let acknowledged = report_rx.borrow().acked;
-    let lost = accepted.saturating_sub(acknowledged);
-    if lost > 0 {
-        ::metrics::counter!(metrics::FORWARD_LOST_RECORDS_TOTAL).increment(lost);
-        tracing::error!(
-            accepted,
-            acknowledged,
-            lost,
-            "shutdown flush deadline passed with accepted beacons unacknowledged"
+    let report = RunReport {
+        accepted: app.accepted.load(Ordering::SeqCst),
+        acknowledged: report_rx.borrow().acked,
+        remaining: spool.unacked(),
+    };
+    if report.remaining > 0 {
+        tracing::warn!(
+            remaining = report.remaining,
+            dir = %config.spool.dir.display(),
+            "processing stage did not take everything within shutdown.flush_timeout_seconds; \
+             the rest stays in the spool and is sent at the next start"
         );
-        return Err(failure.unwrap_or(RunError::Lost { lost }));
+    } else {
+        tracing::info!(
+            accepted = report.accepted,
+            acknowledged = report.acknowledged,
+            "shutdown complete: spool empty"
+        );
     }
-    tracing::info!(
-        accepted,
-        acknowledged,
-        "shutdown complete: every accepted beacon acknowledged"
-    );
     match failure {
         Some(e) => Err(e),
-        None => Ok(RunReport {
-            accepted,
-            acknowledged,
-        }),
+        None => Ok(report),
     }
 }
 

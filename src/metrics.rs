@@ -27,22 +27,30 @@ pub const CONNECTIONS_OPEN: &str = "beacon_connections_open";
 pub const HEADER_TIMEOUTS_TOTAL: &str = "beacon_http_header_timeouts_total";
 /// `accept(2)` errors, by `kind`.
 pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
-/// Records waiting in the in-memory queue.
-pub const QUEUE_DEPTH: &str = "beacon_queue_depth";
+/// Bytes held in the spool.
+pub const SPOOL_BYTES: &str = "beacon_spool_bytes";
+/// Segment files in the spool.
+pub const SPOOL_SEGMENTS: &str = "beacon_spool_segments";
+/// Age of the oldest unacknowledged record (1 s resolution; 0 when all are acknowledged).
+pub const SPOOL_OLDEST_UNACKED_SECONDS: &str = "beacon_spool_oldest_unacked_seconds";
+/// Spool records found corrupt (bad checksum or length) at recovery or when read.
+pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "beacon_spool_corrupt_records_total";
+/// Spool write or fsync failures (each answered 503).
+pub const SPOOL_WRITE_ERRORS_TOTAL: &str = "beacon_spool_write_errors_total";
+/// Records per group commit.
+pub const SPOOL_GROUP_RECORDS: &str = "beacon_spool_group_records";
 /// Records sent to the processing stage and not yet acknowledged.
 pub const FORWARD_UNACKED_RECORDS: &str = "beacon_forward_unacked_records";
 /// Records written to the processing stage (resends included).
 pub const FORWARD_SENT_RECORDS_TOTAL: &str = "beacon_forward_sent_records_total";
 /// Records the processing stage acknowledged.
 pub const FORWARD_ACKED_RECORDS_TOTAL: &str = "beacon_forward_acked_records_total";
-/// Records sent again after a reconnect.
+/// Records sent again (replays) after a reconnect.
 pub const FORWARD_RESENT_RECORDS_TOTAL: &str = "beacon_forward_resent_records_total";
 /// Connections (re-)established to the processing stage.
 pub const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
 /// Connections to the processing stage lost or abandoned, by `reason`.
 pub const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
-/// Accepted records that could not be handed over before the shutdown flush deadline.
-pub const FORWARD_LOST_RECORDS_TOTAL: &str = "beacon_forward_lost_records_total";
 /// Restarts of the embedded processing stage.
 pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.

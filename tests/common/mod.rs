@@ -25,6 +25,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.forward.socket_path = dir.join("stage.sock");
     c.forward.reconnect_max_ms = 200;
     c.processor.data_dir = dir.join("data");
+    c.spool.dir = dir.join("spool");
     c.processor.restart_delay_ms = 100;
     c.shutdown.deregistration_delay_seconds = 0;
     c.shutdown.drain_timeout_seconds = 5;

@@ -43,30 +43,67 @@ fn stage_killed_and_restarted_collector_reconnects_and_loses_nothing() {
 }
 
 #[test]
-fn full_queue_answers_503_with_retry_after_then_recovers() {
+fn spool_limit_answers_503_and_fails_health_then_recovers_without_loss() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
-    c.queue.capacity = 3;
+    c.spool.segment_bytes = 4096;
+    c.spool.max_bytes = 16384;
     c.queue.retry_after_seconds = 7;
-    // No stage yet: the forwarder cannot take records off the queue.
+    // No stage yet: everything accepted stays in the spool until the limit.
     let srv = Server::start(c.clone());
-    assert_eq!(send_n(srv.addr, 3), 3);
-    let r = get(srv.addr, "/beacon?over=1");
-    assert_eq!(r.status, 503);
-    assert_eq!(r.header("retry-after"), Some("7"));
+    let mut conn = Conn::open(srv.addr);
+    let mut ok = Vec::new();
+    let refused = loop {
+        let n = ok.len();
+        let r = conn
+            .request(
+                format!(
+                    "GET /beacon?n={n}&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+                    "x".repeat(200)
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        match r.status {
+            204 => ok.push(n),
+            503 => break r,
+            s => panic!("unexpected {s}"),
+        }
+        assert!(ok.len() < 1000, "spool limit never reached");
+    };
+    assert_eq!(refused.header("retry-after"), Some("7"));
+    assert_eq!(refused.body, b"spool_full");
+    assert_eq!(
+        get(srv.addr, "/healthz").status,
+        503,
+        "health fails above the high-water mark"
+    );
 
     let stage = Stage::start(dir.path(), &c);
     wait_until(Duration::from_secs(10), || {
-        records(&c.processor.data_dir).len() == 3
+        get(srv.addr, "/healthz").status == 200
     });
     assert_eq!(get(srv.addr, "/beacon?after=1").status, 204);
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
-    assert_eq!((report.accepted, report.acknowledged), (4, 4));
+    assert_eq!(report.remaining, 0);
     let recs = records(&c.processor.data_dir);
-    assert_eq!(recs.len(), 4);
+    assert_eq!(
+        unique_ids(&recs).len(),
+        ok.len() + 1,
+        "every 204 delivered, nothing else"
+    );
+    for n in &ok {
+        assert!(
+            recs.iter()
+                .any(|r| param(r, "n").is_some_and(|v| v == &n.to_string())),
+            "beacon {n} lost"
+        );
+    }
     assert!(
-        !recs.iter().any(|r| param(r, "over").is_some()),
-        "a 503'd beacon is not recorded"
+        !recs
+            .iter()
+            .any(|r| param(r, "n").is_some_and(|v| v == &ok.len().to_string())),
+        "the 503'd beacon is not recorded"
     );
 }

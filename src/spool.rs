@@ -1,0 +1,974 @@
+//! The durable local spool: every accepted beacon is appended here (group commit) before the
+//! request is answered, and stays until the processing stage has acknowledged it.
+//!
+//! Layout: `seg-<first seq, 20 digits>.log` files of records framed as
+//! `len: u32 | crc32c(seq, payload): u32 | seq: u64 | payload`, plus `checkpoint` holding the
+//! instance id and the highest acknowledged sequence number. A segment is deleted once every
+//! record in it is acknowledged.
+//!
+//! Ownership: one writer thread owns the active segment and appends groups of records; request
+//! handlers hold [`Spool`] handles and wait on a oneshot for their group's result. The
+//! forwarder reads segments through a [`SpoolReader`] and reports ACKs with [`Spool::ack`].
+//! Shared bookkeeping sits behind a std `Mutex`: sections are short and never span an await.
+
+use crate::config::{AckAfter, SpoolConfig};
+use crate::metrics as m;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Bytes before each payload: len, crc, seq.
+pub const HEADER_BYTES: usize = 16;
+/// Largest payload accepted (a record is at most a few hundred KiB; anything bigger is corrupt).
+pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+const CHECKPOINT: &str = "checkpoint";
+
+/// Why an append was refused. Each maps to a 503: the beacon was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// More appends waiting than `queue.capacity`.
+    #[error("spool queue full")]
+    Busy,
+    /// The spool is above its high-water mark (the processing stage is behind).
+    #[error("spool above high-water mark")]
+    Full,
+    /// The write or fsync failed (disk full, I/O error); nothing was acknowledged.
+    #[error("spool write failed")]
+    Failed,
+    /// The spool writer has stopped.
+    #[error("spool closed")]
+    Closed,
+}
+
+/// Failure to open or recover the spool.
+#[derive(Debug, thiserror::Error)]
+#[error("spool {path}: {what}")]
+pub struct SpoolError {
+    /// What was being done.
+    pub what: &'static str,
+    /// The file or directory.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
+    move |source| SpoolError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Complete, checksummed records kept (acknowledged ones included until their segment goes).
+    pub records: u64,
+    /// Records waiting to be sent (above the checkpoint).
+    pub unacked: u64,
+    /// Records with a bad checksum or impossible length, skipped.
+    pub corrupt: u64,
+    /// Bytes cut from a torn tail.
+    pub truncated_bytes: u64,
+}
+
+struct Segment {
+    first_seq: u64,
+    /// Last sequence number written to it (first_seq - 1 while empty).
+    last_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+struct State {
+    segments: VecDeque<Segment>,
+    acked: u64,
+    total_bytes: u64,
+    /// Coarse (seq, received time) marks, one per second of writing, for the oldest-unacked
+    /// age gauge without keeping a timestamp per record.
+    marks: VecDeque<(u64, Instant)>,
+    checkpointed: u64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    instance: u64,
+    state: Mutex<State>,
+    written: watch::Sender<u64>,
+    /// False above the high-water mark until the spool drains below the low-water mark.
+    accepting: AtomicBool,
+    /// Unix seconds until which the spool reports unhealthy after a write failure.
+    failed_until: AtomicU64,
+    high_bytes: u64,
+    low_bytes: u64,
+    max_bytes: u64,
+    fsync: bool,
+}
+
+struct Append {
+    record: Bytes,
+    done: oneshot::Sender<Result<(), AppendError>>,
+}
+
+/// A handle to the spool for request handlers and the forwarder. Cloning is cheap.
+#[derive(Clone)]
+pub struct Spool {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Append>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) and recovers the spool, then starts its writer thread.
+    pub fn open(cfg: &SpoolConfig, queue_capacity: usize) -> Result<(Spool, Recovery), SpoolError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
+        let (instance, acked) = read_checkpoint(&cfg.dir);
+        let mut rec = Recovery::default();
+        let mut segments = VecDeque::new();
+        let mut paths = list_segments(&cfg.dir).map_err(err("list", &cfg.dir))?;
+        paths.sort();
+        let n = paths.len();
+        for (i, (first_seq, path)) in paths.into_iter().enumerate() {
+            let last = i + 1 == n;
+            let scan = scan_segment(&path, last).map_err(err("recover", &path))?;
+            rec.corrupt += scan.corrupt;
+            rec.truncated_bytes += scan.truncated;
+            rec.records += scan.records;
+            rec.unacked += scan.seqs_above(acked);
+            segments.push_back(Segment {
+                first_seq,
+                last_seq: scan.last_seq.unwrap_or(first_seq - 1).max(first_seq - 1),
+                path,
+                bytes: scan.valid_bytes,
+            });
+        }
+        if rec.corrupt > 0 {
+            metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(rec.corrupt);
+        }
+        // Sequence numbers never repeat within an instance: continue after everything seen.
+        let last_written = segments
+            .iter()
+            .map(|s| s.last_seq)
+            .max()
+            .unwrap_or(0)
+            .max(acked);
+        let (instance, acked) = match instance {
+            Some(i) => (i, acked),
+            // No checkpoint: a new instance, so sequence numbers may start over safely.
+            None => (fastrand::u64(..), 0),
+        };
+        let total_bytes = segments.iter().map(|s| s.bytes).sum();
+        let high_bytes = cfg.max_bytes * u64::from(cfg.high_water_percent) / 100;
+        let shared = Arc::new(Shared {
+            dir: cfg.dir.clone(),
+            instance,
+            state: Mutex::new(State {
+                segments,
+                acked,
+                total_bytes,
+                marks: VecDeque::new(),
+                checkpointed: u64::MAX,
+            }),
+            written: watch::channel(last_written).0,
+            accepting: AtomicBool::new(true),
+            failed_until: AtomicU64::new(0),
+            high_bytes,
+            low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,
+            max_bytes: cfg.max_bytes,
+            fsync: cfg.ack_after == AckAfter::Fsync,
+        });
+        {
+            let mut st = shared.state.lock().expect("not poisoned");
+            shared.delete_acked(&mut st);
+            shared.update_gauges(&st);
+            shared.write_checkpoint(&mut st);
+        }
+        let (tx, rx) = mpsc::channel(queue_capacity);
+        let writer = Writer {
+            shared: shared.clone(),
+            segment_bytes: cfg.segment_bytes,
+            active: None,
+            next_seq: last_written + 1,
+            buf: BytesMut::with_capacity(256 * 1024),
+        };
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(err("start writer thread", &cfg.dir))?;
+        Ok((Spool { shared, tx }, rec))
+    }
+
+    /// Appends one record and waits until it is in the spool (written, or fsync'd with
+    /// `ack_after = "fsync"`). Only then may the request be answered 2xx.
+    pub async fn append(&self, record: Bytes) -> Result<(), AppendError> {
+        if !self.shared.accepting.load(Ordering::Relaxed) {
+            return Err(AppendError::Full);
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .try_send(Append { record, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AppendError::Busy,
+                mpsc::error::TrySendError::Closed(_) => AppendError::Closed,
+            })?;
+        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// False while above the high-water mark or shortly after a write failure: the load
+    /// balancer should send traffic elsewhere.
+    pub fn healthy(&self) -> bool {
+        self.shared.accepting.load(Ordering::Relaxed)
+            && self.shared.failed_until.load(Ordering::Relaxed) <= unix_secs()
+    }
+
+    /// The instance id sent in HELLO (persisted, so the stage can drop replays after a
+    /// collector restart).
+    pub fn instance(&self) -> u64 {
+        self.shared.instance
+    }
+
+    /// Highest acknowledged sequence number.
+    pub fn acked(&self) -> u64 {
+        self.shared.state.lock().expect("not poisoned").acked
+    }
+
+    /// Watches the highest sequence number in the spool.
+    pub fn written(&self) -> watch::Receiver<u64> {
+        self.shared.written.subscribe()
+    }
+
+    /// Records everything up to `seq` as acknowledged; deletes segments that are fully
+    /// acknowledged and reopens the spool for appends below the low-water mark.
+    pub fn ack(&self, seq: u64) {
+        let mut st = self.shared.state.lock().expect("not poisoned");
+        if seq <= st.acked {
+            return;
+        }
+        st.acked = seq;
+        self.shared.delete_acked(&mut st);
+        while st.marks.len() > 1 && st.marks[1].0 <= seq + 1 {
+            st.marks.pop_front();
+        }
+        if !self.shared.accepting.load(Ordering::Relaxed) && st.total_bytes < self.shared.low_bytes
+        {
+            self.shared.accepting.store(true, Ordering::Relaxed);
+            tracing::info!(
+                bytes = st.total_bytes,
+                "spool below low-water mark; accepting again"
+            );
+        }
+        self.shared.update_gauges(&st);
+    }
+
+    /// Persists the acknowledged position (cheap; call every second or so and at exit).
+    pub fn checkpoint(&self) {
+        let mut st = self.shared.state.lock().expect("not poisoned");
+        self.shared.write_checkpoint(&mut st);
+    }
+
+    /// Records not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        let written = *self.shared.written.borrow();
+        written.saturating_sub(self.acked())
+    }
+
+    /// A reader positioned at `from`.
+    pub fn reader(&self, from: u64) -> SpoolReader {
+        SpoolReader {
+            shared: self.shared.clone(),
+            file: None,
+            next: from,
+        }
+    }
+}
+
+impl Shared {
+    fn delete_acked(&self, st: &mut State) {
+        // Keep the last segment: the writer may still be appending to it.
+        while st.segments.len() > 1 && st.segments[0].last_seq <= st.acked {
+            let s = st.segments.pop_front().expect("len > 1");
+            st.total_bytes -= s.bytes;
+            if let Err(e) = std::fs::remove_file(&s.path) {
+                tracing::warn!(path = %s.path.display(), error = %e, "deleting acknowledged segment");
+            }
+        }
+    }
+
+    fn update_gauges(&self, st: &State) {
+        metrics::gauge!(m::SPOOL_BYTES).set(st.total_bytes as f64);
+        metrics::gauge!(m::SPOOL_SEGMENTS).set(st.segments.len() as f64);
+        let written = *self.written.borrow();
+        let age = match st.marks.front() {
+            Some((_, t)) if written > st.acked => t.elapsed().as_secs_f64(),
+            _ => 0.0,
+        };
+        metrics::gauge!(m::SPOOL_OLDEST_UNACKED_SECONDS).set(age);
+    }
+
+    fn write_checkpoint(&self, st: &mut State) {
+        if st.checkpointed == st.acked {
+            return;
+        }
+        let tmp = self.dir.join("checkpoint.tmp");
+        let body = format!("{:016x} {}\n", self.instance, st.acked);
+        let res = std::fs::write(&tmp, body).and_then(|()| {
+            if self.fsync {
+                File::open(&tmp)?.sync_all()?;
+            }
+            std::fs::rename(&tmp, self.dir.join(CHECKPOINT))
+        });
+        match res {
+            Ok(()) => st.checkpointed = st.acked,
+            // Not fatal: a stale checkpoint only means more replays (duplicates) after a crash.
+            Err(e) => tracing::warn!(error = %e, "writing spool checkpoint"),
+        }
+    }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_checkpoint(dir: &Path) -> (Option<u64>, u64) {
+    let Ok(text) = std::fs::read_to_string(dir.join(CHECKPOINT)) else {
+        return (None, 0);
+    };
+    let mut it = text.split_whitespace();
+    let instance = it.next().and_then(|s| u64::from_str_radix(s, 16).ok());
+    let acked = it.next().and_then(|s| s.parse().ok());
+    match (instance, acked) {
+        (Some(i), Some(a)) => (Some(i), a),
+        _ => {
+            tracing::warn!("unreadable spool checkpoint; starting a new instance");
+            (None, 0)
+        }
+    }
+}
+
+fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if let Some(num) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".log"))
+        {
+            if let Ok(first) = num.parse::<u64>() {
+                if first > 0 {
+                    out.push((first, p));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a segment scan found.
+#[derive(Debug, Default)]
+struct Scan {
+    records: u64,
+    corrupt: u64,
+    truncated: u64,
+    valid_bytes: u64,
+    last_seq: Option<u64>,
+    seqs: Vec<u64>,
+}
+
+impl Scan {
+    fn seqs_above(&self, acked: u64) -> u64 {
+        self.seqs.iter().filter(|&&s| s > acked).count() as u64
+    }
+}
+
+/// A record found by [`parse_record`]: sequence number, payload, bytes it spans.
+type Parsed<'a> = (u64, &'a [u8], usize);
+
+/// Parses one framed record at the start of `buf`: `Ok(Some((seq, payload, size)))`,
+/// `Ok(None)` if `buf` ends before the record does, `Err(skip)` for a bad checksum with a
+/// plausible length (skip that many bytes) or `Err(0)` for an impossible length.
+fn parse_record(buf: &[u8]) -> Result<Option<Parsed<'_>>, usize> {
+    if buf.len() < HEADER_BYTES {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(buf[0..4].try_into().expect("4")) as usize;
+    if len > MAX_RECORD_BYTES {
+        return Err(0);
+    }
+    let size = HEADER_BYTES + len;
+    if buf.len() < size {
+        return Ok(None);
+    }
+    let crc = u32::from_be_bytes(buf[4..8].try_into().expect("4"));
+    let seq_bytes = &buf[8..16];
+    let payload = &buf[HEADER_BYTES..size];
+    if crc32c(crc32c(0, seq_bytes), payload) != crc {
+        return Err(size);
+    }
+    Ok(Some((
+        u64::from_be_bytes(seq_bytes.try_into().expect("8")),
+        payload,
+        size,
+    )))
+}
+
+/// Scans a segment; in the last segment a torn tail is cut off the file.
+fn scan_segment(path: &Path, last: bool) -> io::Result<Scan> {
+    let data = std::fs::read(path)?;
+    let mut scan = scan_bytes(&data);
+    if scan.valid_bytes < data.len() as u64 {
+        let tail = data.len() as u64 - scan.valid_bytes;
+        if last {
+            tracing::warn!(path = %path.display(), bytes = tail, "cutting a torn or corrupt tail off the spool");
+            let f = OpenOptions::new().write(true).open(path)?;
+            f.set_len(scan.valid_bytes)?;
+            f.sync_all()?;
+            scan.truncated = tail;
+        } else {
+            tracing::error!(path = %path.display(), bytes = tail, "unreadable bytes at the end of a spool segment; skipped");
+            scan.corrupt += 1;
+        }
+    }
+    Ok(scan)
+}
+
+/// Scans framed records: complete checksummed ones are kept, a record with a bad checksum
+/// but a plausible length is skipped and counted, and scanning stops at the first impossible
+/// length or incomplete record (`valid_bytes` says where).
+fn scan_bytes(data: &[u8]) -> Scan {
+    let mut scan = Scan::default();
+    let mut pos = 0usize;
+    while pos < data.len() {
+        match parse_record(&data[pos..]) {
+            Ok(Some((seq, _, size))) => {
+                scan.records += 1;
+                scan.last_seq = Some(seq);
+                scan.seqs.push(seq);
+                pos += size;
+            }
+            Ok(None) | Err(0) => break,
+            Err(skip) => {
+                scan.corrupt += 1;
+                pos += skip;
+            }
+        }
+    }
+    scan.valid_bytes = pos as u64;
+    scan
+}
+
+/// Appends `seq`/`payload` framed to `out`.
+fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
+    let seq_bytes = seq.to_be_bytes();
+    out.put_u32(payload.len() as u32);
+    out.put_u32(crc32c(crc32c(0, &seq_bytes), payload));
+    out.put_slice(&seq_bytes);
+    out.put_slice(payload);
+}
+
+struct Active {
+    file: File,
+    bytes: u64,
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    segment_bytes: u64,
+    active: Option<Active>,
+    next_seq: u64,
+    buf: BytesMut,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Append>) {
+        let mut group: Vec<Append> = Vec::with_capacity(1024);
+        let mut last_mark = Instant::now() - Duration::from_secs(10);
+        while let Some(first) = rx.blocking_recv() {
+            group.push(first);
+            while group.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(a) => group.push(a),
+                    Err(_) => break,
+                }
+            }
+            let res = self.write_group(&mut group);
+            if res.is_ok() && last_mark.elapsed() >= Duration::from_secs(1) {
+                last_mark = Instant::now();
+                let first_seq = self.next_seq - group.len() as u64;
+                self.shared
+                    .state
+                    .lock()
+                    .expect("not poisoned")
+                    .marks
+                    .push_back((first_seq, last_mark));
+            }
+            metrics::histogram!(m::SPOOL_GROUP_RECORDS).record(group.len() as f64);
+            for a in group.drain(..) {
+                let _ = a.done.send(res);
+            }
+        }
+        if let Some(a) = &self.active {
+            let _ = a.file.sync_data();
+        }
+    }
+
+    fn write_group(&mut self, group: &mut [Append]) -> Result<(), AppendError> {
+        let bytes: u64 = group
+            .iter()
+            .map(|a| (HEADER_BYTES + a.record.len()) as u64)
+            .sum();
+        {
+            let st = self.shared.state.lock().expect("not poisoned");
+            if st.total_bytes + bytes > self.shared.max_bytes {
+                self.shared.accepting.store(false, Ordering::Relaxed);
+                return Err(AppendError::Full);
+            }
+        }
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.bytes > 0 && a.bytes + bytes > self.segment_bytes)
+        {
+            self.active = None;
+        }
+        if self.active.is_none() {
+            match self.new_segment() {
+                Ok(a) => self.active = Some(a),
+                Err(e) => return Err(self.failed("creating segment", &e)),
+            }
+        }
+        self.buf.clear();
+        for (i, a) in group.iter().enumerate() {
+            encode_record(self.next_seq + i as u64, &a.record, &mut self.buf);
+        }
+        let active = self.active.as_mut().expect("opened above");
+        let fsync = self.shared.fsync;
+        let res = active.file.write_all(&self.buf).and_then(|()| {
+            if fsync {
+                active.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = res {
+            // Undo a partial write so the segment stays a sequence of whole records, then
+            // never append to this file again: after a failed fsync its page-cache state is
+            // unknown. The next group starts a new segment.
+            let keep = active.bytes;
+            let _ = active.file.set_len(keep);
+            self.active = None;
+            return Err(self.failed("writing", &e));
+        }
+        active.bytes += bytes;
+        let last = self.next_seq + group.len() as u64 - 1;
+        self.next_seq = last + 1;
+        {
+            let mut st = self.shared.state.lock().expect("not poisoned");
+            let seg = st.segments.back_mut().expect("active segment is listed");
+            seg.last_seq = last;
+            seg.bytes += bytes;
+            st.total_bytes += bytes;
+            if st.total_bytes >= self.shared.high_bytes
+                && self.shared.accepting.swap(false, Ordering::Relaxed)
+            {
+                tracing::warn!(bytes = st.total_bytes, "spool above high-water mark: answering 503 and failing health checks until the processing stage catches up");
+            }
+            self.shared.update_gauges(&st);
+        }
+        self.shared.written.send_replace(last);
+        Ok(())
+    }
+
+    fn failed(&self, what: &str, e: &io::Error) -> AppendError {
+        metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
+        tracing::error!(error = %e, "{what} spool segment failed; answering 503");
+        self.shared
+            .failed_until
+            .store(unix_secs() + 5, Ordering::Relaxed);
+        AppendError::Failed
+    }
+
+    fn new_segment(&mut self) -> io::Result<Active> {
+        let path = self
+            .shared
+            .dir
+            .join(format!("seg-{:020}.log", self.next_seq));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)?;
+        if self.shared.fsync {
+            File::open(&self.shared.dir)?.sync_all()?;
+        }
+        let mut st = self.shared.state.lock().expect("not poisoned");
+        // An empty last segment left by recovery or a failed write is replaced.
+        if st
+            .segments
+            .back()
+            .is_some_and(|s| s.bytes == 0 && s.path != path)
+        {
+            let s = st.segments.pop_back().expect("checked");
+            let _ = std::fs::remove_file(s.path);
+        }
+        if st.segments.back().is_none_or(|s| s.path != path) {
+            st.segments.push_back(Segment {
+                first_seq: self.next_seq,
+                last_seq: self.next_seq - 1,
+                path,
+                bytes: 0,
+            });
+        } else if let Some(s) = st.segments.back_mut() {
+            s.bytes = 0;
+        }
+        Ok(Active { file, bytes: 0 })
+    }
+}
+
+/// Reads records in sequence order from the segments, for the forwarder.
+pub struct SpoolReader {
+    shared: Arc<Shared>,
+    file: Option<(u64, BufReader<File>)>,
+    next: u64,
+}
+
+impl SpoolReader {
+    /// The sequence number the next read starts at.
+    pub fn position(&self) -> u64 {
+        self.next
+    }
+
+    /// Reads up to `max` records with sequence numbers in `position()..=upto`. Records that
+    /// fail their checksum are skipped and counted. Blocking file I/O (page cache in the
+    /// normal case): call from a blocking context.
+    pub fn read(&mut self, upto: u64, max: usize, out: &mut Vec<(u64, Bytes)>) -> io::Result<()> {
+        while out.len() < max && self.next <= upto {
+            if self.file.is_none() && !self.open_at(self.next)? {
+                return Ok(());
+            }
+            let (seg_first, rd) = self.file.as_mut().expect("opened");
+            let seg_first = *seg_first;
+            let mut header = [0u8; HEADER_BYTES];
+            match read_full(rd, &mut header)? {
+                0 => {
+                    // End of this segment: continue in the next one, if there is one.
+                    self.file = None;
+                    let next_first = {
+                        let st = self.shared.state.lock().expect("not poisoned");
+                        st.segments
+                            .iter()
+                            .map(|s| s.first_seq)
+                            .find(|&f| f > seg_first)
+                    };
+                    match next_first {
+                        Some(f) => self.next = self.next.max(f),
+                        None => return Ok(()),
+                    }
+                    continue;
+                }
+                n if n < HEADER_BYTES => {
+                    // Only possible past `upto` (a group being written): retry later.
+                    self.file = None;
+                    return Ok(());
+                }
+                _ => {}
+            }
+            let len = u32::from_be_bytes(header[0..4].try_into().expect("4")) as usize;
+            if len > MAX_RECORD_BYTES {
+                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
+                tracing::error!(
+                    segment = seg_first,
+                    "impossible record length in spool; skipping the rest of the segment"
+                );
+                self.file = None;
+                let st = self.shared.state.lock().expect("not poisoned");
+                match st
+                    .segments
+                    .iter()
+                    .map(|s| s.first_seq)
+                    .find(|&f| f > seg_first)
+                {
+                    Some(f) => self.next = self.next.max(f),
+                    None => self.next = self.next.max(upto + 1),
+                }
+                continue;
+            }
+            let mut payload = vec![0u8; len];
+            if read_full(rd, &mut payload)? < len {
+                self.file = None;
+                return Ok(());
+            }
+            let crc = u32::from_be_bytes(header[4..8].try_into().expect("4"));
+            let seq = u64::from_be_bytes(header[8..16].try_into().expect("8"));
+            if crc32c(crc32c(0, &header[8..16]), &payload) != crc {
+                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
+                tracing::error!(
+                    segment = seg_first,
+                    "spool record failed its checksum; skipped"
+                );
+                continue;
+            }
+            if seq < self.next {
+                continue; // before the requested position (scanning into a segment)
+            }
+            self.next = seq + 1;
+            out.push((seq, Bytes::from(payload)));
+        }
+        Ok(())
+    }
+
+    /// Opens the segment holding `seq` and positions before it. False if none does yet.
+    fn open_at(&mut self, seq: u64) -> io::Result<bool> {
+        let seg = {
+            let st = self.shared.state.lock().expect("not poisoned");
+            st.segments
+                .iter()
+                .rev()
+                .find(|s| s.first_seq <= seq)
+                .or_else(|| st.segments.front())
+                .map(|s| (s.first_seq, s.path.clone()))
+        };
+        let Some((first, path)) = seg else {
+            return Ok(false);
+        };
+        if first > seq {
+            self.next = first;
+        }
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            // Deleted after being acknowledged: the caller's position is stale; move on.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(0))?;
+        self.file = Some((first, BufReader::with_capacity(128 * 1024, f)));
+        Ok(true)
+    }
+}
+
+/// Reads until `buf` is full or EOF; returns bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs.
+pub fn crc32c(crc: u32, data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, e) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0x82F6_3B78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    let mut c = !crc;
+    for &b in data {
+        c = table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_known_vector() {
+        assert_eq!(crc32c(0, b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(crc32c(0, b"1234"), b"56789"), 0xE306_9283);
+    }
+
+    fn framed(n: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = BytesMut::new();
+        let mut ends = Vec::new();
+        for seq in 1..=n {
+            let payload: Vec<u8> = (0..(seq * 7 % 50)).map(|i| (i * seq) as u8).collect();
+            encode_record(seq, &payload, &mut buf);
+            ends.push(buf.len());
+        }
+        (buf.to_vec(), ends)
+    }
+
+    #[test]
+    fn truncation_at_any_offset_keeps_exactly_the_complete_records() {
+        let (data, ends) = framed(40);
+        for cut in 0..=data.len() {
+            let scan = scan_bytes(&data[..cut]);
+            let complete = ends.iter().filter(|&&e| e <= cut).count() as u64;
+            assert_eq!(scan.records, complete, "cut at {cut}");
+            assert_eq!(scan.corrupt, 0, "cut at {cut}");
+            assert_eq!(scan.last_seq, (complete > 0).then_some(complete));
+            let valid = if complete == 0 {
+                0
+            } else {
+                ends[complete as usize - 1]
+            };
+            assert_eq!(scan.valid_bytes, valid as u64, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_yield_a_bad_record() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let len = rng.usize(0..300);
+            let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+            let scan = scan_bytes(&data);
+            assert!(scan.valid_bytes <= data.len() as u64);
+            // Anything it accepted re-verifies.
+            let mut pos = 0;
+            for _ in 0..scan.records + scan.corrupt {
+                match parse_record(&data[pos..]) {
+                    Ok(Some((_, _, size))) | Err(size) if size > 0 => pos += size,
+                    other => panic!("scan and parse disagree: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flipped_bytes_are_skipped_or_cut_never_returned() {
+        let (data, ends) = framed(20);
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..2000 {
+            let mut d = data.clone();
+            let at = rng.usize(0..d.len());
+            d[at] ^= 1 << rng.u8(0..8);
+            let scan = scan_bytes(&d);
+            // The damaged record is the one whose byte range holds `at`.
+            let damaged = ends.iter().position(|&e| at < e).unwrap() as u64 + 1;
+            assert!(
+                !scan.seqs.contains(&damaged)
+                    || scan.seqs.iter().filter(|&&s| s == damaged).count() <= 1
+            );
+            assert!(scan.records <= 20);
+            // Every record before the damaged one survives.
+            for s in 1..damaged {
+                assert!(
+                    scan.seqs.contains(&s),
+                    "lost intact record {s} (flip at {at})"
+                );
+            }
+            // A flip in the payload or crc is caught by the checksum.
+            let start = if damaged == 1 {
+                0
+            } else {
+                ends[damaged as usize - 2]
+            };
+            if at >= start + 4 {
+                assert!(
+                    !scan.seqs.contains(&damaged),
+                    "corrupt record {damaged} returned (flip at {at})"
+                );
+            }
+        }
+    }
+
+    fn cfg(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.to_path_buf(),
+            segment_bytes: 4096,
+            ..SpoolConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn append_read_ack_delete_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, rec) = Spool::open(&cfg(dir.path()), 100).unwrap();
+        assert_eq!(rec, Recovery::default());
+        for i in 0..100u32 {
+            spool.append(Bytes::from(vec![i as u8; 100])).await.unwrap();
+        }
+        assert_eq!(*spool.written().borrow(), 100);
+        let segs = list_segments(dir.path()).unwrap().len();
+        assert!(segs > 1, "rolled into several segments");
+        let mut r = spool.reader(1);
+        let mut out = Vec::new();
+        r.read(100, 1000, &mut out).unwrap();
+        assert_eq!(out.len(), 100);
+        assert!(out
+            .iter()
+            .enumerate()
+            .all(|(i, (s, p))| *s == i as u64 + 1 && p[0] == i as u8));
+        spool.ack(60);
+        spool.checkpoint();
+        assert!(
+            list_segments(dir.path()).unwrap().len() < segs,
+            "acknowledged segments deleted"
+        );
+        let instance = spool.instance();
+        drop(spool);
+        std::thread::sleep(Duration::from_millis(50));
+
+        // Reopen: the checkpoint keeps the instance, replay starts after the ack.
+        let (spool, rec) = Spool::open(&cfg(dir.path()), 100).unwrap();
+        assert_eq!(spool.instance(), instance);
+        assert_eq!(rec.unacked, 40);
+        assert_eq!(spool.acked(), 60);
+        let mut r = spool.reader(61);
+        let mut out = Vec::new();
+        r.read(100, 1000, &mut out).unwrap();
+        assert_eq!(out.first().unwrap().0, 61);
+        assert_eq!(out.len(), 40);
+        spool.append(Bytes::from_static(b"next")).await.unwrap();
+        assert_eq!(
+            *spool.written().borrow(),
+            101,
+            "sequence continues after restart"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn high_water_refuses_then_recovers_below_low_water() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SpoolConfig {
+            max_bytes: 20_000,
+            high_water_percent: 50,
+            low_water_percent: 25,
+            ..cfg(dir.path())
+        };
+        let (spool, _) = Spool::open(&c, 100).unwrap();
+        let mut ok = 0;
+        loop {
+            match spool.append(Bytes::from(vec![0u8; 500])).await {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    assert_eq!(e, AppendError::Full);
+                    break;
+                }
+            }
+        }
+        assert!((18..=21).contains(&ok), "{ok}");
+        assert!(!spool.healthy());
+        spool.ack(ok);
+        assert!(spool.healthy());
+        spool.append(Bytes::from_static(b"again")).await.unwrap();
+    }
+}
