@@ -120,7 +120,12 @@ pub async fn run(
     shutdown: impl Future<Output = Shutdown>,
 ) -> Result<RunReport, RunError> {
     let handle = metrics::install();
-    let (spool, recovery) = spool::Spool::open(&config.spool, config.queue.capacity)?;
+    let (spool, recovery) = spool::Spool::open(
+        &config.spool,
+        config.queue.capacity,
+        // After a write failure, stay unhealthy for one Retry-After period.
+        Duration::from_secs(config.queue.retry_after_seconds),
+    )?;
     tracing::info!(
         dir = %config.spool.dir.display(),
         records = recovery.records,

@@ -107,6 +107,7 @@ struct Shared {
     accepting: AtomicBool,
     /// Unix seconds until which the spool reports unhealthy after a write failure.
     failed_until: AtomicU64,
+    failure_cooldown: u64,
     high_bytes: u64,
     low_bytes: u64,
     max_bytes: u64,
@@ -127,7 +128,11 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (creating if needed) and recovers the spool, then starts its writer thread.
-    pub fn open(cfg: &SpoolConfig, queue_capacity: usize) -> Result<(Spool, Recovery), SpoolError> {
+    pub fn open(
+        cfg: &SpoolConfig,
+        queue_capacity: usize,
+        unhealthy_after_failure: Duration,
+    ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
         let (instance, acked) = read_checkpoint(&cfg.dir);
         let mut rec = Recovery::default();
@@ -179,6 +184,7 @@ impl Spool {
             written: watch::channel(last_written).0,
             accepting: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
+            failure_cooldown: unhealthy_after_failure.as_secs().max(1),
             high_bytes,
             low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,
             max_bytes: cfg.max_bytes,
@@ -591,9 +597,10 @@ impl Writer {
     fn failed(&self, what: &str, e: &io::Error) -> AppendError {
         metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
         tracing::error!(error = %e, "{what} spool segment failed; answering 503");
-        self.shared
-            .failed_until
-            .store(unix_secs() + 5, Ordering::Relaxed);
+        self.shared.failed_until.store(
+            unix_secs() + self.shared.failure_cooldown,
+            Ordering::Relaxed,
+        );
         AppendError::Failed
     }
 
@@ -901,7 +908,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn append_read_ack_delete_and_recover() {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, rec) = Spool::open(&cfg(dir.path()), 100).unwrap();
+        let (spool, rec) = Spool::open(&cfg(dir.path()), 100, Duration::from_secs(1)).unwrap();
         assert_eq!(rec, Recovery::default());
         for i in 0..100u32 {
             spool.append(Bytes::from(vec![i as u8; 100])).await.unwrap();
@@ -928,7 +935,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
 
         // Reopen: the checkpoint keeps the instance, replay starts after the ack.
-        let (spool, rec) = Spool::open(&cfg(dir.path()), 100).unwrap();
+        let (spool, rec) = Spool::open(&cfg(dir.path()), 100, Duration::from_secs(1)).unwrap();
         assert_eq!(spool.instance(), instance);
         assert_eq!(rec.unacked, 40);
         assert_eq!(spool.acked(), 60);
@@ -954,7 +961,7 @@ mod tests {
             low_water_percent: 25,
             ..cfg(dir.path())
         };
-        let (spool, _) = Spool::open(&c, 100).unwrap();
+        let (spool, _) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
         let mut ok = 0;
         loop {
             match spool.append(Bytes::from(vec![0u8; 500])).await {

@@ -6,6 +6,8 @@ mod common;
 mod beacons;
 #[path = "it/config.rs"]
 mod config;
+#[path = "it/faults.rs"]
+mod faults;
 #[path = "it/forwarding.rs"]
 mod forwarding;
 #[path = "it/lifecycle.rs"]

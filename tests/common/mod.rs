@@ -368,3 +368,107 @@ impl Drop for Binary {
         let _ = self.child.wait();
     }
 }
+
+/// Steady beacon load from a few keep-alive clients. Each beacon carries a unique key
+/// (`k=<client>-<n>`); the keys answered 204 are remembered, so a test can check that each
+/// one reached the output (not just that the counts match).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(Vec<String>, u64)>>,
+    pub addr: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared_addr = std::sync::Arc::new(std::sync::Mutex::new(addr));
+        let threads = (0..clients)
+            .map(|c| {
+                let stop = stop.clone();
+                let addr = shared_addr.clone();
+                std::thread::spawn(move || {
+                    let mut ok = Vec::new();
+                    let mut other = 0u64;
+                    let mut conn: Option<Conn> = None;
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let c0 = match conn.as_mut() {
+                            Some(c) => c,
+                            None => {
+                                let a = *addr.lock().unwrap();
+                                match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                                    Ok(s) => {
+                                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                                        conn.insert(Conn {
+                                            rd: BufReader::new(s),
+                                        })
+                                    }
+                                    Err(_) => {
+                                        std::thread::sleep(Duration::from_millis(20));
+                                        continue;
+                                    }
+                                }
+                            }
+                        };
+                        let key = format!("{c}-{n}");
+                        n += 1;
+                        let raw = format!("GET /beacon?k={key}&t=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+                        if c0.rd.get_mut().write_all(raw.as_bytes()).is_err() {
+                            conn = None;
+                            continue;
+                        }
+                        match c0.read(false) {
+                            Some(r) if r.status == 204 => ok.push(key),
+                            Some(r) => {
+                                other += 1;
+                                if r.header("connection") == Some("close") {
+                                    conn = None;
+                                }
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            None => conn = None,
+                        }
+                    }
+                    (ok, other)
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            addr: shared_addr,
+        }
+    }
+
+    /// Stops the clients; returns the keys answered 204 and the count of other answers.
+    pub fn stop(self) -> (Vec<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut keys = Vec::new();
+        let mut other = 0;
+        for t in self.threads {
+            let (k, o) = t.join().unwrap();
+            keys.extend(k);
+            other += o;
+        }
+        (keys, other)
+    }
+}
+
+/// Checks every 204'd key is in the output; returns (records, unique ids, duplicates).
+pub fn assert_no_loss(data_dir: &Path, keys: &[String]) -> (usize, usize, usize) {
+    let recs = records(data_dir);
+    let got: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| param(r, "k").and_then(|v| v.as_str()))
+        .collect();
+    let lost: Vec<&String> = keys.iter().filter(|k| !got.contains(k.as_str())).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {} beacons answered 204, e.g. {:?}",
+        lost.len(),
+        keys.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let unique = unique_ids(&recs).len();
+    (recs.len(), unique, recs.len() - unique)
+}
