@@ -14,5 +14,7 @@ mod forwarding;
 mod lifecycle;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/python.rs"]
+mod python;
 #[path = "it/timeouts.rs"]
 mod timeouts;
