@@ -186,6 +186,9 @@ impl Forwarder {
         let mut last_progress = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut closing = *close.borrow();
+        // Set when a read found nothing readable below `written` (a corrupt tail being
+        // skipped): wait for new records or the next tick instead of spinning.
+        let mut stalled = false;
         loop {
             let written = *written_rx.borrow_and_update();
             let position = reader.as_ref().expect("present between reads").position();
@@ -196,7 +199,7 @@ impl Forwarder {
                 return ConnEnd::Done;
             }
             let room = (self.cfg.max_unacked_records as u64).saturating_sub(inflight);
-            let can_send = position <= written && room > 0;
+            let can_send = position <= written && room > 0 && !stalled;
             tokio::select! {
                 biased;
                 changed = ack_rx.changed() => {
@@ -232,6 +235,7 @@ impl Forwarder {
                         return ConnEnd::Lost("spool_read");
                     }
                     if batch.is_empty() {
+                        stalled = true;
                         continue;
                     }
                     // One BATCH frame per run of consecutive sequence numbers (a corrupt,
@@ -257,7 +261,8 @@ impl Forwarder {
                         return ConnEnd::Lost(reason);
                     }
                 }
-                changed = written_rx.changed(), if !can_send && position > written => {
+                changed = written_rx.changed(), if !can_send && (position > written || stalled) => {
+                    stalled = false;
                     if changed.is_err() {
                         // Spool writer gone (shutdown); what is written is all there will be.
                         closing = true;
@@ -271,6 +276,7 @@ impl Forwarder {
                 }
                 _ = crate::wait_true(close), if !closing => closing = true,
                 _ = tick.tick() => {
+                    stalled = false;
                     self.spool.checkpoint();
                     if inflight > 0 && last_progress.elapsed() > io_timeout {
                         return ConnEnd::Lost("ack_timeout");

@@ -16,7 +16,7 @@ use crate::metrics as m;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -642,10 +642,22 @@ impl Writer {
 }
 
 /// Reads records in sequence order from the segments, for the forwarder.
+///
+/// It never reads past a segment's *committed* length (what the writer has finished writing,
+/// as recorded under the state lock), so bytes of a group being written, or of a failed write
+/// that was cut off again, are never seen.
 pub struct SpoolReader {
     shared: Arc<Shared>,
-    file: Option<(u64, BufReader<File>)>,
+    file: Option<OpenSegment>,
     next: u64,
+}
+
+struct OpenSegment {
+    first_seq: u64,
+    rd: BufReader<File>,
+    offset: u64,
+    /// Committed length last seen; refreshed when the reader reaches it.
+    limit: u64,
 }
 
 impl SpoolReader {
@@ -662,64 +674,58 @@ impl SpoolReader {
             if self.file.is_none() && !self.open_at(self.next)? {
                 return Ok(());
             }
-            let (seg_first, rd) = self.file.as_mut().expect("opened");
-            let seg_first = *seg_first;
-            let mut header = [0u8; HEADER_BYTES];
-            match read_full(rd, &mut header)? {
-                0 => {
-                    // End of this segment: continue in the next one, if there is one.
-                    self.file = None;
-                    let next_first = {
-                        let st = self.shared.state.lock().expect("not poisoned");
+            let seg = self.file.as_mut().expect("opened");
+            if seg.offset + HEADER_BYTES as u64 > seg.limit {
+                // At the committed end: refresh it, or move on to the next segment.
+                let (limit, later) = {
+                    let st = self.shared.state.lock().expect("not poisoned");
+                    (
+                        st.segments
+                            .iter()
+                            .find(|s| s.first_seq == seg.first_seq)
+                            .map(|s| s.bytes),
                         st.segments
                             .iter()
                             .map(|s| s.first_seq)
-                            .find(|&f| f > seg_first)
-                    };
-                    match next_first {
-                        Some(f) => self.next = self.next.max(f),
-                        None => return Ok(()),
+                            .find(|&f| f > seg.first_seq),
+                    )
+                };
+                match limit {
+                    Some(l) if seg.offset + (HEADER_BYTES as u64) <= l => seg.limit = l,
+                    _ => {
+                        self.file = None;
+                        match later {
+                            Some(f) => self.next = self.next.max(f),
+                            None => return Ok(()),
+                        }
                     }
-                    continue;
-                }
-                n if n < HEADER_BYTES => {
-                    // Only possible past `upto` (a group being written): retry later.
-                    self.file = None;
-                    return Ok(());
-                }
-                _ => {}
-            }
-            let len = u32::from_be_bytes(header[0..4].try_into().expect("4")) as usize;
-            if len > MAX_RECORD_BYTES {
-                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
-                tracing::error!(
-                    segment = seg_first,
-                    "impossible record length in spool; skipping the rest of the segment"
-                );
-                self.file = None;
-                let st = self.shared.state.lock().expect("not poisoned");
-                match st
-                    .segments
-                    .iter()
-                    .map(|s| s.first_seq)
-                    .find(|&f| f > seg_first)
-                {
-                    Some(f) => self.next = self.next.max(f),
-                    None => self.next = self.next.max(upto + 1),
                 }
                 continue;
             }
-            let mut payload = vec![0u8; len];
-            if read_full(rd, &mut payload)? < len {
-                self.file = None;
-                return Ok(());
+            let mut header = [0u8; HEADER_BYTES];
+            seg.rd.read_exact(&mut header)?;
+            let len = u32::from_be_bytes(header[0..4].try_into().expect("4")) as u64;
+            if len > MAX_RECORD_BYTES as u64 || seg.offset + HEADER_BYTES as u64 + len > seg.limit {
+                // Committed bytes hold whole records only: this length is corrupt, and nothing
+                // after it in this segment can be framed. Skip to the next segment.
+                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
+                tracing::error!(
+                    segment = seg.first_seq,
+                    "corrupt record length in spool; skipping the rest of the segment"
+                );
+                seg.offset = u64::MAX / 2;
+                seg.limit = 0;
+                continue;
             }
+            let mut payload = vec![0u8; len as usize];
+            seg.rd.read_exact(&mut payload)?;
+            seg.offset += HEADER_BYTES as u64 + len;
             let crc = u32::from_be_bytes(header[4..8].try_into().expect("4"));
             let seq = u64::from_be_bytes(header[8..16].try_into().expect("8"));
             if crc32c(crc32c(0, &header[8..16]), &payload) != crc {
                 metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
                 tracing::error!(
-                    segment = seg_first,
+                    segment = seg.first_seq,
                     "spool record failed its checksum; skipped"
                 );
                 continue;
@@ -733,7 +739,7 @@ impl SpoolReader {
         Ok(())
     }
 
-    /// Opens the segment holding `seq` and positions before it. False if none does yet.
+    /// Opens the segment holding `seq`, positioned at its start. False if there is none yet.
     fn open_at(&mut self, seq: u64) -> io::Result<bool> {
         let seg = {
             let st = self.shared.state.lock().expect("not poisoned");
@@ -742,38 +748,28 @@ impl SpoolReader {
                 .rev()
                 .find(|s| s.first_seq <= seq)
                 .or_else(|| st.segments.front())
-                .map(|s| (s.first_seq, s.path.clone()))
+                .map(|s| (s.first_seq, s.path.clone(), s.bytes))
         };
-        let Some((first, path)) = seg else {
+        let Some((first_seq, path, limit)) = seg else {
             return Ok(false);
         };
-        if first > seq {
-            self.next = first;
+        if first_seq > seq {
+            self.next = first_seq;
         }
-        let mut f = match File::open(&path) {
+        let f = match File::open(&path) {
             Ok(f) => f,
-            // Deleted after being acknowledged: the caller's position is stale; move on.
+            // Deleted after being acknowledged: nothing to read there any more.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        f.seek(SeekFrom::Start(0))?;
-        self.file = Some((first, BufReader::with_capacity(128 * 1024, f)));
+        self.file = Some(OpenSegment {
+            first_seq,
+            rd: BufReader::with_capacity(128 * 1024, f),
+            offset: 0,
+            limit,
+        });
         Ok(true)
     }
-}
-
-/// Reads until `buf` is full or EOF; returns bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs.
