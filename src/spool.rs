@@ -134,7 +134,19 @@ impl Spool {
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
-        let (instance, acked) = read_checkpoint(&cfg.dir);
+        let (instance, acked, boot) = read_checkpoint(&cfg.dir);
+        let fsync = cfg.ack_after == AckAfter::Fsync;
+        // With ack_after = "write", a reboot (power loss, kernel crash) may have dropped the
+        // spool's unsynced tail, and its sequence numbers would be reused. A stage that
+        // survived on another host would then drop the new records as replays. A new instance
+        // makes them unambiguous. A process crash keeps the page cache: same instance.
+        let instance = match (instance, boot_id()) {
+            (Some(i), Some(now)) if !fsync && boot.as_deref().is_some_and(|b| b != now) => {
+                tracing::warn!(old = format_args!("{i:016x}"), "first start since a reboot with ack_after = \"write\": starting a new spool instance");
+                None
+            }
+            (i, _) => i,
+        };
         let mut rec = Recovery::default();
         let mut segments = VecDeque::new();
         let mut paths = list_segments(&cfg.dir).map_err(err("list", &cfg.dir))?;
@@ -164,11 +176,9 @@ impl Spool {
             .max()
             .unwrap_or(0)
             .max(acked);
-        let (instance, acked) = match instance {
-            Some(i) => (i, acked),
-            // No checkpoint: a new instance, so sequence numbers may start over safely.
-            None => (fastrand::u64(..), 0),
-        };
+        // No usable checkpoint (then `acked` is 0 and the whole spool is sent again), or a
+        // reboot in write mode: a new instance. Sequence numbers continue either way.
+        let instance = instance.unwrap_or_else(|| fastrand::u64(..));
         let total_bytes = segments.iter().map(|s| s.bytes).sum();
         let high_bytes = cfg.max_bytes * u64::from(cfg.high_water_percent) / 100;
         let shared = Arc::new(Shared {
@@ -188,7 +198,7 @@ impl Spool {
             high_bytes,
             low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,
             max_bytes: cfg.max_bytes,
-            fsync: cfg.ack_after == AckAfter::Fsync,
+            fsync,
         });
         {
             let mut st = shared.state.lock().expect("not poisoned");
@@ -323,7 +333,12 @@ impl Shared {
             return;
         }
         let tmp = self.dir.join("checkpoint.tmp");
-        let body = format!("{:016x} {}\n", self.instance, st.acked);
+        let body = format!(
+            "{:016x} {} {}\n",
+            self.instance,
+            st.acked,
+            boot_id().unwrap_or_else(|| "-".into())
+        );
         let res = std::fs::write(&tmp, body).and_then(|()| {
             if self.fsync {
                 File::open(&tmp)?.sync_all()?;
@@ -344,18 +359,27 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn read_checkpoint(dir: &Path) -> (Option<u64>, u64) {
+/// The kernel's boot id: changes at every boot.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// `instance acked boot_id` (hex, decimal, text).
+fn read_checkpoint(dir: &Path) -> (Option<u64>, u64, Option<String>) {
     let Ok(text) = std::fs::read_to_string(dir.join(CHECKPOINT)) else {
-        return (None, 0);
+        return (None, 0, None);
     };
     let mut it = text.split_whitespace();
     let instance = it.next().and_then(|s| u64::from_str_radix(s, 16).ok());
     let acked = it.next().and_then(|s| s.parse().ok());
+    let boot = it.next().filter(|b| *b != "-").map(str::to_string);
     match (instance, acked) {
-        (Some(i), Some(a)) => (Some(i), a),
+        (Some(i), Some(a)) => (Some(i), a, boot),
         _ => {
             tracing::warn!("unreadable spool checkpoint; starting a new instance");
-            (None, 0)
+            (None, 0, None)
         }
     }
 }
@@ -903,6 +927,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn append_read_ack_delete_and_recover() {
+        // (and, below, a checkpoint from another boot in write mode gets a new instance)
         let dir = tempfile::tempdir().unwrap();
         let (spool, rec) = Spool::open(&cfg(dir.path()), 100, Duration::from_secs(1)).unwrap();
         assert_eq!(rec, Recovery::default());
@@ -949,6 +974,40 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_cuts_a_torn_tail_and_skips_a_corrupt_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = SpoolConfig {
+            segment_bytes: 1 << 20,
+            ..cfg(dir.path())
+        };
+        let (spool, _) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
+        for i in 0..10u8 {
+            spool.append(Bytes::from(vec![i; 50])).await.unwrap();
+        }
+        drop(spool);
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, path) = list_segments(dir.path()).unwrap().remove(0);
+        let mut data = std::fs::read(&path).unwrap();
+        let rec = HEADER_BYTES + 50;
+        data[3 * rec + HEADER_BYTES + 7] ^= 0xff; // corrupt record 4's payload
+        data.truncate(data.len() - 20); // tear record 10
+        std::fs::write(&path, &data).unwrap();
+
+        let (spool, r) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.records, 8);
+        assert_eq!(r.corrupt, 1);
+        assert_eq!(r.truncated_bytes, (rec - 20) as u64);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), (9 * rec) as u64);
+        let mut out = Vec::new();
+        spool.reader(1).read(100, 100, &mut out).unwrap();
+        let seqs: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 5, 6, 7, 8, 9]);
+        // The torn record never completed, so no client got a 2xx for it: its number is reused.
+        spool.append(Bytes::from_static(b"new")).await.unwrap();
+        assert_eq!(*spool.written().borrow(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn high_water_refuses_then_recovers_below_low_water() {
         let dir = tempfile::tempdir().unwrap();
         let c = SpoolConfig {
@@ -958,7 +1017,7 @@ mod tests {
             ..cfg(dir.path())
         };
         let (spool, _) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
-        let mut ok = 0;
+        let mut ok = 0u64;
         loop {
             match spool.append(Bytes::from(vec![0u8; 500])).await {
                 Ok(()) => ok += 1,
