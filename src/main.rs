@@ -167,6 +167,7 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = runtime(config.worker_threads())?;
     rt.block_on(async move {
+        let shutdown = signals();
         let backlog = listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH);
         backlog.log();
         let listeners = Listeners::bind(&config)?;
@@ -183,7 +184,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
                 restart_delay: std::time::Duration::from_millis(config.processor.restart_delay_ms),
             })
         });
-        let res = beacon_collector::run(config, listeners, signals()).await;
+        let res = beacon_collector::run(config, listeners, shutdown).await;
         if let Some(s) = sup {
             s.stop().await;
         }
@@ -193,31 +194,40 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
 
 /// SIGTERM → graceful, SIGINT → fast. A second SIGINT (an impatient operator) exits at once;
 /// a repeated SIGTERM (orchestrators resend it) does not cut the drain short.
-async fn signals() -> Shutdown {
+///
+/// The handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives during start-up is not lost to the default action (instant death).
+fn signals() -> impl std::future::Future<Output = Shutdown> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
-    let kind = tokio::select! {
-        _ = term.recv() => Shutdown::Graceful,
-        _ = int.recv() => Shutdown::Fast,
-    };
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM again: already shutting down"),
-                _ = int.recv() => {
-                    eprintln!("second SIGINT: exiting without draining");
-                    std::process::exit(130);
+    async move {
+        let kind = tokio::select! {
+            _ = term.recv() => Shutdown::Graceful,
+            _ = int.recv() => Shutdown::Fast,
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM again: already shutting down"),
+                    _ = int.recv() => {
+                        eprintln!("second SIGINT: exiting without draining");
+                        std::process::exit(130);
+                    }
                 }
             }
-        }
-    });
-    kind
+        });
+        kind
+    }
 }
 
 fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow::Result<()> {
     let rt = runtime(config.worker_threads().min(2))?;
     rt.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Installed before anything else can take time (see `signals`).
+        let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
         let l = processor::bind(&config.forward.socket_path, config.processor.socket_mode)?;
         let admin = if config.processor.admin_enabled {
             let addr = config.processor.admin_listen;
@@ -235,9 +245,6 @@ fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow:
         );
         let stop = async move {
             use tokio::io::AsyncReadExt;
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("installing SIGINT handler");
             let stdin_eof = async {
                 if !watch_stdin {
                     return std::future::pending().await;
