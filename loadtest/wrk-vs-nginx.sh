@@ -39,6 +39,9 @@ enabled = false
 socket_path = "$WORK/$1/run/processor.sock"
 [processor]
 data_dir = "$WORK/$1/data"
+admin_enabled = false
+[spool]
+dir = "$WORK/$1/spool"
 [shutdown]
 deregistration_delay_seconds = 0
 [log]

@@ -100,6 +100,9 @@ struct State {
 
 struct Shared {
     dir: PathBuf,
+    /// Holds an exclusive `flock` on `<dir>/lock` for the spool's lifetime: two collectors on
+    /// one spool would overwrite each other's segments.
+    _lock: File,
     instance: u64,
     state: Mutex<State>,
     written: watch::Sender<u64>,
@@ -134,6 +137,28 @@ impl Spool {
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
+        let lock_path = cfg.dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(err("open lock file", &lock_path))?;
+        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            return Err(SpoolError {
+                what:
+                    "in use by another running collector (each collector needs its own spool.dir)",
+                path: cfg.dir.clone(),
+                source: io::Error::last_os_error(),
+            });
+        }
         let (instance, acked, boot) = read_checkpoint(&cfg.dir);
         let fsync = cfg.ack_after == AckAfter::Fsync;
         // With ack_after = "write", a reboot (power loss, kernel crash) may have dropped the
@@ -183,6 +208,7 @@ impl Spool {
         let high_bytes = cfg.max_bytes * u64::from(cfg.high_water_percent) / 100;
         let shared = Arc::new(Shared {
             dir: cfg.dir.clone(),
+            _lock: lock,
             instance,
             state: Mutex::new(State {
                 segments,
@@ -952,7 +978,7 @@ mod tests {
             "acknowledged segments deleted"
         );
         let instance = spool.instance();
-        drop(spool);
+        drop((spool, r)); // the reader keeps the spool (and its lock) alive too
         std::thread::sleep(Duration::from_millis(50));
 
         // Reopen: the checkpoint keeps the instance, replay starts after the ack.
@@ -971,6 +997,16 @@ mod tests {
             101,
             "sequence continues after restart"
         );
+    }
+
+    #[test]
+    fn a_spool_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_spool, _) = Spool::open(&cfg(dir.path()), 10, Duration::from_secs(1)).unwrap();
+        let Err(e) = Spool::open(&cfg(dir.path()), 10, Duration::from_secs(1)) else {
+            panic!("a second spool on the same directory was allowed");
+        };
+        assert!(e.what.contains("in use"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
