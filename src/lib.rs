@@ -12,20 +12,25 @@
 //! - [`processor`]: the bundled processing stage writing rotated NDJSON files.
 //! - [`supervisor`]: runs the embedded processing stage as a child and restarts it.
 //! - [`metrics`]: metric names, the Prometheus recorder, the admin listener.
+//! - [`kernel`], [`check`], [`sampler`]: reading `/proc`, the self-check against the config
+//!   with its generated sysctl/limits/systemd files, and kernel counters as metrics.
 //!
 //! Data path: accept → [`http`] builds a record → [`spool::Spool::append`] (group commit; 503
 //! when it cannot) → 204 → the forwarder streams it to the processing stage → ACK → the
 //! segment is deleted once all its records are acknowledged. Shutdown: health check 503,
 //! drain, flush what the stage will take; anything left stays in the spool for the next start.
 
+pub mod check;
 pub mod config;
 pub mod forwarder;
 pub mod http;
+pub mod kernel;
 pub mod listener;
 pub mod metrics;
 pub mod processor;
 pub mod protocol;
 pub mod record;
+pub mod sampler;
 pub mod spool;
 pub mod supervisor;
 pub mod time;
@@ -141,6 +146,13 @@ pub async fn run(
     let mut fwd_task = tokio::spawn(forwarder.run(close_rx, report_tx));
 
     let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+    if config.check.sample_interval_seconds > 0 {
+        tokio::spawn(sampler::run(
+            kernel::ProcRoot::system(),
+            Duration::from_secs(config.check.sample_interval_seconds),
+            stop_admin_rx.clone(),
+        ));
+    }
     if let Some(l) = listeners.admin {
         let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
         tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "admin listening (/metrics)");

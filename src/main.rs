@@ -30,6 +30,22 @@ enum Cmd {
         #[arg(long, hide = true)]
         watch_stdin: bool,
     },
+    /// Check kernel and process limits against the config (exit 0 all ok, 1 findings, 2 could
+    /// not run), or emit files that fix them.
+    Check {
+        /// Config file (TOML). Without it the built-in defaults are checked.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Read this recorded /proc tree instead of the live one.
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
+        /// Print a file tuned to the config instead of checking.
+        #[arg(long, value_enum)]
+        emit: Option<Emit>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -60,6 +76,16 @@ struct Common {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// /etc/sysctl.d/60-beacon-collector.conf
+    Sysctl,
+    /// /etc/security/limits.d/60-beacon-collector.conf
+    Limits,
+    /// /etc/systemd/system/beacon-collector.service
+    Systemd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormatArg {
     Auto,
     Pretty,
@@ -82,12 +108,63 @@ fn main() -> ExitCode {
                 Err(e) => config_error(&config, &e),
             },
         },
+        Cmd::Check {
+            config,
+            json,
+            proc_root,
+            emit,
+        } => check(config.as_deref(), json, &proc_root, emit),
         Cmd::Serve(common) => start(&common, serve),
         Cmd::Process {
             common,
             watch_stdin,
         } => start(&common, |c, p| process(c, p, watch_stdin)),
     }
+}
+
+fn check(path: Option<&Path>, json: bool, proc_root: &Path, emit: Option<Emit>) -> ExitCode {
+    use beacon_collector::check;
+    let config = match path {
+        Some(p) => match Config::load(p) {
+            Ok(c) => c,
+            Err(e) => return config_error(p, &e),
+        },
+        None => Config::default(),
+    };
+    if let Some(e) = emit {
+        print!(
+            "{}",
+            match e {
+                Emit::Sysctl => check::emit_sysctl(&config),
+                Emit::Limits => check::emit_limits(&config),
+                Emit::Systemd => check::emit_systemd(&config),
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let report = match check::run(&config, &beacon_collector::kernel::ProcRoot::new(proc_root)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.render_table(use_color(&std::io::stdout())));
+    }
+    ExitCode::from(report.exit_code as u8)
+}
+
+/// Colour only on a terminal, and not with NO_COLOR or TERM=dumb.
+fn use_color(stream: &impl IsTerminal) -> bool {
+    stream.is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 fn config_error(path: &Path, e: &beacon_collector::config::ConfigError) -> ExitCode {
@@ -149,10 +226,7 @@ fn init_logging(format: LogFormat, level: &str) {
     if json {
         b.json().flatten_event(true).init();
     } else {
-        let color = std::io::stderr().is_terminal()
-            && std::env::var_os("NO_COLOR").is_none()
-            && std::env::var("TERM").map_or(true, |t| t != "dumb");
-        b.with_ansi(color).init();
+        b.with_ansi(use_color(&std::io::stderr())).init();
     }
 }
 
@@ -168,6 +242,7 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = runtime(config.worker_threads())?;
     rt.block_on(async move {
         let shutdown = signals();
+        self_check(&config)?;
         let backlog = listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH);
         backlog.log();
         let listeners = Listeners::bind(&config)?;
@@ -190,6 +265,44 @@ fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
         res.map(|_| ()).context("serve")
     })
+}
+
+/// Runs `check` against the live system: logs each warn and fail with its fix; with
+/// `check.strict` a fail stops the start.
+fn self_check(config: &Config) -> anyhow::Result<()> {
+    use beacon_collector::check::{self, Severity};
+    let report = match check::run(config, &beacon_collector::kernel::ProcRoot::system()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("self-check skipped: {e}");
+            return Ok(());
+        }
+    };
+    for f in &report.findings {
+        match f.severity {
+            Severity::Ok => {}
+            Severity::Warn => {
+                tracing::warn!(key = %f.key, current = %f.current, recommended = %f.recommended, fix = %f.fix, "check: {}", f.why)
+            }
+            Severity::Fail => {
+                tracing::error!(key = %f.key, current = %f.current, recommended = %f.recommended, fix = %f.fix, "check: {}", f.why)
+            }
+        }
+    }
+    tracing::info!(
+        ok = report.summary.ok,
+        warn = report.summary.warn,
+        fail = report.summary.fail,
+        "self-check done (beacon-collector check for the table)"
+    );
+    if config.check.strict && report.summary.fail > 0 {
+        anyhow::bail!(
+            "check.strict = true and the self-check found {} fail(s); fix them (see the log, or run \
+             `beacon-collector check`) or set check.strict = false",
+            report.summary.fail
+        );
+    }
+    Ok(())
 }
 
 /// SIGTERM → graceful, SIGINT → fast. A second SIGINT (an impatient operator) exits at once;

@@ -56,6 +56,27 @@ pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.
 pub const DRAINING: &str = "beacon_draining";
 
+/// Kernel (host-wide, since boot): accept queue overflows (`TcpExt.ListenOverflows`).
+pub const KERNEL_LISTEN_OVERFLOWS_TOTAL: &str = "beacon_kernel_listen_overflows_total";
+/// Kernel: SYNs to listening sockets dropped (`TcpExt.ListenDrops`).
+pub const KERNEL_LISTEN_DROPS_TOTAL: &str = "beacon_kernel_listen_drops_total";
+/// Kernel: SYN cookies sent (`TcpExt.SyncookiesSent`).
+pub const KERNEL_SYNCOOKIES_SENT_TOTAL: &str = "beacon_kernel_syncookies_sent_total";
+/// Kernel: invalid SYN cookies received (`TcpExt.SyncookiesFailed`).
+pub const KERNEL_SYNCOOKIES_FAILED_TOTAL: &str = "beacon_kernel_syncookies_failed_total";
+/// Kernel: packets dropped on a busy socket backlog (`TcpExt.TCPBacklogDrop`).
+pub const KERNEL_TCP_BACKLOG_DROPS_TOTAL: &str = "beacon_kernel_tcp_backlog_drops_total";
+/// Kernel: conntrack table fill, 0..1 (absent without conntrack).
+pub const KERNEL_CONNTRACK_FILL_RATIO: &str = "beacon_kernel_conntrack_fill_ratio";
+/// Kernel: TCP sockets in TIME_WAIT.
+pub const KERNEL_TCP_TIME_WAIT: &str = "beacon_kernel_tcp_time_wait";
+/// Kernel: orphaned TCP sockets.
+pub const KERNEL_TCP_ORPHANS: &str = "beacon_kernel_tcp_orphans";
+/// Process: open file descriptors.
+pub const PROCESS_OPEN_FDS: &str = "beacon_process_open_fds";
+/// Process: `RLIMIT_NOFILE` soft limit.
+pub const PROCESS_MAX_FDS: &str = "beacon_process_max_fds";
+
 /// Processing stage: records written to the sink.
 pub const SINK_RECORDS_TOTAL: &str = "beacon_sink_records_total";
 /// Processing stage: duplicate records dropped (resends it had already written).

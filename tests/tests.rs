@@ -4,6 +4,8 @@ mod common;
 
 #[path = "it/beacons.rs"]
 mod beacons;
+#[path = "it/check.rs"]
+mod check;
 #[path = "it/config.rs"]
 mod config;
 #[path = "it/faults.rs"]
