@@ -1,0 +1,681 @@
+//! beacon-loadgen: load for beacon collectors.
+//!
+//! One worker loop per connection, parameterised by its pacing:
+//! - **closed loop** (`-c`, like wrk): the next request goes as soon as the previous answer is in;
+//! - **open loop** (`--rate`): requests are scheduled at a fixed rate and latency is measured
+//!   from when each *should* have been sent (coordinated-omission correction, as wrk2 does);
+//! - **fleet** (`--clients --interval`): N virtual browsers, each holding a keep-alive
+//!   connection and pinging every interval with jitter, spread over `127.0.0.x` source
+//!   addresses so N can exceed one address's ephemeral ports.
+//!
+//! `-t` threads each run a single-threaded Tokio runtime with their share of connections (the
+//! wrk model: no cross-thread wake-ups on the hot path). Per-thread HDR histograms and counters
+//! are merged at the end.
+
+pub mod http;
+pub mod report;
+
+use crate::http::{BodyKind, Head, Method, ParseError, RequestSpec};
+use crate::report::{Report, Stats};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Command-line options.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "beacon-loadgen",
+    version,
+    about = "Load generator for beacon collectors"
+)]
+pub struct Opts {
+    /// Target URL, e.g. http://127.0.0.1:8080/beacon
+    pub url: String,
+    /// Connections (closed and open loop).
+    #[arg(short = 'c', long, default_value_t = 64)]
+    pub connections: usize,
+    /// Threads, each with its own event loop.
+    #[arg(short = 't', long, default_value_t = 1)]
+    pub threads: usize,
+    /// Test duration (e.g. 10s, 500ms, 2m).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Print the latency distribution.
+    #[arg(long)]
+    pub latency: bool,
+    /// Open loop: total requests per second, latency corrected for coordinated omission.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// A new connection for every request (`Connection: close`), like a proxy speaking HTTP/1.0.
+    #[arg(long)]
+    pub close: bool,
+    /// Request method: GET (query-string beacons) or POST (body beacons).
+    #[arg(long, value_enum, default_value_t = Method::Get)]
+    pub method: Method,
+    /// POST body kind.
+    #[arg(long, value_enum, default_value_t = BodyKind::Text)]
+    pub body: BodyKind,
+    /// POST body size in bytes (approximate lower bound: the fields come first).
+    #[arg(long, default_value_t = 256)]
+    pub body_bytes: usize,
+    /// Send exactly the URL every time (no generated beacon fields): what wrk sends.
+    #[arg(long)]
+    pub fixed: bool,
+    /// Fleet mode: this many virtual browsers, each with its own keep-alive connection.
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Fleet mode: each browser sends a beacon this often.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Fleet mode: random spread of each interval, percent.
+    #[arg(long, default_value_t = 20)]
+    pub jitter_percent: u32,
+    /// Source addresses to spread connections over: `127.0.0.1-127.0.0.254`, a comma list, or
+    /// `none`. Default: that loopback range in fleet mode against a loopback target.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// Per-request timeout (connect, write, read).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the report as JSON (schema: loadtest/schema.json).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let v: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("unknown unit in {s:?} (use ms, s, m, h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("duration must be positive: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A setup failure, before any load is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The URL is not `http://host[:port]/path`.
+    #[error("bad URL {0:?}: use http://host[:port]/path")]
+    Url(String),
+    /// The host did not resolve.
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, std::io::Error),
+    /// Options that do not fit together.
+    #[error("{0}")]
+    Options(String),
+    /// Not enough file descriptors, even after raising the soft limit.
+    #[error("need {need} file descriptors but RLIMIT_NOFILE is {soft} (hard {hard}); raise it with `ulimit -n {need}` (as root: `ulimit -Hn`), or LimitNOFILE= in a unit")]
+    Nofile {
+        /// Needed.
+        need: u64,
+        /// Soft limit after trying to raise it.
+        soft: u64,
+        /// Hard limit.
+        hard: u64,
+    },
+}
+
+/// How connections are paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Send as fast as answers come back.
+    Closed,
+    /// Fixed total rate, latency from the intended send time.
+    Open,
+    /// Many idle keep-alive clients pinging at an interval.
+    Fleet,
+}
+
+/// Live counters, readable while the test runs (progress line, fleet gauge).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Responses received.
+    pub requests: AtomicU64,
+    /// Errors.
+    pub errors: AtomicU64,
+    /// Connections open now.
+    pub connected: AtomicUsize,
+}
+
+struct Plan {
+    mode: Mode,
+    target: SocketAddr,
+    spec: RequestSpec,
+    conns: usize,
+    /// Seconds between a connection's sends (open loop and fleet).
+    period: Duration,
+    jitter: f64,
+    sources: Vec<Ipv4Addr>,
+    timeout: Duration,
+}
+
+/// Runs the test until the duration is over or `stop` turns true; returns the report (a
+/// partial one when stopped early).
+pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report, SetupError> {
+    let (target, spec) = parse_target(opts)?;
+    let mode = match (opts.clients, opts.rate) {
+        (Some(_), Some(_)) => {
+            return Err(SetupError::Options(
+                "--clients (fleet) and --rate (open loop) do not combine: a fleet's rate is clients / interval".into(),
+            ))
+        }
+        (Some(_), None) => Mode::Fleet,
+        (None, Some(_)) => Mode::Open,
+        (None, None) => Mode::Closed,
+    };
+    let conns = match mode {
+        Mode::Fleet => opts.clients.unwrap_or(0),
+        _ => opts.connections,
+    };
+    if conns == 0 || opts.threads == 0 {
+        return Err(SetupError::Options(
+            "connections, clients and threads must be at least 1".into(),
+        ));
+    }
+    if mode == Mode::Fleet && opts.close {
+        return Err(SetupError::Options(
+            "fleet clients hold keep-alive connections; --close does not apply".into(),
+        ));
+    }
+    let period = match mode {
+        Mode::Closed => Duration::ZERO,
+        Mode::Open => {
+            let rate = opts.rate.unwrap_or(1.0);
+            if !(rate > 0.0 && rate.is_finite()) {
+                return Err(SetupError::Options("--rate must be positive".into()));
+            }
+            Duration::from_secs_f64(conns as f64 / rate)
+        }
+        Mode::Fleet => opts.interval,
+    };
+    let sources = source_ips(opts, mode, target)?;
+    raise_nofile(conns as u64 + 64)?;
+
+    let plan = Arc::new(Plan {
+        mode,
+        target,
+        spec,
+        conns,
+        period,
+        jitter: f64::from(opts.jitter_percent.min(100)) / 100.0,
+        sources,
+        timeout: opts.timeout,
+    });
+    let start = Instant::now();
+    let deadline = start + opts.duration;
+    let threads = opts.threads.min(conns);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (plan, stop, live) = (plan.clone(), stop.clone(), live.clone());
+            std::thread::Builder::new()
+                .name(format!("loadgen-{t}"))
+                .spawn(move || thread_main(t, threads, plan, start, deadline, stop, live))
+                .expect("spawning a load thread")
+        })
+        .collect();
+    // The fleet's "connections held" is sampled here, off the hot path.
+    let mut held_max = 0usize;
+    let mut held_min_after_ramp: Option<usize> = None;
+    let ramp = start + plan.period.min(opts.duration / 2) + Duration::from_millis(200);
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now_held = live.connected.load(Ordering::Relaxed);
+        held_max = held_max.max(now_held);
+        if Instant::now() >= ramp {
+            held_min_after_ramp = Some(held_min_after_ramp.map_or(now_held, |m| m.min(now_held)));
+        }
+    }
+    let interrupted = stop.load(Ordering::Relaxed) && Instant::now() < deadline;
+    stop.store(true, Ordering::Relaxed);
+    let held_end = live.connected.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    let mut total = Stats::new();
+    for h in handles {
+        total.merge(h.join().expect("load thread panicked"));
+    }
+    Ok(Report::build(
+        opts,
+        mode,
+        &plan.spec,
+        conns,
+        threads,
+        elapsed,
+        interrupted,
+        total,
+        (mode == Mode::Fleet).then_some(report::Held {
+            max: held_max,
+            min_after_ramp: held_min_after_ramp.unwrap_or(held_end),
+            end: held_end,
+        }),
+    ))
+}
+
+fn parse_target(opts: &Opts) -> Result<(SocketAddr, RequestSpec), SetupError> {
+    let rest = opts
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| SetupError::Url(opts.url.clone()))?;
+    let (authority, path_query) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(SetupError::Url(opts.url.clone()));
+    }
+    let (path, query) = match path_query.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path_query.to_string(), None),
+    };
+    let with_port = if authority
+        .rsplit(':')
+        .next()
+        .is_some_and(|p| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    use std::net::ToSocketAddrs;
+    let target = with_port
+        .to_socket_addrs()
+        .map_err(|e| SetupError::Resolve(authority.to_string(), e))?
+        .next()
+        .ok_or_else(|| {
+            SetupError::Resolve(authority.to_string(), std::io::Error::other("no address"))
+        })?;
+    let spec = RequestSpec {
+        host: authority.to_string(),
+        path,
+        query,
+        fixed: opts.fixed,
+        method: opts.method,
+        body: opts.body,
+        body_bytes: opts.body_bytes,
+        headers: opts.headers.clone(),
+        close: opts.close,
+    };
+    Ok((target, spec))
+}
+
+fn source_ips(opts: &Opts, mode: Mode, target: SocketAddr) -> Result<Vec<Ipv4Addr>, SetupError> {
+    let spec = match &opts.source_ips {
+        Some(s) if s == "none" => return Ok(Vec::new()),
+        Some(s) => s.clone(),
+        None if mode == Mode::Fleet && target.ip().is_loopback() && target.is_ipv4() => {
+            "127.0.0.1-127.0.0.254".to_string()
+        }
+        None => return Ok(Vec::new()),
+    };
+    let bad = || {
+        SetupError::Options(format!(
+            "--source-ips {spec:?}: use a.b.c.d-a.b.c.e or a comma list"
+        ))
+    };
+    let mut out = Vec::new();
+    for part in spec.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (Ipv4Addr, Ipv4Addr) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a > 65_535 {
+                    return Err(bad());
+                }
+                out.extend((a..=b).map(Ipv4Addr::from));
+            }
+            None => out.push(part.trim().parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to what is needed (up to the hard limit), or says why not.
+fn raise_nofile(need: u64) -> Result<(), SetupError> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return Ok(());
+        }
+        if r.rlim_cur >= need {
+            return Ok(());
+        }
+        let want = libc::rlimit {
+            rlim_cur: need.min(r.rlim_max),
+            rlim_max: r.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &want);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+    }
+    if r.rlim_cur < need {
+        return Err(SetupError::Nofile {
+            need,
+            soft: r.rlim_cur,
+            hard: r.rlim_max,
+        });
+    }
+    Ok(())
+}
+
+fn thread_main(
+    t: usize,
+    threads: usize,
+    plan: Arc<Plan>,
+    start: Instant,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+) -> Stats {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a load thread runtime");
+    let local = tokio::task::LocalSet::new();
+    let stats = std::rc::Rc::new(std::cell::RefCell::new(Stats::new()));
+    local.block_on(&rt, async {
+        let mut tasks = Vec::new();
+        for c in (t..plan.conns).step_by(threads) {
+            let (plan, stop, live, stats) =
+                (plan.clone(), stop.clone(), live.clone(), stats.clone());
+            tasks.push(tokio::task::spawn_local(async move {
+                connection(c, plan, start, deadline, stop, live, stats).await;
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    });
+    std::rc::Rc::try_unwrap(stats)
+        .map(|c| c.into_inner())
+        .unwrap_or_else(|rc| rc.borrow().clone())
+}
+
+/// When the next request is due: now (closed loop) or on a schedule (open loop, fleet).
+struct Pacer {
+    mode: Mode,
+    next: Instant,
+    period: Duration,
+    jitter: f64,
+    rng: fastrand::Rng,
+}
+
+impl Pacer {
+    fn new(plan: &Plan, c: usize, start: Instant) -> Self {
+        let mut rng = fastrand::Rng::with_seed(0x5eed ^ c as u64);
+        let first = match plan.mode {
+            Mode::Closed => start,
+            // Spread connections evenly over one period so the rate is smooth, not bursty.
+            Mode::Open => start + plan.period.mul_f64(c as f64 / plan.conns as f64),
+            // Browsers arrive at random moments of the interval.
+            Mode::Fleet => start + plan.period.mul_f64(rng.f64()),
+        };
+        Self {
+            mode: plan.mode,
+            next: first,
+            period: plan.period,
+            jitter: plan.jitter,
+            rng,
+        }
+    }
+
+    /// The intended send time of the next request.
+    fn intended(&self) -> Instant {
+        self.next
+    }
+
+    fn advance(&mut self) {
+        self.next = match self.mode {
+            Mode::Closed => Instant::now(),
+            // The schedule does not slip when the server is slow: that is the point.
+            Mode::Open => self.next + self.period,
+            Mode::Fleet => {
+                let f = 1.0 + self.jitter * (2.0 * self.rng.f64() - 1.0);
+                self.next + self.period.mul_f64(f)
+            }
+        };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    c: usize,
+    plan: Arc<Plan>,
+    start: Instant,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+    stats: std::rc::Rc<std::cell::RefCell<Stats>>,
+) {
+    let mut pacer = Pacer::new(&plan, c, start);
+    let mut rng = fastrand::Rng::with_seed(c as u64 * 7919 + 1);
+    let sid = rng.u64(..);
+    let source = (!plan.sources.is_empty()).then(|| plan.sources[c % plan.sources.len()]);
+    let mut stream: Option<TcpStream> = None;
+    let mut out = Vec::with_capacity(1024);
+    let mut inbuf = vec![0u8; 16 * 1024];
+    let mut n = 0u64;
+    let head_req = false;
+    // Fleet clients connect at once and then idle: holding connections is the load.
+    if plan.mode == Mode::Fleet {
+        match connect(plan.target, source, plan.timeout).await {
+            Ok(s) => {
+                live.connected.fetch_add(1, Ordering::Relaxed);
+                stream = Some(s);
+            }
+            Err(e) => record_error(&stats, &live, e),
+        }
+    }
+    loop {
+        let due = pacer.intended();
+        if stop.load(Ordering::Relaxed) || due >= deadline {
+            break;
+        }
+        if plan.mode != Mode::Closed {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = tokio::time::sleep_until(deadline.into()) => break,
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        // Latency is measured from the intended send time in open loop and fleet modes, so a
+        // stalled server cannot hide its stall by delaying our sends (coordinated omission).
+        let t0 = if plan.mode == Mode::Closed {
+            Instant::now()
+        } else {
+            due
+        };
+        pacer.advance();
+        if stream.is_none() {
+            match connect(plan.target, source, plan.timeout).await {
+                Ok(s) => {
+                    live.connected.fetch_add(1, Ordering::Relaxed);
+                    stream = Some(s);
+                }
+                Err(e) => {
+                    record_error(&stats, &live, e);
+                    // Do not spin on a refused connect in closed loop.
+                    if plan.mode == Mode::Closed {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    continue;
+                }
+            }
+        }
+        n += 1;
+        plan.spec.write(&mut out, sid, n, &mut rng);
+        let s = stream.as_mut().expect("connected above");
+        let res = tokio::time::timeout(plan.timeout, exchange(s, &out, &mut inbuf, head_req)).await;
+        let (keep, outcome) = match res {
+            Err(_) => (false, Err(ErrorKind::Timeout)),
+            Ok(Err(e)) => (false, Err(e)),
+            Ok(Ok((head, bytes))) => (!head.close && !plan.spec.close, Ok((head.status, bytes))),
+        };
+        match outcome {
+            Ok((status, bytes)) => {
+                let us = t0.elapsed().as_micros() as u64;
+                let mut st = stats.borrow_mut();
+                st.record(us.max(1), status, bytes);
+                live.requests.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => record_error(&stats, &live, e),
+        }
+        if !keep {
+            stream = None;
+            live.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    if stream.is_some() {
+        live.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Error reasons, counted by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `connect(2)` failed with this errno name.
+    Connect(&'static str),
+    /// Reading or writing failed with this errno name.
+    Io(&'static str),
+    /// The server closed the connection before answering.
+    Closed,
+    /// Connect, write or read took longer than `--timeout`.
+    Timeout,
+    /// The response was not HTTP/1.x.
+    BadResponse,
+    /// A chunked response (not supported).
+    Chunked,
+}
+
+impl ErrorKind {
+    /// The label used in reports.
+    pub fn label(self) -> String {
+        match self {
+            ErrorKind::Connect(e) => format!("connect {e}"),
+            ErrorKind::Io(e) => format!("io {e}"),
+            ErrorKind::Closed => "closed before response".into(),
+            ErrorKind::Timeout => "timeout".into(),
+            ErrorKind::BadResponse => "bad response".into(),
+            ErrorKind::Chunked => "chunked response".into(),
+        }
+    }
+}
+
+fn errno_name(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EADDRNOTAVAIL) => "EADDRNOTAVAIL (ephemeral ports exhausted)",
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED",
+        Some(libc::ECONNRESET) => "ECONNRESET",
+        Some(libc::ECONNABORTED) => "ECONNABORTED",
+        Some(libc::EPIPE) => "EPIPE",
+        Some(libc::ETIMEDOUT) => "ETIMEDOUT",
+        Some(libc::EMFILE) => "EMFILE (raise ulimit -n)",
+        Some(libc::ENFILE) => "ENFILE (fs.file-max)",
+        Some(libc::ENETUNREACH) => "ENETUNREACH",
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(libc::EADDRINUSE) => "EADDRINUSE",
+        Some(libc::ENOBUFS) => "ENOBUFS",
+        _ => "other",
+    }
+}
+
+fn record_error(stats: &std::rc::Rc<std::cell::RefCell<Stats>>, live: &Live, e: ErrorKind) {
+    stats.borrow_mut().error(e.label());
+    live.errors.fetch_add(1, Ordering::Relaxed);
+}
+
+async fn connect(
+    target: SocketAddr,
+    source: Option<Ipv4Addr>,
+    timeout: Duration,
+) -> Result<TcpStream, ErrorKind> {
+    let sock = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| ErrorKind::Connect(errno_name(&e)))?;
+    if let Some(ip) = source {
+        sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))
+            .map_err(|e| ErrorKind::Connect(errno_name(&e)))?;
+    }
+    let s = tokio::time::timeout(timeout, sock.connect(target))
+        .await
+        .map_err(|_| ErrorKind::Timeout)?
+        .map_err(|e| ErrorKind::Connect(errno_name(&e)))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Writes one request and reads one response; returns its head and the bytes read.
+async fn exchange(
+    s: &mut TcpStream,
+    req: &[u8],
+    buf: &mut [u8],
+    head_req: bool,
+) -> Result<(Head, u64), ErrorKind> {
+    s.write_all(req)
+        .await
+        .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            return Err(ErrorKind::BadResponse);
+        }
+        let n = s
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
+        if n == 0 {
+            return Err(ErrorKind::Closed);
+        }
+        filled += n;
+        match http::parse_head(&buf[..filled], head_req) {
+            Ok(None) => continue,
+            Err(ParseError::Malformed) => return Err(ErrorKind::BadResponse),
+            Err(ParseError::Chunked) => return Err(ErrorKind::Chunked),
+            Ok(Some(head)) => {
+                let total = head.head_len + head.content_length;
+                // Drain the body (small for beacons; a GIF is 43 bytes).
+                let mut have = filled;
+                while have < total {
+                    let want = (total - have).min(buf.len());
+                    let n = s
+                        .read(&mut buf[..want])
+                        .await
+                        .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
+                    if n == 0 {
+                        return Err(ErrorKind::Closed);
+                    }
+                    have += n;
+                }
+                return Ok((head, have as u64));
+            }
+        }
+    }
+}
