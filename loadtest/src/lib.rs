@@ -244,8 +244,8 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
         }
     }
     let interrupted = stop.load(Ordering::Relaxed) && Instant::now() < deadline;
-    stop.store(true, Ordering::Relaxed);
     let held_end = live.connected.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
     let mut total = Stats::new();
     for h in handles {
@@ -397,12 +397,23 @@ fn thread_main(
     let local = tokio::task::LocalSet::new();
     let stats = std::rc::Rc::new(std::cell::RefCell::new(Stats::new()));
     local.block_on(&rt, async {
+        // Sleeping connections (fleet clients wait up to an interval) learn of the stop through
+        // one watch per thread instead of each polling the flag.
+        let (stop_tx, stopped) = tokio::sync::watch::channel(false);
+        let flag = stop.clone();
+        tokio::task::spawn_local(async move {
+            while !flag.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = stop_tx.send(true);
+        });
         let mut tasks = Vec::new();
         for c in (t..plan.conns).step_by(threads) {
             let (plan, stop, live, stats) =
                 (plan.clone(), stop.clone(), live.clone(), stats.clone());
+            let stopped = stopped.clone();
             tasks.push(tokio::task::spawn_local(async move {
-                connection(c, plan, start, deadline, stop, live, stats).await;
+                connection(c, plan, start, deadline, stop, stopped, live, stats).await;
             }));
         }
         for task in tasks {
@@ -467,6 +478,7 @@ async fn connection(
     start: Instant,
     deadline: Instant,
     stop: Arc<AtomicBool>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
     live: Arc<Live>,
     stats: std::rc::Rc<std::cell::RefCell<Stats>>,
 ) {
@@ -478,7 +490,6 @@ async fn connection(
     let mut out = Vec::with_capacity(1024);
     let mut inbuf = vec![0u8; 16 * 1024];
     let mut n = 0u64;
-    let head_req = false;
     // Fleet clients connect at once and then idle: holding connections is the load.
     if plan.mode == Mode::Fleet {
         match connect(plan.target, source, plan.timeout).await {
@@ -490,17 +501,22 @@ async fn connection(
         }
     }
     loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let due = pacer.intended();
-        if stop.load(Ordering::Relaxed) || due >= deadline {
+        if due >= deadline {
+            // A fleet client holds its connection to the end: held connections are the load,
+            // and the report samples them until the stop.
+            if plan.mode == Mode::Fleet && stream.is_some() {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
             break;
         }
         if plan.mode != Mode::Closed {
             tokio::select! {
                 _ = tokio::time::sleep_until(due.into()) => {}
-                _ = tokio::time::sleep_until(deadline.into()) => break,
-            }
-            if stop.load(Ordering::Relaxed) {
-                break;
+                _ = stopped.wait_for(|s| *s) => break,
             }
         }
         // Latency is measured from the intended send time in open loop and fleet modes, so a
@@ -530,7 +546,7 @@ async fn connection(
         n += 1;
         plan.spec.write(&mut out, sid, n, &mut rng);
         let s = stream.as_mut().expect("connected above");
-        let res = tokio::time::timeout(plan.timeout, exchange(s, &out, &mut inbuf, head_req)).await;
+        let res = tokio::time::timeout(plan.timeout, exchange(s, &out, &mut inbuf)).await;
         let (keep, outcome) = match res {
             Err(_) => (false, Err(ErrorKind::Timeout)),
             Ok(Err(e)) => (false, Err(e)),
@@ -633,12 +649,7 @@ async fn connect(
 }
 
 /// Writes one request and reads one response; returns its head and the bytes read.
-async fn exchange(
-    s: &mut TcpStream,
-    req: &[u8],
-    buf: &mut [u8],
-    head_req: bool,
-) -> Result<(Head, u64), ErrorKind> {
+async fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> Result<(Head, u64), ErrorKind> {
     s.write_all(req)
         .await
         .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
@@ -655,7 +666,7 @@ async fn exchange(
             return Err(ErrorKind::Closed);
         }
         filled += n;
-        match http::parse_head(&buf[..filled], head_req) {
+        match http::parse_head(&buf[..filled], false) {
             Ok(None) => continue,
             Err(ParseError::Malformed) => return Err(ErrorKind::BadResponse),
             Err(ParseError::Chunked) => return Err(ErrorKind::Chunked),

@@ -1,0 +1,506 @@
+//! The generator runs in-process against a small HTTP/1.1 server on port 0 that counts what it
+//! sees; the counts the generator reports must match the server's.
+
+use beacon_loadgen::{report::Report, run, Live, Opts};
+use clap::Parser;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the server saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    peers: Mutex<HashSet<IpAddr>>,
+    /// POST bodies whose length matched Content-Length and that parsed as the content type says.
+    good_bodies: AtomicU64,
+    /// Distinct request targets (path + query).
+    targets: Mutex<HashSet<String>>,
+}
+
+struct Server {
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+/// Answers `204` to every request; `stall` makes the n-th request (1-based) wait before its
+/// answer.
+fn server(stall: Option<(u64, Duration)>) -> Server {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let (sock, peer) = listener.accept().await.unwrap();
+                s.accepted.fetch_add(1, Ordering::SeqCst);
+                let open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                s.max_open.fetch_max(open, Ordering::SeqCst);
+                s.peers.lock().unwrap().insert(peer.ip());
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let _ = serve_conn(sock, &s, stall).await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+    });
+    Server { addr, seen }
+}
+
+async fn serve_conn(
+    mut sock: tokio::net::TcpStream,
+    s: &Seen,
+    stall: Option<(u64, Duration)>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let len: usize = header("content-length:").map_or(0, |v| v.parse().unwrap());
+        let close = header("connection:").is_some_and(|v| v == "close");
+        while buf.len() < end + len {
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        if len > 0 {
+            let body = &buf[end..end + len];
+            let ok = match header("content-type:").as_deref() {
+                Some("application/x-www-form-urlencoded") => !body.contains(&b'{'),
+                Some(_) => serde_json::from_slice::<serde_json::Value>(body).is_ok(),
+                None => false,
+            };
+            if ok {
+                s.good_bodies.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let target = head.split(' ').nth(1).unwrap_or("").to_string();
+        s.targets.lock().unwrap().insert(target);
+        buf.drain(..end + len);
+        let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some((at, d)) = stall {
+            if n == at {
+                tokio::time::sleep(d).await;
+            }
+        }
+        let resp: &[u8] = if close {
+            b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+        } else {
+            b"HTTP/1.1 204 No Content\r\n\r\n"
+        };
+        sock.write_all(resp).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn opts(args: &[&str]) -> Opts {
+    Opts::try_parse_from(std::iter::once("beacon-loadgen").chain(args.iter().copied())).unwrap()
+}
+
+fn go(args: &[&str]) -> Report {
+    run(
+        &opts(args),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Live::default()),
+    )
+    .unwrap()
+}
+
+fn url(s: &Server) -> String {
+    format!("http://{}/beacon", s.addr)
+}
+
+fn assert_clean(r: &Report, s: &Server) {
+    assert_eq!(r.errors_total, 0, "errors: {:?}", r.errors);
+    assert!(r.requests > 0);
+    assert_eq!(
+        r.requests,
+        s.seen.requests.load(Ordering::SeqCst),
+        "reported vs served"
+    );
+    assert_eq!(r.status.get("204"), Some(&r.requests));
+}
+
+#[test]
+fn closed_loop_counts_match_the_server() {
+    let s = server(None);
+    let r = go(&["-c", "8", "-t", "2", "-d", "500ms", &url(&s)]);
+    assert_clean(&r, &s);
+    assert_eq!(r.connections, 8);
+    assert_eq!(
+        s.seen.accepted.load(Ordering::SeqCst),
+        8,
+        "keep-alive: one connection each"
+    );
+    // Generated beacons vary (session ids, timers, pages): not one cached URL.
+    assert!(s.seen.targets.lock().unwrap().len() > 100);
+    let l = r.latency_us.unwrap();
+    assert!(l.min <= l.p50 && l.p50 <= l.p99 && l.p99 <= l.max);
+}
+
+#[test]
+fn fixed_sends_exactly_the_url() {
+    let s = server(None);
+    let r = go(&[
+        "-c",
+        "2",
+        "-d",
+        "300ms",
+        "--fixed",
+        &format!("{}?a=1", url(&s)),
+    ]);
+    assert_clean(&r, &s);
+    let targets = s.seen.targets.lock().unwrap();
+    assert_eq!(targets.iter().collect::<Vec<_>>(), vec!["/beacon?a=1"]);
+}
+
+#[test]
+fn post_bodies_have_their_type_and_size() {
+    for kind in ["text", "form", "json"] {
+        let s = server(None);
+        let r = go(&[
+            "-c",
+            "2",
+            "-d",
+            "300ms",
+            "--method",
+            "post",
+            "--body",
+            kind,
+            "--body-bytes",
+            "700",
+            &url(&s),
+        ]);
+        assert_clean(&r, &s);
+        assert_eq!(
+            s.seen.good_bodies.load(Ordering::SeqCst),
+            r.requests,
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn open_loop_sends_the_scheduled_count() {
+    let s = server(None);
+    let r = go(&["-c", "4", "--rate", "400", "-d", "1s", &url(&s)]);
+    assert_clean(&r, &s);
+    // 400/s for 1 s, each connection on its own evenly spread schedule.
+    assert!((390..=401).contains(&r.requests), "{} requests", r.requests);
+    assert_eq!(r.target_rate, Some(400.0));
+}
+
+/// One stalled answer on a single connection: a closed loop sees one slow request, an open loop
+/// charges the stall to every request that was due while it lasted (coordinated omission).
+#[test]
+fn open_loop_latency_counts_from_the_intended_send_time() {
+    let stall = Some((5, Duration::from_millis(500)));
+    let s = server(stall);
+    let open = go(&["-c", "1", "--rate", "50", "-d", "1s", &url(&s)]);
+    assert_clean(&open, &s);
+    let l = open.latency_us.unwrap();
+    assert!(l.max >= 450_000, "the stalled request itself: {l:?}");
+    // ~25 of ~50 requests were due during the stall: a quarter of all waited over 100 ms.
+    assert!(l.p75 >= 100_000, "open loop hides the stall: {l:?}");
+
+    let s = server(stall);
+    let closed = go(&["-c", "1", "-d", "1s", &url(&s)]);
+    assert_clean(&closed, &s);
+    let l = closed.latency_us.unwrap();
+    assert!(l.max >= 450_000);
+    assert!(
+        l.p75 < 100_000,
+        "closed loop charges the stall to one request: {l:?}"
+    );
+}
+
+#[test]
+fn close_mode_opens_a_connection_per_request() {
+    let s = server(None);
+    let r = go(&["-c", "4", "--close", "-d", "500ms", &url(&s)]);
+    assert_clean(&r, &s);
+    assert!(r.close);
+    assert_eq!(s.seen.accepted.load(Ordering::SeqCst), r.requests);
+}
+
+#[test]
+fn fleet_holds_every_client_and_spreads_source_addresses() {
+    let s = server(None);
+    let r = go(&[
+        "--clients",
+        "300",
+        "--interval",
+        "1s",
+        "-t",
+        "2",
+        "-d",
+        "2500ms",
+        &url(&s),
+    ]);
+    assert_clean(&r, &s);
+    let held = r.connections_held.unwrap();
+    assert_eq!((held.max, held.min_after_ramp), (300, 300), "{held:?}");
+    assert_eq!(s.seen.max_open.load(Ordering::SeqCst), 300);
+    assert_eq!(s.seen.accepted.load(Ordering::SeqCst), 300, "no reconnects");
+    // One beacon per client per second with ±20 % jitter, for 2.5 s.
+    assert!(
+        (500..=1000).contains(&r.requests),
+        "{} requests",
+        r.requests
+    );
+    assert_eq!(s.seen.peers.lock().unwrap().len(), 254, "127.0.0.1-254");
+}
+
+#[test]
+fn refused_connections_are_counted_by_name() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let r = go(&[
+        "-c",
+        "1",
+        "-d",
+        "200ms",
+        &format!("http://127.0.0.1:{port}/beacon"),
+    ]);
+    assert_eq!(r.requests, 0);
+    assert!(r.latency_us.is_none());
+    assert!(
+        r.errors.get("connect ECONNREFUSED").is_some_and(|&n| n > 0),
+        "{:?}",
+        r.errors
+    );
+    assert_eq!(r.errors_total, r.errors.values().sum::<u64>());
+}
+
+#[test]
+fn stop_gives_a_partial_report() {
+    let s = server(None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        st.store(true, Ordering::SeqCst);
+    });
+    let t = std::time::Instant::now();
+    let r = run(
+        &opts(&["-c", "4", "-d", "60s", &url(&s)]),
+        stop,
+        Arc::new(Live::default()),
+    )
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(r.interrupted);
+    assert_clean(&r, &s);
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let stop = || Arc::new(AtomicBool::new(false));
+    for args in [
+        &["--clients", "10", "--rate", "5", "http://127.0.0.1:1/"][..],
+        &["--clients", "10", "--close", "http://127.0.0.1:1/"],
+        &["https://127.0.0.1:1/"],
+        &["-c", "0", "http://127.0.0.1:1/"],
+    ] {
+        assert!(
+            run(&opts(args), stop(), Arc::new(Live::default())).is_err(),
+            "{args:?}"
+        );
+    }
+}
+
+// --- the JSON report against loadtest/schema.json --------------------------------------------
+
+/// The subset of JSON Schema the checked-in schema uses: type (one or a list), enum, minimum,
+/// required, properties, additionalProperties (false or a schema).
+fn validate(schema: &serde_json::Value, v: &serde_json::Value, at: &str, errs: &mut Vec<String>) {
+    use serde_json::Value;
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => panic!("bad type in schema at {at}"),
+        };
+        let ok = types.iter().any(|t| match *t {
+            "object" => v.is_object(),
+            "string" => v.is_string(),
+            "boolean" => v.is_boolean(),
+            "null" => v.is_null(),
+            "number" => v.is_number(),
+            "integer" => v.is_u64() || v.is_i64(),
+            other => panic!("type {other} not supported by this validator"),
+        });
+        if !ok {
+            errs.push(format!("{at}: {v} is not {types:?}"));
+            return;
+        }
+    }
+    if let Some(Value::Array(allowed)) = schema.get("enum") {
+        if !allowed.contains(v) {
+            errs.push(format!("{at}: {v} not in {allowed:?}"));
+        }
+    }
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+        if x < min {
+            errs.push(format!("{at}: {x} < minimum {min}"));
+        }
+    }
+    let Some(obj) = v.as_object() else { return };
+    for r in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let r = r.as_str().unwrap();
+        if !obj.contains_key(r) {
+            errs.push(format!("{at}: missing {r}"));
+        }
+    }
+    let props = schema.get("properties").and_then(Value::as_object);
+    for (k, val) in obj {
+        let path = format!("{at}.{k}");
+        match (
+            props.and_then(|p| p.get(k)),
+            schema.get("additionalProperties"),
+        ) {
+            (Some(s), _) => validate(s, val, &path, errs),
+            (None, Some(Value::Bool(false))) => errs.push(format!("{path}: not in the schema")),
+            (None, Some(s @ Value::Object(_))) => validate(s, val, &path, errs),
+            (None, _) => {}
+        }
+    }
+}
+
+fn schema() -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn check(v: &serde_json::Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    validate(&schema(), v, "$", &mut errs);
+    errs
+}
+
+/// The binary's `--json` output, in every mode, follows the checked-in schema.
+#[test]
+fn json_output_follows_the_schema() {
+    let s = server(None);
+    let bin = env!("CARGO_BIN_EXE_beacon-loadgen");
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/beacon", l.local_addr().unwrap())
+    };
+    let runs: [(Vec<String>, i32); 4] = [
+        (
+            vec![
+                "-c".into(),
+                "2".into(),
+                "-d".into(),
+                "300ms".into(),
+                url(&s),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "--rate".into(),
+                "100".into(),
+                "-d".into(),
+                "300ms".into(),
+                url(&s),
+            ],
+            0,
+        ),
+        (
+            vec![
+                "--clients".into(),
+                "20".into(),
+                "--interval".into(),
+                "200ms".into(),
+                "-d".into(),
+                "500ms".into(),
+                url(&s),
+            ],
+            0,
+        ),
+        (vec!["-d".into(), "200ms".into(), refused], 1),
+    ];
+    let mut modes = HashSet::new();
+    for (args, code) in runs {
+        let out = std::process::Command::new(bin)
+            .arg("--json")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let errs = check(&v);
+        assert!(errs.is_empty(), "{args:?}: {errs:#?}\n{v:#}");
+        modes.insert(v["mode"].as_str().unwrap().to_string());
+        assert!(v["connections_held"].is_null() == (v["mode"] != "fleet"));
+    }
+    assert_eq!(modes.len(), 3);
+}
+
+/// The validator and schema are strict enough to catch a changed report.
+#[test]
+fn schema_rejects_a_changed_report() {
+    let s = server(None);
+    let r = go(&["-c", "1", "-d", "100ms", &url(&s)]);
+    let good = serde_json::to_value(&r).unwrap();
+    assert!(check(&good).is_empty(), "{:#?}", check(&good));
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("errors_total");
+    let mut extra = good.clone();
+    extra["latency_us"]["p9999"] = 1.into();
+    let mut wrong_type = good.clone();
+    wrong_type["requests"] = "many".into();
+    let mut wrong_enum = good.clone();
+    wrong_enum["mode"] = "burst".into();
+    for bad in [missing, extra, wrong_type, wrong_enum] {
+        assert!(!check(&bad).is_empty(), "accepted: {bad:#}");
+    }
+}
