@@ -167,7 +167,7 @@ pub enum ParseError {
 
 /// Parses a response head from the start of `buf`; `Ok(None)` if incomplete.
 pub fn parse_head(buf: &[u8], request_was_head: bool) -> Result<Option<Head>, ParseError> {
-    let Some(end) = find(buf, b"\r\n\r\n") else {
+    let Some(end) = find_head_end(buf) else {
         if buf.len() > 64 * 1024 {
             return Err(ParseError::Malformed);
         }
@@ -213,8 +213,18 @@ pub fn parse_head(buf: &[u8], request_was_head: bool) -> Result<Option<Head>, Pa
     }))
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// The end of the head: index of the `\r\n\r\n`. Jumps from `\n` to `\n` instead of comparing
+/// a window at every byte (this was the generator's hottest function).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let nl = from + i;
+        if nl >= 3 && &buf[nl - 3..=nl] == b"\r\n\r\n" {
+            return Some(nl - 3);
+        }
+        from = nl + 1;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -252,6 +262,18 @@ mod tests {
             parse_head(b"SSH-2.0\r\n\r\n", false),
             Err(ParseError::Malformed)
         );
+    }
+
+    #[test]
+    fn head_end_is_the_first_blank_line() {
+        assert_eq!(find_head_end(b"\r\n\r\n"), Some(0));
+        assert_eq!(
+            find_head_end(b"HTTP/1.1 204 X\r\nA: b\r\n\r\nbody\r\n\r\n"),
+            Some(20)
+        );
+        assert_eq!(find_head_end(b"HTTP/1.1 204 X\n\nA: b\r\n\r"), None);
+        assert_eq!(find_head_end(b"\n\r\n"), None);
+        assert_eq!(find_head_end(b""), None);
     }
 
     #[test]

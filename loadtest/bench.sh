@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The benchmark (issue 5): beacon-collector with its processing stage, and nginx (`return 204` +
+# JSON access log) for comparison, on loopback, through one fixed scenario matrix driven by
+# beacon-loadgen:
+#   fleet    10,000 idle keep-alive browsers, one beacon each every 15 s ±20 %  (seed 002)
+#            + the server's RSS per idle connection
+#   closed   64 and 256 busy keep-alive connections (wrk's model)
+#   open     fixed rates, latency from the intended send time (coordinated omission corrected)
+#   close    a new connection per request, as behind a proxy speaking HTTP/1.0  (seed 004)
+# then wrk and beacon-loadgen against the same servers with the same -t/-c, alternating runs.
+# Prints one table per part; every run is bounded and the servers stop with the script.
+#
+# Usage: loadtest/bench.sh            (about 7 minutes)
+# Knobs: DUR=10s RUNS=3 FLEET_CLIENTS=10000 FLEET_DUR=45s RATES="10000 30000 50000"
+# Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
+set -euo pipefail
+DUR=${DUR:-10s}
+RUNS=${RUNS:-3}
+FLEET_CLIENTS=${FLEET_CLIENTS:-10000}
+FLEET_DUR=${FLEET_DUR:-45s}
+RATES=${RATES:-10000 30000 50000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+. "$ROOT/loadtest/common.sh"
+trap cleanup EXIT
+
+need wrk wrk
+need nginx nginx-light
+need curl curl
+need python3 python3
+raise_nofile
+
+cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" --workspace -q
+LOADGEN="$ROOT/target/release/beacon-loadgen"
+COLLECTOR=18080
+NGINX=18081
+start_collector c0 $COLLECTOR 0
+start_nginx $NGINX
+
+rss_kb() { # PID...: summed VmRSS
+  local total=0 p
+  for p in "$@"; do total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done
+  echo "$total"
+}
+collector_pids() { cat "$WORK/c0/pid"; }
+# nginx's memory is its workers' (the master holds no connections).
+nginx_pids() { pgrep -P "$(cat "$WORK/nginx.pid")"; }
+
+# summary FILE -> "requests/s p50_ms p99_ms errors 2xx target_rate held" from a --json report
+summary() {
+  python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+l = r["latency_us"] or {}
+ok = sum(v for k, v in r["status"].items() if k.startswith("2"))
+held = (r["connections_held"] or {}).get("min_after_ramp", 0)
+print(f'{r["requests_per_second"]:.0f} {l.get("p50", 0)/1000:.2f} {l.get("p99", 0)/1000:.2f} {r["errors_total"]} {ok} {r["target_rate"] or 0:.0f} {held}')
+PY
+}
+errors_of() {
+  python3 -c 'import json,sys; e=json.load(open(sys.argv[1]))["errors"]; print("; ".join(f"{k}: {v}" for k,v in e.items()))' "$1"
+}
+
+OK_TO_COLLECTOR=0 # 2xx counted by the clients, compared with the records written at the end
+count_ok() { [ "$1" = collector ] && OK_TO_COLLECTOR=$((OK_TO_COLLECTOR + $2)) || true; }
+
+echo "beacon-loadgen benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+machine
+echo
+
+# --- fleet first, on fresh processes, so RSS growth is the connections' -----------------------
+printf '%-44s %-10s %9s %9s %8s %8s %7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients, every 15s, $FLEET_DUR" server "req/s" "target" "p50 ms" "p99 ms" errors held "RSS/conn KB"
+for server in collector nginx; do
+  port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
+  pids=$(${server}_pids)
+  before=$(rss_kb $pids)
+  out="$WORK/fleet-$server.json"
+  "$LOADGEN" --json --clients "$FLEET_CLIENTS" --interval 15s -d "$FLEET_DUR" "http://127.0.0.1:$port/beacon" > "$out" || true &
+  lg=$!
+  # Sample while every client is connected and idle between pings (10 s before the end).
+  sleep $(( ${FLEET_DUR%s} - 10 ))
+  during=$(rss_kb $pids)
+  wait $lg || true
+  read -r rps p50 p99 errs ok target held < <(summary "$out")
+  count_ok $server "$ok"
+  per=$(python3 -c "print(f'{($during - $before) / max($held, 1):.1f}')")
+  printf '%-44s %-10s %9s %9s %8s %8s %7s %8s %12s\n' "" $server "$rps" "$target" "$p50" "$p99" "$errs" "$held" "$per"
+  echo "    RSS ${before} kB idle -> ${during} kB with the fleet connected" >&2
+  [ "$errs" = 0 ] || echo "    errors: $(errors_of "$out")"
+done
+echo
+
+# --- the matrix --------------------------------------------------------------------------------
+printf '%-44s %-10s %9s %8s %8s %7s\n' "scenario (-t1, $DUR, generated GET beacons)" server "req/s" "p50 ms" "p99 ms" errors
+scenario() { # label, loadgen args...
+  local label=$1 server port out
+  shift
+  for server in collector nginx; do
+    port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
+    out="$WORK/run.json"
+    "$LOADGEN" --json -t 1 -d "$DUR" "$@" "http://127.0.0.1:$port/beacon" > "$out" || true
+    read -r rps p50 p99 errs ok _ _ < <(summary "$out")
+    count_ok $server "$ok"
+    printf '%-44s %-10s %9s %8s %8s %7s\n' "$label" $server "$rps" "$p50" "$p99" "$errs"
+    [ "$errs" = 0 ] || echo "    errors: $(errors_of "$out")"
+    label=""
+  done
+}
+scenario "closed loop, 64 connections" -c 64
+scenario "closed loop, 256 connections" -c 256
+for rate in $RATES; do
+  scenario "open loop, $rate req/s, 64 connections" -c 64 --rate "$rate"
+done
+scenario "POST sendBeacon text/plain 512 B, 64 conns" -c 64 --method post --body text --body-bytes 512
+scenario "new connection per request, 16 at once" -c 16 --close
+echo
+
+# --- the same servers, wrk and beacon-loadgen, same -t/-c, alternating ---------------------------
+URL_PATH='/beacon?u=https%3A%2F%2Fwww.example.com%2Fproducts%2F42%3Fref%3Dhome&t_done=1234&t_page=987&t_resp=120&sid=7f3a9c2e-51b4-4f7e-9a0d-2f9e8a1b3c4d&v=1.0'
+printf '%-44s %-10s %5s %9s %8s\n' "same URL, -t1 -c64 -d$DUR (loadgen --fixed)" server run "req/s" "p99 ms"
+for i in $(seq "$RUNS"); do
+  for server in collector nginx; do
+    port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
+    read -r rps p99 bad n < <(run_wrk "http://127.0.0.1:$port$URL_PATH" 1 64 "$DUR")
+    count_ok $server $((n - bad))
+    printf '%-44s %-10s %5s %9.0f %8s\n' "wrk" $server "$i" "$rps" "$p99"
+    out="$WORK/run.json"
+    "$LOADGEN" --json --fixed -t 1 -c 64 -d "$DUR" "http://127.0.0.1:$port$URL_PATH" > "$out" || true
+    read -r rps p50 p99 errs ok _ _ < <(summary "$out")
+    count_ok $server "$ok"
+    printf '%-44s %-10s %5s %9s %8s\n' "beacon-loadgen" $server "$i" "$rps" "$p99"
+  done
+done
+echo
+
+# --- nothing lost: a graceful stop, then every 2xx is a record ---------------------------------
+kill -TERM "$(collector_pids)"
+wait "$(collector_pids)" 2>/dev/null || true
+written=$(cat "$WORK"/c0/data/*.ndjson* 2>/dev/null | wc -l)
+echo "collector: $OK_TO_COLLECTOR 2xx counted by the clients, $written records written (in-flight answers at a run's end are written but not counted, so written >= counted)"
+[ "$written" -ge "$OK_TO_COLLECTOR" ] || { echo "LOST: $((OK_TO_COLLECTOR - written))"; exit 1; }

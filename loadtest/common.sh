@@ -1,0 +1,102 @@
+# Shared by the loadtest scripts (source it): tool checks, a collector with its processing
+# stage and a reference nginx on loopback, each in its own directory under $WORK.
+# The caller sets ROOT and WORK and kills its jobs on exit (`cleanup` below helps).
+
+# need CMD PACKAGE: the command, installed from Debian's packages when running as root.
+need() {
+  command -v "$1" >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }
+  fi
+  command -v "$1" >/dev/null 2>&1 || { echo "need $1 (apt-get install $2)" >&2; exit 2; }
+}
+
+# Raise the soft nofile limit to the hard one: the fleet scenario holds 10k connections on
+# each side of loopback.
+raise_nofile() { ulimit -n "$(ulimit -Hn)"; }
+
+wait_http() { # URL: up to 10 s for the server to answer
+  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "no answer from $1" >&2; return 1
+}
+
+# start_collector NAME PORT WORKERS: beacon-collector + its embedded stage writing NDJSON under
+# $WORK/NAME/data; pid in $WORK/NAME/pid.
+start_collector() {
+  mkdir -p "$WORK/$1"
+  cat > "$WORK/$1/collector.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+worker_threads = $3
+[admin]
+enabled = false
+[forward]
+socket_path = "$WORK/$1/run/processor.sock"
+[processor]
+data_dir = "$WORK/$1/data"
+admin_enabled = false
+[spool]
+dir = "$WORK/$1/spool"
+[shutdown]
+deregistration_delay_seconds = 0
+[log]
+format = "json"
+level = "warn"
+TOML
+  "$ROOT/target/release/beacon-collector" serve -c "$WORK/$1/collector.toml" 2>"$WORK/$1/collector.log" &
+  echo $! > "$WORK/$1/pid"
+  wait_http "http://127.0.0.1:$2/healthz"
+}
+
+# start_nginx PORT: `return 204` for /beacon with a buffered JSON access log (the nginx +
+# log-shipper tier the collector replaces); master pid in $WORK/nginx.pid.
+start_nginx() {
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx.conf" <<NGX
+worker_processes auto;
+worker_rlimit_nofile $(ulimit -Hn);
+pid $WORK/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  log_format beacon escape=json '{"time":"\$time_iso8601","remote_addr":"\$remote_addr",'
+    '"method":"\$request_method","uri":"\$uri","query":"\$query_string",'
+    '"user_agent":"\$http_user_agent","referer":"\$http_referer"}';
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  keepalive_timeout 75s;
+  server {
+    listen 127.0.0.1:$1 reuseport backlog=4096;
+    location /beacon { access_log $WORK/nginx/beacons.ndjson beacon buffer=64k flush=1s; return 204; }
+  }
+}
+NGX
+  nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+  wait_http "http://127.0.0.1:$1/beacon"
+}
+
+# run_wrk URL THREADS CONNS DURATION -> "requests/s p99_ms non-2xx requests"
+run_wrk() {
+  local out rps p99 non2xx n
+  out=$(wrk -t"$2" -c"$3" -d"$4" --latency "$1")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  n=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps $p99 ${non2xx:-0} $n"
+}
+
+stop_nginx() { [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; }
+
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  stop_nginx
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+
+machine() {
+  echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
+}
