@@ -10,7 +10,7 @@
 # then wrk and beacon-loadgen against the same servers with the same -t/-c, alternating runs.
 # Prints one table per part; every run is bounded and the servers stop with the script.
 #
-# Usage: loadtest/bench.sh            (about 7 minutes)
+# Usage: loadtest/bench.sh            (about 10 minutes)
 # Knobs: DUR=10s RUNS=3 FLEET_CLIENTS=10000 FLEET_DUR=45s RATES="10000 30000 50000"
 # Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
 set -euo pipefail
@@ -28,6 +28,7 @@ need wrk wrk
 need nginx nginx-light
 need curl curl
 need python3 python3
+need taskset util-linux
 raise_nofile
 
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" --workspace -q
@@ -116,21 +117,40 @@ scenario "new connection per request, 16 at once" -c 16 --close
 echo
 
 # --- the same servers, wrk and beacon-loadgen, same -t/-c, alternating ---------------------------
+# Twice: sharing both cores with the server (as above), and pinned (server on CPU 1, the load
+# generator on CPU 0), where the generator does not compete with the server for a core and the
+# comparison is of the generators alone.
 URL_PATH='/beacon?u=https%3A%2F%2Fwww.example.com%2Fproducts%2F42%3Fref%3Dhome&t_done=1234&t_page=987&t_resp=120&sid=7f3a9c2e-51b4-4f7e-9a0d-2f9e8a1b3c4d&v=1.0'
+server_pids() { if [ "$1" = collector ]; then collector_pids; pgrep -P "$(collector_pids)"; else nginx_pids; fi; }
+pin() { # CPUS server: every thread of the server's processes
+  local p
+  for p in $(server_pids "$2"); do taskset -a -pc "$1" "$p" >/dev/null; done
+}
 printf '%-44s %-10s %5s %9s %8s\n' "same URL, -t1 -c64 -d$DUR (loadgen --fixed)" server run "req/s" "p99 ms"
-for i in $(seq "$RUNS"); do
-  for server in collector nginx; do
-    port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
-    read -r rps p99 bad n < <(run_wrk "http://127.0.0.1:$port$URL_PATH" 1 64 "$DUR")
-    count_ok $server $((n - bad))
-    printf '%-44s %-10s %5s %9.0f %8s\n' "wrk" $server "$i" "$rps" "$p99"
-    out="$WORK/run.json"
-    "$LOADGEN" --json --fixed -t 1 -c 64 -d "$DUR" "http://127.0.0.1:$port$URL_PATH" > "$out" || true
-    read -r rps p50 p99 errs ok _ _ < <(summary "$out")
-    count_ok $server "$ok"
-    printf '%-44s %-10s %5s %9s %8s\n' "beacon-loadgen" $server "$i" "$rps" "$p99"
+for setting in shared pinned; do
+  pre=""
+  if [ $setting = pinned ]; then pin 1 collector; pin 1 nginx; pre="taskset -c 0"; fi
+  for i in $(seq "$RUNS"); do
+    for server in collector nginx; do
+      port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
+      read -r rps p99 bad n < <($pre bash -c ". '$ROOT/loadtest/common.sh'; run_wrk 'http://127.0.0.1:$port$URL_PATH' 1 64 '$DUR'")
+      count_ok $server $((n - bad))
+      printf '%-44s %-10s %5s %9.0f %8s\n' "wrk ($setting cores)" $server "$i" "$rps" "$p99"
+      echo "$setting $server wrk $rps" >> "$WORK/cmp"
+      out="$WORK/run.json"
+      $pre "$LOADGEN" --json --fixed -t 1 -c 64 -d "$DUR" "http://127.0.0.1:$port$URL_PATH" > "$out" || true
+      read -r rps p50 p99 errs ok _ _ < <(summary "$out")
+      count_ok $server "$ok"
+      printf '%-44s %-10s %5s %9s %8s\n' "beacon-loadgen ($setting cores)" $server "$i" "$rps" "$p99"
+      echo "$setting $server beacon-loadgen $rps" >> "$WORK/cmp"
+    done
   done
 done
+pin 0-1 collector; pin 0-1 nginx
+echo
+echo "mean requests/s over $RUNS runs:"
+awk '{k=$1" "$2" "$3; s[k]+=$4; n[k]++; if (!(k in lo) || $4<lo[k]) lo[k]=$4; if ($4>hi[k]) hi[k]=$4}
+     END {for (k in s) printf "  %-40s %9.0f  (%.0f-%.0f)\n", k, s[k]/n[k], lo[k], hi[k]}' "$WORK/cmp" | sort
 echo
 
 # --- nothing lost: a graceful stop, then every 2xx is a record ---------------------------------

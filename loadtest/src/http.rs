@@ -179,9 +179,10 @@ pub fn parse_head(buf: &[u8], request_was_head: bool) -> Result<Option<Head>, Pa
     if !status_line.starts_with(b"HTTP/1.") || status_line.len() < 12 {
         return Err(ParseError::Malformed);
     }
-    let status = std::str::from_utf8(&status_line[9..12])
+    let status: u16 = std::str::from_utf8(&status_line[9..12])
         .ok()
         .and_then(|s| s.parse().ok())
+        .filter(|s| (100..=599).contains(s))
         .ok_or(ParseError::Malformed)?;
     let mut content_length = 0;
     let mut close = status_line.starts_with(b"HTTP/1.0");
@@ -257,6 +258,10 @@ mod tests {
                 false
             ),
             Err(ParseError::Chunked)
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 999 Nine\r\n\r\n", false),
+            Err(ParseError::Malformed)
         );
         assert_eq!(
             parse_head(b"SSH-2.0\r\n\r\n", false),

@@ -13,7 +13,9 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Stats {
     hist: Histogram<u64>,
-    statuses: BTreeMap<u16, u64>,
+    /// Indexed by status code (100..=599 are the valid ones): an array, not a map, because it
+    /// is updated on every response.
+    statuses: Box<[u64; 600]>,
     errors: BTreeMap<String, u64>,
     requests: u64,
     bytes: u64,
@@ -30,7 +32,7 @@ impl Stats {
     pub fn new() -> Self {
         Self {
             hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
-            statuses: BTreeMap::new(),
+            statuses: Box::new([0; 600]),
             errors: BTreeMap::new(),
             requests: 0,
             bytes: 0,
@@ -40,7 +42,7 @@ impl Stats {
     /// One response.
     pub fn record(&mut self, latency_us: u64, status: u16, bytes: u64) {
         let _ = self.hist.record(latency_us.min(3_600_000_000));
-        *self.statuses.entry(status).or_default() += 1;
+        self.statuses[usize::from(status).min(599)] += 1;
         self.requests += 1;
         self.bytes += bytes;
     }
@@ -53,8 +55,8 @@ impl Stats {
     /// Adds another thread's counters.
     pub fn merge(&mut self, o: Stats) {
         let _ = self.hist.add(&o.hist);
-        for (k, v) in o.statuses {
-            *self.statuses.entry(k).or_default() += v;
+        for (a, b) in self.statuses.iter_mut().zip(o.statuses.iter()) {
+            *a += b;
         }
         for (k, v) in o.errors {
             *self.errors.entry(k).or_default() += v;
@@ -188,7 +190,9 @@ impl Report {
             status: s
                 .statuses
                 .iter()
-                .map(|(k, v)| (k.to_string(), *v))
+                .enumerate()
+                .filter(|(_, &v)| v > 0)
+                .map(|(k, &v)| (k.to_string(), v))
                 .collect(),
             errors_total: s.errors.values().sum(),
             errors: s.errors,
