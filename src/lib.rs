@@ -29,6 +29,7 @@ pub mod listener;
 pub mod metrics;
 pub mod processor;
 pub mod protocol;
+pub mod proxy;
 pub mod record;
 pub mod sampler;
 pub mod spool;
