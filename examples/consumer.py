@@ -100,6 +100,17 @@ def fmt_time(us):
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{us % 1_000_000:06d}Z"
 
 
+CLIENT_IP_SOURCES = {0: "peer", 1: "proxy_v1", 2: "proxy_v2", 3: "x_forwarded_for"}
+
+
+def peer_ip(peer):
+    """The IP part of an `ip:port` peer (`[v6]:port` included)."""
+    host = peer.rsplit(b":", 1)[0] if b":" in peer else peer
+    if host.startswith(b"[") and host.endswith(b"]"):
+        host = host[1:-1]
+    return host
+
+
 def decode_record(data):
     r = Reader(data)
     rid = r.take(16)
@@ -111,12 +122,22 @@ def decode_record(data):
     ua, referer, origin = r.opt(), r.opt(), r.opt()
     params = [[text(r.bytes()), text(r.bytes())] for _ in range(r.u32())]
     body = r.bytes()
+    # Appended fields: absent in records written before they were added.
+    if r.pos == len(data):
+        client_ip, source = peer_ip(peer), 0
+    else:
+        client_ip = r.bytes()
+        source = r.take(1)[0]
+        if source not in CLIENT_IP_SOURCES:
+            raise ProtocolError(f"unknown client_ip_source {source}")
     if r.pos != len(data):
         raise ProtocolError("trailing bytes")
     rec = {
         "id": fmt_uuid(rid),
         "received_at": fmt_time(received_us),
         "peer": text(peer),
+        "client_ip": text(client_ip),
+        "client_ip_source": CLIENT_IP_SOURCES[source],
         "method": text(method),
         "path": text(path),
         "kind": KINDS[kind],

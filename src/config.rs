@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// the connection (otherwise `tcp_retries2` keeps a dead peer for up to ~15 minutes).
     /// 0 leaves the kernel default.
     pub tcp_user_timeout_seconds: u64,
+    /// PROXY protocol on this listener: `off`, `v1`, `v2` or `any`. When on, a connection
+    /// without a valid header is closed (never guessed); the header's source is the client.
+    pub proxy_protocol: crate::proxy::Mode,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +129,7 @@ impl Default for ServerConfig {
             tcp_keepalive_probes: 4,
             tcp_keepalive_jitter_percent: 10,
             tcp_user_timeout_seconds: 30,
+            proxy_protocol: crate::proxy::Mode::Off,
         }
     }
 }

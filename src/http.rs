@@ -11,7 +11,8 @@
 
 use crate::config::Config;
 use crate::metrics as m;
-use crate::record::{self, Kind, ParamError, ParamLimits, RecordRef};
+use crate::proxy;
+use crate::record::{self, ClientIpSource, Kind, ParamError, ParamLimits, RecordRef};
 use crate::spool::{AppendError, Spool};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
@@ -49,6 +50,7 @@ pub enum Phase {
 /// State shared by all connections.
 pub struct App {
     http: crate::config::HttpConfig,
+    proxy: proxy::Mode,
     limits: ParamLimits,
     spool: Spool,
     retry_after: HeaderValue,
@@ -72,6 +74,7 @@ impl App {
             retry_after: HeaderValue::from(config.queue.retry_after_seconds),
             any_origin: h.allowed_origins.iter().any(|o| o == "*"),
             http: h.clone(),
+            proxy: config.server.proxy_protocol,
             accepted: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
@@ -184,10 +187,19 @@ impl AsyncWrite for Watched {
     }
 }
 
+/// Who is on the other end of a connection, as recorded in each beacon.
+struct Conn {
+    /// `ip:port` of the TCP peer.
+    peer: Vec<u8>,
+    /// The client's IP: the peer's, or the PROXY header's source.
+    client_ip: Vec<u8>,
+    client_ip_source: ClientIpSource,
+}
+
 /// Serves one connection until it closes, the header deadline passes, or the phase says so.
 /// The permit is held for the connection's whole life and returned when this returns.
 pub async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
     app: Arc<App>,
@@ -195,21 +207,49 @@ pub async fn serve_connection(
     header_timeout: Duration,
     mut phase: watch::Receiver<Phase>,
 ) {
+    // Behind a proxy that sends a PROXY header, the header is the first thing on the
+    // connection and says who the client is; without a valid one the connection is closed.
+    let client = match app.proxy {
+        proxy::Mode::Off => (peer.ip(), ClientIpSource::Peer),
+        mode => match proxy::read_header(&mut stream, mode, header_timeout).await {
+            Ok(h) => {
+                let source = if h.version == 1 {
+                    ClientIpSource::ProxyV1
+                } else {
+                    ClientIpSource::ProxyV2
+                };
+                metrics::counter!(m::PROXY_HEADERS_TOTAL, "version" => if h.version == 1 { "1" } else { "2" }).increment(1);
+                // LOCAL / UNKNOWN: the proxy's own connection (health checks).
+                h.source
+                    .map_or((peer.ip(), ClientIpSource::Peer), |a| (a.ip(), source))
+            }
+            Err(e) => {
+                metrics::counter!(m::PROXY_HEADER_ERRORS_TOTAL, "reason" => e.reason())
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "closing connection without a valid PROXY header");
+                return;
+            }
+        },
+    };
     metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
     let state = Arc::new(ConnState {
         phase: AtomicU8::new(IDLE),
         generation: AtomicU64::new(0),
         notify: Notify::new(),
     });
-    let peer_str: Arc<[u8]> = Arc::from(peer.to_string().into_bytes());
+    let conn = Arc::new(Conn {
+        peer: peer.to_string().into_bytes(),
+        client_ip: client.0.to_string().into_bytes(),
+        client_ip_source: client.1,
+    });
     let svc_state = state.clone();
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
         let st = svc_state.clone();
-        let peer = peer_str.clone();
+        let conn = conn.clone();
         async move {
             st.phase.store(BUSY, Ordering::Release);
-            let resp = handle(&app, &peer, req).await;
+            let resp = handle(&app, &conn, req).await;
             // The next byte read belongs to the next request.
             st.phase.store(IDLE, Ordering::Release);
             Ok::<_, std::convert::Infallible>(resp)
@@ -352,7 +392,7 @@ impl Route {
     }
 }
 
-async fn handle(app: &App, peer: &[u8], req: Request<Incoming>) -> Resp {
+async fn handle(app: &App, conn: &Conn, req: Request<Incoming>) -> Resp {
     let start = Instant::now();
     let path = req.uri().path();
     let h = &app.http;
@@ -368,7 +408,7 @@ async fn handle(app: &App, peer: &[u8], req: Request<Incoming>) -> Resp {
     let mut resp = match route {
         Route::Health => health(app, req.method()),
         Route::Other => plain(StatusCode::NOT_FOUND, "not found\n"),
-        Route::Beacon | Route::Gif => beacon(app, peer, route, req).await,
+        Route::Beacon | Route::Gif => beacon(app, conn, route, req).await,
     };
     if app.is_draining() {
         resp.headers_mut()
@@ -396,7 +436,7 @@ fn health(app: &App, method: &Method) -> Resp {
     }
 }
 
-async fn beacon(app: &App, peer: &[u8], route: Route, req: Request<Incoming>) -> Resp {
+async fn beacon(app: &App, conn: &Conn, route: Route, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let allowed_origin = match &origin {
@@ -411,7 +451,7 @@ async fn beacon(app: &App, peer: &[u8], route: Route, req: Request<Incoming>) ->
     let mut resp = match (route, &method) {
         (Route::Beacon, &Method::OPTIONS) => return preflight(app, req.headers(), allowed_origin),
         (_, &Method::GET) | (_, &Method::HEAD) | (Route::Beacon, &Method::POST) => {
-            match accept(app, peer, req).await {
+            match accept(app, conn, req).await {
                 Ok(()) => success(route),
                 Err(r) => reject(app, r),
             }
@@ -427,7 +467,7 @@ async fn beacon(app: &App, peer: &[u8], route: Route, req: Request<Incoming>) ->
 
 /// Validates the request, builds the record, and appends it to the spool. `Ok` means the
 /// beacon is durable (as `spool.ack_after` defines) and will be delivered.
-async fn accept(app: &App, peer: &[u8], req: Request<Incoming>) -> Result<(), Reject> {
+async fn accept(app: &App, conn: &Conn, req: Request<Incoming>) -> Result<(), Reject> {
     let h = &app.http;
     let received_us = record::now_us();
     let target_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -502,7 +542,9 @@ async fn accept(app: &App, peer: &[u8], req: Request<Incoming>) -> Result<(), Re
     let rec = RecordRef {
         id: record::new_id(received_us),
         received_us,
-        peer,
+        peer: &conn.peer,
+        client_ip: &conn.client_ip,
+        client_ip_source: conn.client_ip_source,
         method: parts.method.as_str().as_bytes(),
         path: parts.uri.path().as_bytes(),
         kind,

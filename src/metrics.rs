@@ -25,6 +25,11 @@ pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "beacon_connections_accepted_total"
 pub const CONNECTIONS_OPEN: &str = "beacon_connections_open";
 /// Connections closed because their headers did not arrive within `http.header_timeout_seconds`.
 pub const HEADER_TIMEOUTS_TOTAL: &str = "beacon_http_header_timeouts_total";
+/// Valid PROXY protocol headers read, by `version`.
+pub const PROXY_HEADERS_TOTAL: &str = "beacon_proxy_headers_total";
+/// Connections closed for a missing or bad PROXY header, by `reason` (`invalid`, `truncated`,
+/// `too_long`, `timeout`).
+pub const PROXY_HEADER_ERRORS_TOTAL: &str = "beacon_proxy_header_errors_total";
 /// `accept(2)` errors, by `kind`.
 pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
 /// Bytes held in the spool.

@@ -49,6 +49,54 @@ impl Kind {
     }
 }
 
+/// Where a record's `client_ip` came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientIpSource {
+    /// The TCP peer: no proxy information was configured or sent.
+    Peer = 0,
+    /// A PROXY protocol v1 header.
+    ProxyV1 = 1,
+    /// A PROXY protocol v2 header.
+    ProxyV2 = 2,
+    /// `X-Forwarded-For`, right-most hop not in `http.trusted_proxies`.
+    ForwardedFor = 3,
+}
+
+impl ClientIpSource {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            0 => Self::Peer,
+            1 => Self::ProxyV1,
+            2 => Self::ProxyV2,
+            3 => Self::ForwardedFor,
+            _ => return None,
+        })
+    }
+
+    /// The name used in NDJSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Peer => "peer",
+            Self::ProxyV1 => "proxy_v1",
+            Self::ProxyV2 => "proxy_v2",
+            Self::ForwardedFor => "x_forwarded_for",
+        }
+    }
+}
+
+/// The IP part of an `ip:port` peer string (`[v6]:port` included).
+pub fn peer_ip(peer: &[u8]) -> &[u8] {
+    let host = match peer.iter().rposition(|&b| b == b':') {
+        Some(i) => &peer[..i],
+        None => peer,
+    };
+    match host {
+        [b'[', inner @ .., b']'] => inner,
+        _ => host,
+    }
+}
+
 /// A record, borrowed from a request (to encode) or from a frame (after decoding).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRef<'a> {
@@ -58,6 +106,10 @@ pub struct RecordRef<'a> {
     pub received_us: u64,
     /// `ip:port` of the TCP peer.
     pub peer: &'a [u8],
+    /// The client's IP address (ASCII, no port): the TCP peer's, or what a trusted proxy said.
+    pub client_ip: &'a [u8],
+    /// Where `client_ip` came from.
+    pub client_ip_source: ClientIpSource,
     /// HTTP method.
     pub method: &'a [u8],
     /// Request path without the query.
@@ -88,6 +140,9 @@ pub enum DecodeError {
     /// Unknown `kind` byte.
     #[error("unknown record kind {0}")]
     BadKind(u8),
+    /// Unknown `client_ip_source` byte.
+    #[error("unknown client_ip_source {0}")]
+    BadSource(u8),
 }
 
 const ABSENT: u32 = u32::MAX;
@@ -101,6 +156,8 @@ impl<'a> RecordRef<'a> {
                 + 1
                 + 4 * 8
                 + self.peer.len()
+                + 5
+                + self.client_ip.len()
                 + self.method.len()
                 + self.path.len()
                 + params_len
@@ -124,6 +181,11 @@ impl<'a> RecordRef<'a> {
             put_bytes(out, v);
         }
         put_bytes(out, &self.body);
+        // Appended fields (added after version 1 of the layout): a decoder that finds the
+        // record ending before them uses their documented defaults, so records spooled by an
+        // older collector still decode after an upgrade.
+        put_bytes(out, self.client_ip);
+        out.put_u8(self.client_ip_source as u8);
     }
 
     /// Decodes one record; the whole slice must be the record.
@@ -148,6 +210,16 @@ impl<'a> RecordRef<'a> {
             params.push((Cow::Borrowed(k), Cow::Borrowed(v)));
         }
         let body = Cow::Borrowed(r.bytes()?);
+        let (client_ip, client_ip_source) = if r.pos == buf.len() {
+            (peer_ip(peer), ClientIpSource::Peer)
+        } else {
+            let ip = r.bytes()?;
+            let b = r.take(1)?[0];
+            (
+                ip,
+                ClientIpSource::from_u8(b).ok_or(DecodeError::BadSource(b))?,
+            )
+        };
         if r.pos != buf.len() {
             return Err(DecodeError::Trailing(buf.len() - r.pos));
         }
@@ -155,6 +227,8 @@ impl<'a> RecordRef<'a> {
             id,
             received_us,
             peer,
+            client_ip,
+            client_ip_source,
             method,
             path,
             kind,
@@ -174,6 +248,11 @@ impl<'a> RecordRef<'a> {
         out.extend_from_slice(crate::time::rfc3339_micros(self.received_us).as_bytes());
         out.extend_from_slice(b"\",\"peer\":");
         json_value(out, self.peer);
+        out.extend_from_slice(b",\"client_ip\":");
+        json_value(out, self.client_ip);
+        out.extend_from_slice(b",\"client_ip_source\":\"");
+        out.extend_from_slice(self.client_ip_source.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"method\":");
         json_value(out, self.method);
         out.extend_from_slice(b",\"path\":");
@@ -523,6 +602,8 @@ mod tests {
             id: new_id(1_700_000_000_000_000),
             received_us: 1_700_000_000_123_456,
             peer: b"127.0.0.1:5000",
+            client_ip: b"203.0.113.9",
+            client_ip_source: ClientIpSource::ProxyV2,
             method: b"GET",
             path: b"/beacon",
             kind: Kind::Query,
@@ -558,6 +639,8 @@ mod tests {
             id: [1; 16],
             received_us: 1,
             peer: b"p",
+            client_ip: b"p",
+            client_ip_source: ClientIpSource::Peer,
             method: b"POST",
             path: b"/b",
             kind: Kind::Text,
@@ -569,12 +652,57 @@ mod tests {
         };
         let mut buf = BytesMut::new();
         rec.encode(&mut buf);
+        // Where the first layout ended: a record spooled by an older collector.
+        let old_layout = buf.len() - (4 + 1 + 1);
         for cut in 0..buf.len() {
-            assert!(RecordRef::decode(&buf[..cut]).is_err(), "cut at {cut}");
+            if cut != old_layout {
+                assert!(RecordRef::decode(&buf[..cut]).is_err(), "cut at {cut}");
+            }
         }
         let mut longer = buf.to_vec();
         longer.push(0);
         assert_eq!(RecordRef::decode(&longer), Err(DecodeError::Trailing(1)));
+        let mut bad_source = buf.to_vec();
+        *bad_source.last_mut().unwrap() = 9;
+        assert_eq!(
+            RecordRef::decode(&bad_source),
+            Err(DecodeError::BadSource(9))
+        );
+    }
+
+    /// Records written before `client_ip` existed decode with the peer's IP, source `peer`.
+    #[test]
+    fn first_layout_records_still_decode() {
+        for (peer, ip) in [
+            (&b"192.0.2.1:443"[..], &b"192.0.2.1"[..]),
+            (b"[2001:db8::1]:80", b"2001:db8::1"),
+        ] {
+            let rec = RecordRef {
+                id: [2; 16],
+                received_us: 5,
+                peer,
+                client_ip: b"203.0.113.50",
+                client_ip_source: ClientIpSource::ForwardedFor,
+                method: b"GET",
+                path: b"/beacon",
+                kind: Kind::Query,
+                user_agent: None,
+                referer: None,
+                origin: None,
+                params: vec![(Cow::Borrowed(b"a"), Cow::Borrowed(b"1"))],
+                body: Cow::Borrowed(b""),
+            };
+            let mut buf = BytesMut::new();
+            rec.encode(&mut buf);
+            assert_eq!(RecordRef::decode(&buf).unwrap(), rec);
+            let first_layout = &buf[..buf.len() - (4 + rec.client_ip.len() + 1)];
+            let old = RecordRef::decode(first_layout).unwrap();
+            assert_eq!(
+                (old.client_ip, old.client_ip_source),
+                (ip, ClientIpSource::Peer)
+            );
+            assert_eq!(old.params, rec.params);
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod forwarding;
 mod lifecycle;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/proxy.rs"]
+mod proxy;
 #[path = "it/python.rs"]
 mod python;
 #[path = "it/timeouts.rs"]

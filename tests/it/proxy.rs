@@ -1,0 +1,129 @@
+//! PROXY protocol on the beacon listener: the header's source is the client in the record, and
+//! a connection without a valid header is closed, never served with a guessed address.
+
+use crate::common::*;
+use beacon_collector::proxy::{Mode, V2_SIGNATURE};
+use beacon_collector::Shutdown;
+use std::time::Duration;
+
+fn v2_inet(src: [u8; 4], sport: u16) -> Vec<u8> {
+    let mut h = V2_SIGNATURE.to_vec();
+    h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&8080u16.to_be_bytes());
+    h
+}
+
+#[test]
+fn proxy_headers_name_the_client_and_missing_ones_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.server.proxy_protocol = Mode::Any;
+    c.http.header_timeout_seconds = 1;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let a = srv.addr;
+
+    // v1, with the request in the same segment as the header.
+    let mut conn = Conn::open(a);
+    conn.send(b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 8080\r\nGET /beacon?via=v1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(conn.read(false).unwrap().status, 204);
+    // Keep-alive: the header is read once, the next request on the connection is plain HTTP.
+    assert_eq!(
+        conn.request(b"GET /beacon?via=v1-again HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        204
+    );
+
+    // v2, split from its request and itself split in two writes.
+    let mut conn = Conn::open(a);
+    let h = v2_inet([198, 51, 100, 9], 40000);
+    conn.send(&h[..7]);
+    std::thread::sleep(Duration::from_millis(50));
+    conn.send(&h[7..]);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        conn.request(b"GET /beacon?via=v2 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        204
+    );
+
+    // v2 LOCAL (the proxy's own health check): served, the TCP peer is the client.
+    let mut conn = Conn::open(a);
+    let mut local = V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    conn.send(&local);
+    assert_eq!(
+        conn.request(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .status,
+        200
+    );
+
+    // No header, a garbage header, a header that never ends: closed, nothing answered.
+    for raw in [
+        &b"GET /beacon?via=none HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"PROXY TCP4 999.0.0.1 10.0.0.1 1 2\r\nGET /beacon?via=bad HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"PROXY TCP4 203.0.113.7 10.0.0.1 51234",
+    ] {
+        let mut conn = Conn::open(a);
+        conn.send(raw);
+        // The truncated header waits for the header timeout (1 s in tests) before closing.
+        assert!(
+            conn.closed_within(Duration::from_secs(5)),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+
+    srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    let recs = records(&c.processor.data_dir);
+    let via = |v: &str| {
+        recs.iter()
+            .find(|r| param(r, "via").is_some_and(|p| p == v))
+            .unwrap_or_else(|| panic!("{v}: {recs:#?}"))
+    };
+    assert_eq!(
+        (&via("v1")["client_ip"], &via("v1")["client_ip_source"]),
+        (&"203.0.113.7".into(), &"proxy_v1".into())
+    );
+    assert_eq!(via("v1-again")["client_ip"], "203.0.113.7");
+    assert_eq!(
+        (&via("v2")["client_ip"], &via("v2")["client_ip_source"]),
+        (&"198.51.100.9".into(), &"proxy_v2".into())
+    );
+    // The TCP peer is still recorded as it was.
+    assert!(via("v2")["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(recs.len(), 3, "only the proxied beacons: {recs:#?}");
+}
+
+#[test]
+fn without_proxy_protocol_the_peer_is_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    assert_eq!(get(srv.addr, "/beacon?p=1").status, 204);
+    // A PROXY header on a listener that does not expect one is not honoured: it is a bad request.
+    let r = req(
+        srv.addr,
+        "PROXY TCP4 203.0.113.7 10.0.0.1 51234 8080\r\nGET /beacon?p=2 HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(r.status, 400);
+    srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    let recs = records(&c.processor.data_dir);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        (&recs[0]["client_ip"], &recs[0]["client_ip_source"]),
+        (&"127.0.0.1".into(), &"peer".into())
+    );
+}
