@@ -173,6 +173,9 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Seconds browsers may cache a CORS preflight answer.
     pub cors_max_age_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
+    /// When a connection comes from one of them, the client is the right-most hop that is not.
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
 }
 
 impl Default for HttpConfig {
@@ -194,6 +197,7 @@ impl Default for HttpConfig {
             health_path: "/healthz".into(),
             allowed_origins: vec!["*".into()],
             cors_max_age_seconds: 86_400,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -833,5 +837,22 @@ mod tests {
     fn bad_origin_rejected() {
         let e = Config::from_toml("[http]\nallowed_origins = [\"example.com\"]\n").unwrap_err();
         assert_eq!(e.key, "http.allowed_origins");
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = \"v2\"\n[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.proxy_protocol, crate::proxy::Mode::V2);
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        let e = Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n")
+            .unwrap_err();
+        assert!(e.key.starts_with("http.trusted_proxies"), "{e:?}");
+        assert!(e.problem.contains("host bits"), "{e:?}");
+        let e = Config::from_toml("[server]\nproxy_protocol = \"v3\"\n").unwrap_err();
+        assert_eq!(e.key, "server.proxy_protocol");
+        assert!(e.problem.contains("v3"), "{e:?}");
     }
 }

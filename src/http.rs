@@ -10,6 +10,7 @@
 //! Body reads get their own deadline in the handler.
 
 use crate::config::Config;
+use crate::forwarded::Verdict;
 use crate::metrics as m;
 use crate::proxy;
 use crate::record::{self, ClientIpSource, Kind, ParamError, ParamLimits, RecordRef};
@@ -51,6 +52,7 @@ pub enum Phase {
 pub struct App {
     http: crate::config::HttpConfig,
     proxy: proxy::Mode,
+    trusted_proxies: Vec<crate::forwarded::Cidr>,
     limits: ParamLimits,
     spool: Spool,
     retry_after: HeaderValue,
@@ -75,6 +77,7 @@ impl App {
             any_origin: h.allowed_origins.iter().any(|o| o == "*"),
             http: h.clone(),
             proxy: config.server.proxy_protocol,
+            trusted_proxies: h.trusted_proxies.clone(),
             accepted: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
@@ -191,7 +194,9 @@ impl AsyncWrite for Watched {
 struct Conn {
     /// `ip:port` of the TCP peer.
     peer: Vec<u8>,
-    /// The client's IP: the peer's, or the PROXY header's source.
+    /// The connection's client: the peer, or the PROXY header's source.
+    client: std::net::IpAddr,
+    /// `client`, formatted.
     client_ip: Vec<u8>,
     client_ip_source: ClientIpSource,
 }
@@ -239,6 +244,7 @@ pub async fn serve_connection(
     });
     let conn = Arc::new(Conn {
         peer: peer.to_string().into_bytes(),
+        client: client.0,
         client_ip: client.0.to_string().into_bytes(),
         client_ip_source: client.1,
     });
@@ -539,12 +545,33 @@ async fn accept(app: &App, conn: &Conn, req: Request<Incoming>) -> Result<(), Re
     }
 
     let hdr = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
+    // A trusted proxy's X-Forwarded-For names the client of this request.
+    let forwarded = match crate::forwarded::client(
+        conn.client,
+        &app.trusted_proxies,
+        parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(HeaderValue::as_bytes),
+    ) {
+        Verdict::Client(ip) => Some(ip.to_string()),
+        Verdict::NotUsed => None,
+        Verdict::Malformed => {
+            metrics::counter!(m::FORWARDED_FOR_INVALID_TOTAL).increment(1);
+            None
+        }
+    };
+    let (client_ip, client_ip_source) = match &forwarded {
+        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
+        None => (&conn.client_ip[..], conn.client_ip_source),
+    };
     let rec = RecordRef {
         id: record::new_id(received_us),
         received_us,
         peer: &conn.peer,
-        client_ip: &conn.client_ip,
-        client_ip_source: conn.client_ip_source,
+        client_ip,
+        client_ip_source,
         method: parts.method.as_str().as_bytes(),
         path: parts.uri.path().as_bytes(),
         kind,

@@ -22,6 +22,7 @@
 
 pub mod check;
 pub mod config;
+pub mod forwarded;
 pub mod forwarder;
 pub mod http;
 pub mod kernel;

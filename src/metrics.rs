@@ -30,6 +30,8 @@ pub const PROXY_HEADERS_TOTAL: &str = "beacon_proxy_headers_total";
 /// Connections closed for a missing or bad PROXY header, by `reason` (`invalid`, `truncated`,
 /// `too_long`, `timeout`).
 pub const PROXY_HEADER_ERRORS_TOTAL: &str = "beacon_proxy_header_errors_total";
+/// Requests from a trusted proxy whose `X-Forwarded-For` did not parse (the header was ignored).
+pub const FORWARDED_FOR_INVALID_TOTAL: &str = "beacon_forwarded_for_invalid_total";
 /// `accept(2)` errors, by `kind`.
 pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
 /// Bytes held in the spool.

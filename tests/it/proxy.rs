@@ -127,3 +127,65 @@ fn without_proxy_protocol_the_peer_is_the_client() {
         (&"127.0.0.1".into(), &"peer".into())
     );
 }
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.http.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let send = |id: &str, xff: &str| {
+        let r = req(
+            srv.addr,
+            &format!("GET /beacon?x={id} HTTP/1.1\r\nHost: t\r\n{xff}\r\n"),
+        );
+        assert_eq!(r.status, 204);
+    };
+    // The left hop is the client's own claim; the right-most untrusted one is real.
+    send(
+        "chain",
+        "X-Forwarded-For: 6.6.6.6, 203.0.113.9, 127.0.0.2\r\n",
+    );
+    send(
+        "lines",
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 198.51.100.4\r\n",
+    );
+    send("garbage", "X-Forwarded-For: 203.0.113.9, not-an-ip\r\n");
+    send("none", "");
+    srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut c2 = test_config(dir2.path());
+    c2.http.trusted_proxies = vec!["10.0.0.0/8".to_string().try_into().unwrap()];
+    let stage2 = Stage::start(dir2.path(), &c2);
+    let srv2 = Server::start(c2.clone());
+    let r = req(
+        srv2.addr,
+        "GET /beacon?x=untrusted HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+    );
+    assert_eq!(r.status, 204);
+    srv2.shutdown(Shutdown::Graceful).unwrap();
+    stage2.stop();
+
+    let mut recs = records(&c.processor.data_dir);
+    recs.extend(records(&c2.processor.data_dir));
+    let client = |id: &str| {
+        let r = recs
+            .iter()
+            .find(|r| param(r, "x").is_some_and(|p| p == id))
+            .unwrap();
+        (
+            r["client_ip"].as_str().unwrap().to_string(),
+            r["client_ip_source"].as_str().unwrap().to_string(),
+        )
+    };
+    let xff = |ip: &str| (ip.to_string(), "x_forwarded_for".to_string());
+    let peer = || ("127.0.0.1".to_string(), "peer".to_string());
+    assert_eq!(client("chain"), xff("203.0.113.9"));
+    assert_eq!(client("lines"), xff("198.51.100.4"));
+    assert_eq!(client("garbage"), peer());
+    assert_eq!(client("none"), peer());
+    assert_eq!(client("untrusted"), peer());
+}
