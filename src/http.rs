@@ -546,15 +546,20 @@ async fn accept(app: &App, conn: &Conn, req: Request<Incoming>) -> Result<(), Re
 
     let hdr = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
     // A trusted proxy's X-Forwarded-For names the client of this request.
-    let forwarded = match crate::forwarded::client(
-        conn.client,
-        &app.trusted_proxies,
-        parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
+    let verdict = if app.trusted_proxies.is_empty() {
+        Verdict::NotUsed
+    } else {
+        crate::forwarded::client(
+            conn.client,
+            &app.trusted_proxies,
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    };
+    let forwarded = match verdict {
         Verdict::Client(ip) => Some(ip.to_string()),
         Verdict::NotUsed => None,
         Verdict::Malformed => {
