@@ -12,6 +12,8 @@ mod config;
 mod faults;
 #[path = "it/forwarding.rs"]
 mod forwarding;
+#[path = "it/haproxy.rs"]
+mod haproxy;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/limits.rs"]

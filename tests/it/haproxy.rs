@@ -1,0 +1,218 @@
+//! Behind a real HAProxy (Debian's package) running `deploy/haproxy.cfg`: PROXY v2 from the load
+//! balancer names the client, and a collector that gets SIGTERM drains out of the pool while a
+//! client sending continuously sees zero errors and every 2xx beacon reaches the output.
+
+use crate::common::*;
+use beacon_collector::config::{Config, ForwardMode};
+use beacon_collector::proxy::Mode;
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// HAProxy running the deployment example, stopped on drop.
+struct Haproxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Haproxy {
+    fn start(collectors: [SocketAddr; 2]) -> Haproxy {
+        let bin = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("haproxy not found: apt-get install haproxy (.ci/run installs it)");
+        let addr = free_port();
+        let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+        let child = Command::new(bin)
+            .args(["-db", "-f", cfg])
+            .env("BEACON_BIND", addr.to_string())
+            .env("COLLECTOR_1", collectors[0].to_string())
+            .env("COLLECTOR_2", collectors[1].to_string())
+            // The deployment's timings scaled down to test time.
+            .env("CHECK_INTER", "200ms")
+            .env("CHECK_FALL", "2")
+            .env("CHECK_RISE", "2")
+            .env("CLIENT_IDLE", "30s")
+            .env("SERVER_IDLE", "10s")
+            .env("MAXCONN", "1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok());
+        Haproxy { child, addr }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn start_collector(dir: &std::path::Path, dereg: u64) -> (Binary, SocketAddr, Config) {
+    let mut c = test_config(dir);
+    c.forward.mode = ForwardMode::Embedded;
+    c.server.proxy_protocol = Mode::V2;
+    c.shutdown.deregistration_delay_seconds = dereg;
+    let cfg = write_config(dir, &c);
+    let bin = Binary::start(
+        dir,
+        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
+    );
+    let l = bin.wait_for("listening", Duration::from_secs(10));
+    (bin, l["addr"].as_str().unwrap().parse().unwrap(), c)
+}
+
+/// What a continuously sending client saw.
+#[derive(Default)]
+struct Seen {
+    ok: Vec<String>,
+    bad_status: Vec<u16>,
+    transport_errors: u64,
+}
+
+/// `clients` keep-alive clients sending beacons as fast as answers come, each counting every
+/// failure: a status other than 204, a connection that fails or closes mid-request.
+fn continuous(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Seen>> {
+    (0..clients)
+        .map(|c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Seen::default();
+                let mut conn: Option<Conn> = None;
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let c0 = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                            Ok(s) => {
+                                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                                conn.insert(Conn {
+                                    rd: BufReader::new(s),
+                                })
+                            }
+                            Err(_) => {
+                                seen.transport_errors += 1;
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    let key = format!("{c}-{n}");
+                    n += 1;
+                    let raw = format!("GET /beacon?k={key} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    if c0.rd.get_mut().write_all(raw.as_bytes()).is_err() {
+                        seen.transport_errors += 1;
+                        conn = None;
+                        continue;
+                    }
+                    match c0.read(false) {
+                        Some(r) if r.status == 204 => seen.ok.push(key),
+                        Some(r) => seen.bad_status.push(r.status),
+                        None => {
+                            seen.transport_errors += 1;
+                            conn = None;
+                        }
+                    }
+                    // A beacon client, not a benchmark: a few hundred per second in all.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Deregistration delay 2 s > fall x inter (2 x 200 ms): HAProxy sees /healthz fail and
+    // moves traffic before the collector stops accepting.
+    let (mut a, addr_a, ca) = start_collector(da.path(), 2);
+    let (mut b, addr_b, cb) = start_collector(db.path(), 0);
+    let lb = Haproxy::start([addr_a, addr_b]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = continuous(lb.addr, 4, stop.clone());
+    std::thread::sleep(Duration::from_secs(2));
+
+    a.signal(libc::SIGTERM);
+    let t0 = Instant::now();
+    let status = a.wait(Duration::from_secs(30));
+    let a_exit = t0.elapsed();
+    assert!(status.success(), "collector A exit status {status}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "A did not wait out its deregistration delay"
+    );
+    // Traffic carries on through B alone.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Seen::default();
+    for c in clients {
+        let s = c.join().unwrap();
+        seen.ok.extend(s.ok);
+        seen.bad_status.extend(s.bad_status);
+        seen.transport_errors += s.transport_errors;
+    }
+    b.signal(libc::SIGTERM);
+    assert!(b.wait(Duration::from_secs(30)).success());
+
+    eprintln!(
+        "drain: {} beacons answered 204, {} other statuses, {} transport errors, A exited after {:?}",
+        seen.ok.len(),
+        seen.bad_status.len(),
+        seen.transport_errors,
+        a_exit
+    );
+    assert_eq!(
+        (seen.bad_status.len(), seen.transport_errors),
+        (0, 0),
+        "client-visible errors during the drain: statuses {:?}",
+        &seen.bad_status[..seen.bad_status.len().min(10)]
+    );
+    assert!(seen.ok.len() > 200, "only {} beacons sent", seen.ok.len());
+    let mut recs = records(&ca.processor.data_dir);
+    let from_a = recs.len();
+    recs.extend(records(&cb.processor.data_dir));
+    assert!(
+        from_a > 0 && recs.len() > from_a,
+        "both collectors served: A {from_a}, all {}",
+        recs.len()
+    );
+    let got: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| param(r, "k").and_then(|v| v.as_str()))
+        .collect();
+    let lost: Vec<&String> = seen
+        .ok
+        .iter()
+        .filter(|k| !got.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {} 204s, e.g. {:?}",
+        lost.len(),
+        seen.ok.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // HAProxy's PROXY v2 header named the client (the test, on loopback).
+    let beacons: Vec<_> = recs.iter().filter(|r| param(r, "k").is_some()).collect();
+    assert!(beacons
+        .iter()
+        .all(|r| r["client_ip_source"] == "proxy_v2" && r["client_ip"] == "127.0.0.1"));
+}
