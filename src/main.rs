@@ -336,7 +336,7 @@ fn signals() -> impl std::future::Future<Output = Shutdown> {
 
 fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow::Result<()> {
     let rt = runtime(config.worker_threads().min(2))?;
-    rt.block_on(async move {
+    let res = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         // Installed before anything else can take time (see `signals`).
         let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
@@ -383,5 +383,10 @@ fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow:
         let res = processor::run(config, l, admin, stop).await;
         let _ = std::fs::remove_file(&socket);
         res.context("processing stage")
-    })
+    });
+    // Tokio reads stdin on a blocking thread that a runtime drop would wait for, and that read
+    // only returns when the parent closes the pipe: the stage would hang after its work was
+    // done until the supervisor killed it 10 s later. Everything is written; do not wait.
+    rt.shutdown_background();
+    res
 }

@@ -62,6 +62,10 @@ fn sigterm_fails_health_while_serving_then_exits_0_with_every_204_in_the_files()
 
     let status = bin.wait(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
+    // The stage exited by itself once its files were closed (it once hung on its stdin
+    // watcher until the supervisor killed it).
+    let log = bin.log.lock().unwrap().join("\n");
+    assert!(!log.contains("did not stop within"), "{log}");
     assert!(
         t0.elapsed() >= Duration::from_secs(2),
         "did not wait out the deregistration delay"
