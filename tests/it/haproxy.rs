@@ -150,10 +150,16 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
     let clients = continuous(lb.addr, 4, stop.clone());
     std::thread::sleep(Duration::from_secs(2));
 
+    let sigterm_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
     a.signal(libc::SIGTERM);
     let t0 = Instant::now();
     let status = a.wait(Duration::from_secs(30));
     let a_exit = t0.elapsed();
+    let log = a.log.lock().unwrap().join("\n");
+    assert!(!log.contains("did not stop within"), "{log}");
     assert!(status.success(), "collector A exit status {status}");
     assert!(
         t0.elapsed() >= Duration::from_secs(2),
@@ -210,6 +216,20 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
         seen.ok.len(),
         &lost[..lost.len().min(5)]
     );
+    // The health check moved the traffic, not the closing listener: HAProxy marks A down
+    // after two failed checks (~0.4 s), so A gets nothing new in the second half of its 2 s
+    // deregistration delay, while it would keep receiving until it stops accepting if
+    // /healthz did not fail.
+    let cutoff = beacon_collector::time::rfc3339_micros(sigterm_us + 1_200_000);
+    let late = records(&ca.processor.data_dir)
+        .iter()
+        .filter(|r| {
+            r["received_at"]
+                .as_str()
+                .is_some_and(|t| t > cutoff.as_str())
+        })
+        .count();
+    assert_eq!(late, 0, "beacons reached A more than 1.2 s after SIGTERM");
     // HAProxy's PROXY v2 header named the client (the test, on loopback).
     let beacons: Vec<_> = recs.iter().filter(|r| param(r, "k").is_some()).collect();
     assert!(beacons
