@@ -44,6 +44,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Requests waiting for the spool writer.
     pub queue: QueueConfig,
+    /// Per-client rate limit (off by default).
+    pub rate_limit: RateLimitConfig,
     /// The durable local spool every accepted beacon is written to before it is answered.
     pub spool: SpoolConfig,
     /// How the collector reaches the processing stage.
@@ -198,6 +200,32 @@ impl Default for HttpConfig {
             allowed_origins: vec!["*".into()],
             cors_max_age_seconds: 86_400,
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Per-client rate limit: a token bucket per client IP in a fixed-size table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Answer 429 to a client over the limit. Off by default: behind NAT many browsers share
+    /// one address, so size the limit for your busiest office before turning it on.
+    pub enabled: bool,
+    /// Sustained beacons per second per client IP.
+    pub per_client_per_second: f64,
+    /// Beacons a client may send at once after being idle.
+    pub burst: u32,
+    /// Buckets in the table: memory is fixed at about 32 bytes each, however many clients.
+    pub table_slots: usize,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            per_client_per_second: 20.0,
+            burst: 100,
+            table_slots: 65_536,
         }
     }
 }
@@ -480,6 +508,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         let h = &self.http;
+        let rl = &self.rate_limit;
+        if !(rl.per_client_per_second.is_finite() && rl.per_client_per_second > 0.0) {
+            return Err(ConfigError::new(
+                "rate_limit.per_client_per_second",
+                format!("{} is not a positive rate", rl.per_client_per_second),
+                "set beacons per second per client, e.g. 20",
+            ));
+        }
+        positive("rate_limit.burst", u64::from(rl.burst))?;
+        if !(1024..=16 * 1024 * 1024).contains(&rl.table_slots) {
+            return Err(ConfigError::new(
+                "rate_limit.table_slots",
+                format!("{} is outside 1024..=16777216", rl.table_slots),
+                "use 65536 (about 2 MiB) or more for many distinct clients",
+            ));
+        }
         positive("server.backlog", s.backlog as u64)?;
         if s.backlog > i32::MAX as u32 {
             return Err(ConfigError::new(
@@ -851,6 +895,17 @@ mod tests {
             .unwrap_err();
         assert!(e.key.starts_with("http.trusted_proxies"), "{e:?}");
         assert!(e.problem.contains("host bits"), "{e:?}");
+        for (toml, key) in [
+            (
+                "[rate_limit]\nper_client_per_second = 0.0\n",
+                "rate_limit.per_client_per_second",
+            ),
+            ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
+            ("[rate_limit]\ntable_slots = 10\n", "rate_limit.table_slots"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert_eq!(e.key, key, "{toml}");
+        }
         let e = Config::from_toml("[server]\nproxy_protocol = \"v3\"\n").unwrap_err();
         assert_eq!(e.key, "server.proxy_protocol");
         assert!(e.problem.contains("v3"), "{e:?}");

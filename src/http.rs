@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::forwarded::Verdict;
 use crate::metrics as m;
 use crate::proxy;
+use crate::ratelimit::{Decision, Limits, RateLimiter};
 use crate::record::{self, ClientIpSource, Kind, ParamError, ParamLimits, RecordRef};
 use crate::spool::{AppendError, Spool};
 use bytes::{Bytes, BytesMut};
@@ -53,6 +54,7 @@ pub struct App {
     http: crate::config::HttpConfig,
     proxy: proxy::Mode,
     trusted_proxies: Vec<crate::forwarded::Cidr>,
+    limiter: Option<RateLimiter>,
     limits: ParamLimits,
     spool: Spool,
     retry_after: HeaderValue,
@@ -78,6 +80,13 @@ impl App {
             http: h.clone(),
             proxy: config.server.proxy_protocol,
             trusted_proxies: h.trusted_proxies.clone(),
+            limiter: config.rate_limit.enabled.then(|| {
+                RateLimiter::new(Limits {
+                    per_second: config.rate_limit.per_client_per_second,
+                    burst: f64::from(config.rate_limit.burst),
+                    slots: config.rate_limit.table_slots,
+                })
+            }),
             accepted: AtomicU64::new(0),
             draining: AtomicBool::new(false),
         }
@@ -326,6 +335,8 @@ enum Reject {
     BodyTimeout,
     BodyError,
     OriginNotAllowed,
+    /// Over the per-client rate limit; retry after this many seconds.
+    RateLimited(u64),
     QueueFull,
     SpoolFull,
     SpoolFailed,
@@ -342,6 +353,7 @@ impl Reject {
             Reject::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Reject::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Reject::QueueFull | Reject::SpoolFull | Reject::SpoolFailed | Reject::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -361,6 +373,7 @@ impl Reject {
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyError => "body_error",
             Reject::OriginNotAllowed => "origin_not_allowed",
+            Reject::RateLimited(_) => "rate_limited",
             Reject::QueueFull => "queue_full",
             Reject::SpoolFull => "spool_full",
             Reject::SpoolFailed => "spool_write_failed",
@@ -488,6 +501,33 @@ async fn accept(app: &App, conn: &Conn, req: Request<Incoming>) -> Result<(), Re
     if header_bytes > h.max_header_bytes || req.headers().len() > h.max_headers {
         return Err(Reject::HeadersTooLarge);
     }
+    // A trusted proxy's X-Forwarded-For names the client of this request.
+    let verdict = if app.trusted_proxies.is_empty() {
+        Verdict::NotUsed
+    } else {
+        crate::forwarded::client(
+            conn.client,
+            &app.trusted_proxies,
+            req.headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes),
+        )
+    };
+    let forwarded = match verdict {
+        Verdict::Client(ip) => Some(ip),
+        Verdict::NotUsed => None,
+        Verdict::Malformed => {
+            metrics::counter!(m::FORWARDED_FOR_INVALID_TOTAL).increment(1);
+            None
+        }
+    };
+    // Limited before the body is read: an abusive client costs as little as possible.
+    if let Some(limiter) = &app.limiter {
+        if let Decision::Deny(wait) = limiter.check(forwarded.unwrap_or(conn.client)) {
+            return Err(Reject::RateLimited(wait.as_secs()));
+        }
+    }
 
     let (parts, body) = req.into_parts();
     let mut params = Vec::new();
@@ -545,28 +585,7 @@ async fn accept(app: &App, conn: &Conn, req: Request<Incoming>) -> Result<(), Re
     }
 
     let hdr = |name| parts.headers.get(name).map(HeaderValue::as_bytes);
-    // A trusted proxy's X-Forwarded-For names the client of this request.
-    let verdict = if app.trusted_proxies.is_empty() {
-        Verdict::NotUsed
-    } else {
-        crate::forwarded::client(
-            conn.client,
-            &app.trusted_proxies,
-            parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(HeaderValue::as_bytes),
-        )
-    };
-    let forwarded = match verdict {
-        Verdict::Client(ip) => Some(ip.to_string()),
-        Verdict::NotUsed => None,
-        Verdict::Malformed => {
-            metrics::counter!(m::FORWARDED_FOR_INVALID_TOTAL).increment(1);
-            None
-        }
-    };
+    let forwarded = forwarded.map(|ip| ip.to_string());
     let (client_ip, client_ip_source) = match &forwarded {
         Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
         None => (&conn.client_ip[..], conn.client_ip_source),
@@ -662,6 +681,9 @@ fn reject(app: &App, r: Reject) -> Resp {
     hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if r.status() == StatusCode::SERVICE_UNAVAILABLE {
         hs.insert(header::RETRY_AFTER, app.retry_after.clone());
+    }
+    if let Reject::RateLimited(secs) = r {
+        hs.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if r.closes() {
         hs.insert(header::CONNECTION, HeaderValue::from_static("close"));

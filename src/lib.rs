@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod processor;
 pub mod protocol;
 pub mod proxy;
+pub mod ratelimit;
 pub mod record;
 pub mod sampler;
 pub mod spool;

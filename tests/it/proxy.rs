@@ -189,3 +189,42 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(client("none"), peer());
     assert_eq!(client("untrusted"), peer());
 }
+
+#[test]
+fn rate_limit_answers_429_per_client_ip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.rate_limit.enabled = true;
+    c.rate_limit.per_client_per_second = 0.5;
+    c.rate_limit.burst = 3;
+    c.http.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let send = |xff: &str| {
+        req(
+            srv.addr,
+            &format!("GET /beacon?r=1 HTTP/1.1\r\nHost: t\r\n{xff}\r\n"),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(send("").status, 204);
+    }
+    let r = send("");
+    assert_eq!(r.status, 429);
+    // 0.5/s: the next token is two seconds away.
+    assert_eq!(r.header("retry-after"), Some("2"));
+    // The limit follows the client named by a trusted proxy, not the proxy's address.
+    for _ in 0..3 {
+        assert_eq!(send("X-Forwarded-For: 203.0.113.9\r\n").status, 204);
+    }
+    assert_eq!(send("X-Forwarded-For: 203.0.113.9\r\n").status, 429);
+    assert_eq!(send("X-Forwarded-For: 198.51.100.1\r\n").status, 204);
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.accepted, 7);
+    assert_eq!(
+        records(&c.processor.data_dir).len(),
+        7,
+        "429s are not recorded"
+    );
+}
