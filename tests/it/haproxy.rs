@@ -20,6 +20,10 @@ struct Haproxy {
 
 impl Haproxy {
     fn start(collectors: [SocketAddr; 2]) -> Haproxy {
+        Self::start_with(collectors, &[])
+    }
+
+    fn start_with(collectors: [SocketAddr; 2], env: &[(&str, &str)]) -> Haproxy {
         let bin = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -37,7 +41,8 @@ impl Haproxy {
             .env("CHECK_RISE", "2")
             .env("CLIENT_IDLE", "30s")
             .env("SERVER_IDLE", "10s")
-            .env("MAXCONN", "1000")
+            .env("MAXCONN", "4000")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -235,4 +240,116 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
     assert!(beacons
         .iter()
         .all(|r| r["client_ip_source"] == "proxy_v2" && r["client_ip"] == "127.0.0.1"));
+}
+
+/// A TCP relay that delays every chunk in both directions: the network between a load balancer
+/// and its targets. On loopback a FIN arrives in microseconds and HAProxy drops idle
+/// connections the server closed before it reuses them; across a real network the FIN is in
+/// flight while the balancer already sends the next request down that connection.
+fn delaying_relay(target: SocketAddr, delay: Duration) -> SocketAddr {
+    let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_l.set_nonblocking(true).unwrap();
+    let addr = std_l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::from_std(std_l).unwrap();
+            loop {
+                let Ok((c, _)) = l.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let Ok(s) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let ((cr, cw), (sr, sw)) = (c.into_split(), s.into_split());
+                    tokio::join!(pipe(cr, sw, delay), pipe(sr, cw, delay));
+                });
+            }
+        });
+    });
+    addr
+}
+
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.unwrap_or(0);
+        tokio::time::sleep(delay).await;
+        if n == 0 || w.write_all(&buf[..n]).await.is_err() {
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Client-visible failures of a fleet of keep-alive browsers pinging every second through
+/// HAProxy (deploy/haproxy.cfg) to one collector 10 ms away, with the collector's idle timeout
+/// `idle` seconds.
+fn fleet_errors_through_haproxy(idle: u64) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.server.proxy_protocol = Mode::V2;
+    c.http.idle_timeout_seconds = idle;
+    // Below the collector's on purpose in the first case: what `validate()` would refuse.
+    c.http.lb_idle_timeout_seconds = 0;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let relay = delaying_relay(srv.addr, Duration::from_millis(10));
+    let lb = Haproxy::start_with([relay, relay], &[("SERVER_IDLE", "10s")]);
+    let opts = <beacon_loadgen::Opts as clap::Parser>::try_parse_from([
+        "beacon-loadgen",
+        "--clients",
+        "300",
+        "--interval",
+        "1s",
+        "--jitter-percent",
+        "2",
+        "-d",
+        "12s",
+        &format!("http://{}/beacon", lb.addr),
+    ])
+    .unwrap();
+    let report =
+        beacon_loadgen::run(&opts, Arc::new(AtomicBool::new(false)), Arc::default()).unwrap();
+    drop(lb);
+    srv.shutdown(beacon_collector::Shutdown::Graceful).unwrap();
+    stage.stop();
+    let non_2xx: u64 = report
+        .status
+        .iter()
+        .filter(|(k, _)| !k.starts_with('2'))
+        .map(|(_, v)| v)
+        .sum();
+    eprintln!(
+        "idle timeout {idle}s behind HAProxy: {} requests, {} errors {:?}, statuses {:?}",
+        report.requests, report.errors_total, report.errors, report.status
+    );
+    (report.requests, report.errors_total + non_2xx)
+}
+
+/// Seed 002: a collector idle timeout below the load balancer's loses requests whenever the
+/// balancer reuses a connection the collector is closing; the default ordering (collector 75 s
+/// above every balancer timeout) loses none. This is what `validate()` enforces.
+#[test]
+fn idle_timeout_race_shows_only_in_the_wrong_order() {
+    let (n_wrong, err_wrong) = fleet_errors_through_haproxy(1);
+    let (n_right, err_right) = fleet_errors_through_haproxy(75);
+    assert!(
+        n_wrong > 2000 && n_right > 2000,
+        "{n_wrong} / {n_right} requests"
+    );
+    assert!(
+        err_wrong > 0,
+        "collector idle 1 s under a reusing LB: expected client-visible errors"
+    );
+    assert_eq!(err_right, 0, "default ordering: no client-visible errors");
 }
