@@ -58,7 +58,16 @@ pub struct Listeners {
 impl Listeners {
     /// Binds everything the config asks for.
     pub fn bind(config: &Config) -> Result<Self, listener::ListenError> {
-        let beacon = listener::bind(&config.server, config.listeners())?;
+        let beacon = match listener::inherited()? {
+            Some(socks) => {
+                tracing::info!(
+                    sockets = socks.len(),
+                    "using the listening sockets passed by the service manager (server.listen, backlog and listeners are its)"
+                );
+                socks
+            }
+            None => listener::bind(&config.server, config.listeners())?,
+        };
         let admin = if config.admin.enabled {
             let addr = config.admin.listen;
             let l = std::net::TcpListener::bind(addr).map_err(|source| listener::ListenError {

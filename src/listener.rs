@@ -298,6 +298,60 @@ where
     }
 }
 
+/// Listening sockets passed by a service manager (systemd socket activation: `LISTEN_PID`,
+/// `LISTEN_FDS`, descriptors from 3). `None` when there are none for this process.
+///
+/// A socket held by the service manager outlives any one collector process: during a restart
+/// connections wait in its accept queue and the new process accepts them, so none is refused.
+/// (Binding a fresh `SO_REUSEPORT` socket instead would not do: the connections in the old
+/// process's queue are reset when it closes its socket.)
+pub fn inherited() -> Result<Option<Vec<std::net::TcpListener>>, ListenError> {
+    use std::os::fd::FromRawFd;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let n: i32 = match std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) if for_us && n > 0 => n,
+        _ => return Ok(None),
+    };
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        let err = |step, source| ListenError {
+            addr: unspecified,
+            step,
+            source,
+        };
+        // SAFETY: systemd's protocol hands these descriptors to this process (LISTEN_PID
+        // matched); each is wrapped exactly once.
+        let sock = unsafe { Socket::from_raw_fd(fd) };
+        let listening = sock
+            .is_listener()
+            .map_err(|e| err("inherited fd is not a socket", e))?;
+        let tcp = sock
+            .r#type()
+            .map_err(|e| err("SO_TYPE of inherited fd", e))?
+            == Type::STREAM
+            && sock.local_addr().ok().and_then(|a| a.as_socket()).is_some();
+        if !listening || !tcp {
+            return Err(err(
+                "inherited fd is not a listening TCP socket (check ListenStream= in the .socket unit)",
+                io::Error::from(io::ErrorKind::InvalidInput),
+            ));
+        }
+        // Not passed on to the processing stage the collector starts.
+        sock.set_cloexec(true).map_err(|e| err("FD_CLOEXEC", e))?;
+        sock.set_nonblocking(true)
+            .map_err(|e| err("O_NONBLOCK", e))?;
+        out.push(std::net::TcpListener::from(sock));
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,5 +22,7 @@ mod limits;
 mod proxy;
 #[path = "it/python.rs"]
 mod python;
+#[path = "it/restart.rs"]
+mod restart;
 #[path = "it/timeouts.rs"]
 mod timeouts;

@@ -80,15 +80,15 @@ fn start_collector(dir: &std::path::Path, dereg: u64) -> (Binary, SocketAddr, Co
 
 /// What a continuously sending client saw.
 #[derive(Default)]
-struct Seen {
-    ok: Vec<String>,
-    bad_status: Vec<u16>,
-    transport_errors: u64,
+pub(crate) struct Seen {
+    pub ok: Vec<String>,
+    pub bad_status: Vec<u16>,
+    pub transport_errors: u64,
 }
 
 /// `clients` keep-alive clients sending beacons as fast as answers come, each counting every
 /// failure: a status other than 204, a connection that fails or closes mid-request.
-fn continuous(
+pub(crate) fn continuous(
     addr: SocketAddr,
     clients: usize,
     stop: Arc<AtomicBool>,
@@ -126,8 +126,19 @@ fn continuous(
                         continue;
                     }
                     match c0.read(false) {
-                        Some(r) if r.status == 204 => seen.ok.push(key),
-                        Some(r) => seen.bad_status.push(r.status),
+                        Some(r) => {
+                            // Like any HTTP client: a server that says it closes is not reused.
+                            if r.header("connection")
+                                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                            {
+                                conn = None;
+                            }
+                            if r.status == 204 {
+                                seen.ok.push(key);
+                            } else {
+                                seen.bad_status.push(r.status);
+                            }
+                        }
                         None => {
                             seen.transport_errors += 1;
                             conn = None;

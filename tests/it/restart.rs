@@ -1,0 +1,122 @@
+//! Zero-downtime restart with a listening socket held by the service manager (systemd socket
+//! activation, played here by the test): a new collector starts on the same socket, the old
+//! one gets SIGTERM, and a client sending continuously sees no refused or reset connection.
+
+use crate::common::*;
+use crate::haproxy::{continuous, Seen};
+use beacon_collector::config::{Config, ForwardMode};
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `serve` with `fd` as its descriptor 3 and `LISTEN_FDS=1`, `LISTEN_PID` its own pid, as
+/// systemd starts a socket-activated service.
+fn start_activated(dir: &std::path::Path, c: &Config, fd: i32) -> Binary {
+    let cfg = write_config(dir, c);
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$0\" \"$@\"",
+    ])
+    .arg(env!("CARGO_BIN_EXE_beacon-collector"))
+    .args(["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()])
+    .current_dir(dir)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; the descriptor stays open in the parent until spawn
+    // returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep FD_CLOEXEC (std sets it): clear it instead.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            log2.lock().unwrap().push(line);
+        }
+    });
+    let bin = Binary { child, log };
+    bin.wait_for(
+        "using the listening sockets passed by the service manager",
+        Duration::from_secs(10),
+    );
+    bin.wait_for("listening", Duration::from_secs(10));
+    bin
+}
+
+fn config(dir: &std::path::Path) -> Config {
+    let mut c = test_config(dir);
+    c.forward.mode = ForwardMode::Embedded;
+    // A restart keeps the socket: nothing needs to move away first, but keep-alive clients
+    // are told to reconnect (Connection: close) before the old process stops serving.
+    c.shutdown.deregistration_delay_seconds = 1;
+    c
+}
+
+#[test]
+fn restart_on_a_held_socket_refuses_nothing_and_loses_nothing() {
+    // The service manager's socket: it stays open across the restart.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (c1, c2) = (config(d1.path()), config(d2.path()));
+    let mut old = start_activated(d1.path(), &c1, socket.as_raw_fd());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = continuous(addr, 4, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    // The new process first, then the old one leaves.
+    let mut new = start_activated(d2.path(), &c2, socket.as_raw_fd());
+    old.signal(libc::SIGTERM);
+    assert!(old.wait(Duration::from_secs(30)).success());
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Seen::default();
+    for c in clients {
+        let s = c.join().unwrap();
+        seen.ok.extend(s.ok);
+        seen.bad_status.extend(s.bad_status);
+        seen.transport_errors += s.transport_errors;
+    }
+    new.signal(libc::SIGTERM);
+    assert!(new.wait(Duration::from_secs(30)).success());
+
+    eprintln!(
+        "restart: {} beacons answered 204, {} other statuses, {} refused/reset/closed",
+        seen.ok.len(),
+        seen.bad_status.len(),
+        seen.transport_errors
+    );
+    assert_eq!((seen.bad_status.len(), seen.transport_errors), (0, 0));
+    let mut recs = records(&c1.processor.data_dir);
+    let from_old = recs.len();
+    recs.extend(records(&c2.processor.data_dir));
+    assert!(
+        from_old > 0 && recs.len() > from_old,
+        "both served: old {from_old}, all {}",
+        recs.len()
+    );
+    let got: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| param(r, "k").and_then(|v| v.as_str()))
+        .collect();
+    let lost = seen.ok.iter().filter(|k| !got.contains(k.as_str())).count();
+    assert_eq!(lost, 0, "of {} 204s", seen.ok.len());
+}
