@@ -153,6 +153,53 @@ pub(crate) fn continuous(
         .collect()
 }
 
+/// Stops the clients and adds up what they saw.
+pub(crate) fn stop_clients(stop: &AtomicBool, clients: Vec<std::thread::JoinHandle<Seen>>) -> Seen {
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Seen::default();
+    for c in clients {
+        let s = c.join().unwrap();
+        seen.ok.extend(s.ok);
+        seen.bad_status.extend(s.bad_status);
+        seen.transport_errors += s.transport_errors;
+    }
+    seen
+}
+
+/// Both collectors' outputs got beacons, and every key answered 204 is in one of them;
+/// returns all their records.
+pub(crate) fn every_204_in_one_of(
+    seen: &Seen,
+    first: &std::path::Path,
+    second: &std::path::Path,
+) -> Vec<serde_json::Value> {
+    let mut recs = records(first);
+    let from_first = recs.len();
+    recs.extend(records(second));
+    assert!(
+        from_first > 0 && recs.len() > from_first,
+        "both collectors served: first {from_first}, all {}",
+        recs.len()
+    );
+    let got: std::collections::HashSet<&str> = recs
+        .iter()
+        .filter_map(|r| param(r, "k").and_then(|v| v.as_str()))
+        .collect();
+    let lost: Vec<&String> = seen
+        .ok
+        .iter()
+        .filter(|k| !got.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} of {} 204s, e.g. {:?}",
+        lost.len(),
+        seen.ok.len(),
+        &lost[..lost.len().min(5)]
+    );
+    recs
+}
+
 #[test]
 fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -183,14 +230,7 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
     );
     // Traffic carries on through B alone.
     std::thread::sleep(Duration::from_secs(1));
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Seen::default();
-    for c in clients {
-        let s = c.join().unwrap();
-        seen.ok.extend(s.ok);
-        seen.bad_status.extend(s.bad_status);
-        seen.transport_errors += s.transport_errors;
-    }
+    let seen = stop_clients(&stop, clients);
     b.signal(libc::SIGTERM);
     assert!(b.wait(Duration::from_secs(30)).success());
 
@@ -208,30 +248,7 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
         &seen.bad_status[..seen.bad_status.len().min(10)]
     );
     assert!(seen.ok.len() > 200, "only {} beacons sent", seen.ok.len());
-    let mut recs = records(&ca.processor.data_dir);
-    let from_a = recs.len();
-    recs.extend(records(&cb.processor.data_dir));
-    assert!(
-        from_a > 0 && recs.len() > from_a,
-        "both collectors served: A {from_a}, all {}",
-        recs.len()
-    );
-    let got: std::collections::HashSet<&str> = recs
-        .iter()
-        .filter_map(|r| param(r, "k").and_then(|v| v.as_str()))
-        .collect();
-    let lost: Vec<&String> = seen
-        .ok
-        .iter()
-        .filter(|k| !got.contains(k.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "lost {} of {} 204s, e.g. {:?}",
-        lost.len(),
-        seen.ok.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let recs = every_204_in_one_of(&seen, &ca.processor.data_dir, &cb.processor.data_dir);
     // The health check moved the traffic, not the closing listener: HAProxy marks A down
     // after two failed checks (~0.4 s), so A gets nothing new in the second half of its 2 s
     // deregistration delay, while it would keep receiving until it stops accepting if
