@@ -348,6 +348,10 @@ impl Default for ForwardConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessorConfig {
+    /// Where records go: `"files"` (NDJSON in `data_dir`) and/or `"nats"` (a JetStream stream,
+    /// `[processor.nats]`). A batch is acknowledged to the collector only once every sink has
+    /// it, so the collector's spool keeps whatever any sink has not confirmed.
+    pub sinks: Vec<SinkKind>,
     /// Directory the NDJSON files are written to (created if missing).
     pub data_dir: PathBuf,
     /// File name prefix: `<prefix>-<UTC time>-<n>.ndjson`.
@@ -368,11 +372,127 @@ pub struct ProcessorConfig {
     /// Milliseconds the supervisor waits before restarting a processing stage that exited;
     /// doubles per quick failure up to 10 s.
     pub restart_delay_ms: u64,
+    /// The NATS JetStream sink (used when `sinks` lists `"nats"`).
+    pub nats: NatsConfig,
+}
+
+/// A processing-stage sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// NDJSON files in `processor.data_dir`.
+    Files,
+    /// A NATS JetStream stream.
+    Nats,
+}
+
+/// JetStream retention policy of the stream the stage creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Kept until `max_age_seconds` / `max_bytes` (any number of consumers, replayable).
+    Limits,
+    /// Kept until every consumer that exists has acknowledged it.
+    Interest,
+    /// Removed once one consumer acknowledges it (a work queue).
+    Workqueue,
+}
+
+/// JetStream storage of the stream the stage creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk (survives a broker restart).
+    File,
+    /// In memory (lost when the broker restarts).
+    Memory,
+}
+
+/// What to do when the stream exists with settings other than the configured ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMismatch {
+    /// Log every difference and exit: nothing is published (the collector keeps spooling).
+    Fail,
+    /// Log every difference and publish anyway.
+    Warn,
+}
+
+/// The NATS JetStream sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://host:port`); list several members of a cluster so the stage can
+    /// connect while one is down. The client also learns the others from the cluster.
+    pub servers: Vec<String>,
+    /// A `.creds` file (user JWT + NKey seed) to authenticate with; unset for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// The connection name the servers show (`nats server report connections`).
+    pub connection_name: String,
+    /// The stream's name.
+    pub stream: String,
+    /// The subjects the stream captures (NATS wildcards allowed).
+    pub stream_subjects: Vec<String>,
+    /// The subject each beacon is published to: dot-separated tokens, each a literal or one
+    /// of `{site}` (host of the page: the `u` parameter, else Origin, else Referer), `{path}`,
+    /// `{kind}`, `{method}`, `{param.NAME}`. Values are reduced to `[A-Za-z0-9_-]` (anything
+    /// else becomes `_`, at most 64 bytes; empty is `_`). Must fall inside `stream_subjects`.
+    pub subject: String,
+    /// Create the stream when it does not exist (with the settings below).
+    pub create_stream: bool,
+    /// An existing stream whose settings differ from these: `"fail"` (exit, reporting each
+    /// difference) or `"warn"` (report and publish anyway).
+    pub stream_mismatch: OnMismatch,
+    /// `"limits"`, `"interest"` or `"workqueue"`.
+    pub retention: Retention,
+    /// `"file"` or `"memory"`.
+    pub storage: Storage,
+    /// Copies of each message in a cluster (1, 3 or 5; at most the number of servers).
+    pub replicas: usize,
+    /// Seconds a message is kept (limits retention); 0 means no age limit.
+    pub max_age_seconds: u64,
+    /// Bytes the stream may hold before the oldest messages go; 0 means no limit.
+    pub max_bytes: u64,
+    /// Seconds JetStream remembers message ids (`Nats-Msg-Id` = the record id) to drop a
+    /// republished beacon: replays after a stage or collector restart within this window are
+    /// stored once.
+    pub duplicate_window_seconds: u64,
+    /// Publishes awaiting JetStream's acknowledgement at once; at the limit the stage stops
+    /// reading from the collector (whose spool then holds the rest).
+    pub max_inflight: usize,
+    /// Milliseconds to wait for JetStream to acknowledge a publish before sending it again
+    /// (with the same message id, so a late first copy is not stored twice).
+    pub publish_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: vec!["nats://127.0.0.1:4222".into()],
+            credentials_file: None,
+            connection_name: "beacon-collector".into(),
+            stream: "BEACONS".into(),
+            stream_subjects: vec!["beacons.>".into()],
+            subject: "beacons.{site}".into(),
+            create_stream: true,
+            stream_mismatch: OnMismatch::Fail,
+            retention: Retention::Limits,
+            storage: Storage::File,
+            replicas: 1,
+            max_age_seconds: 7 * 24 * 3600,
+            max_bytes: 0,
+            duplicate_window_seconds: 120,
+            max_inflight: 4096,
+            publish_timeout_ms: 5000,
+        }
+    }
 }
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
+            sinks: vec![SinkKind::Files],
             data_dir: PathBuf::from("data"),
             file_prefix: "beacons".into(),
             rotate_bytes: 128 * 1024 * 1024,
@@ -382,6 +502,7 @@ impl Default for ProcessorConfig {
             admin_enabled: true,
             admin_listen: "127.0.0.1:9103".parse().expect("static address"),
             restart_delay_ms: 200,
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -748,6 +869,24 @@ impl Config {
             ));
         }
 
+        if p.sinks.is_empty() {
+            return Err(ConfigError::new(
+                "processor.sinks",
+                "empty: the stage would acknowledge beacons it sends nowhere",
+                "list at least one of \"files\", \"nats\"",
+            ));
+        }
+        if (1..p.sinks.len()).any(|i| p.sinks[..i].contains(&p.sinks[i])) {
+            return Err(ConfigError::new(
+                "processor.sinks",
+                "lists a sink twice",
+                "list each sink once, e.g. [\"files\", \"nats\"]",
+            ));
+        }
+        if p.sinks.contains(&SinkKind::Nats) {
+            p.nats.validate()?;
+        }
+
         if self.admin.enabled && p.admin_enabled && self.admin.listen == p.admin_listen {
             return Err(ConfigError::new(
                 "processor.admin_listen",
@@ -769,6 +908,115 @@ impl Config {
     /// Useful durations.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.http.idle_timeout_seconds)
+    }
+}
+
+impl NatsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::new(
+                "processor.nats.servers",
+                "empty",
+                "list the NATS servers, e.g. [\"nats://10.0.0.1:4222\", \"nats://10.0.0.2:4222\"]",
+            ));
+        }
+        for (i, s) in self.servers.iter().enumerate() {
+            if let Err(e) = s.parse::<async_nats::ServerAddr>() {
+                return Err(ConfigError::new(
+                    &format!("processor.nats.servers[{i}]"),
+                    format!("{s:?} is not a server URL ({e})"),
+                    "write it as nats://host:port (or tls://host:port)",
+                ));
+            }
+        }
+        if let Some(f) = &self.credentials_file {
+            if f.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    "processor.nats.credentials_file",
+                    "empty path",
+                    "remove the key for no credentials, or give the .creds file's path",
+                ));
+            }
+        }
+        let name_ok = !self.stream.is_empty()
+            && self
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b".*>/\\".contains(&b));
+        if !name_ok {
+            return Err(ConfigError::new(
+                "processor.nats.stream",
+                format!("{:?} is not a stream name", self.stream),
+                "use letters, digits, '-' and '_', e.g. \"BEACONS\"",
+            ));
+        }
+        if self.stream_subjects.is_empty() {
+            return Err(ConfigError::new(
+                "processor.nats.stream_subjects",
+                "empty",
+                "list the subjects the stream captures, e.g. [\"beacons.>\"]",
+            ));
+        }
+        for (i, s) in self.stream_subjects.iter().enumerate() {
+            if let Err(problem) = crate::subject::check_pattern(s) {
+                return Err(ConfigError::new(
+                    &format!("processor.nats.stream_subjects[{i}]"),
+                    format!("{s:?}: {problem}"),
+                    "write dot-separated tokens; `*` matches one token, `>` the rest",
+                ));
+            }
+        }
+        let template = crate::subject::Template::parse(&self.subject).map_err(|problem| {
+            ConfigError::new(
+                "processor.nats.subject",
+                format!("{:?}: {problem}", self.subject),
+                "write dot-separated tokens, each a literal or one of {site}, {path}, {kind}, \
+                 {method}, {param.NAME}, e.g. \"beacons.{site}\"",
+            )
+        })?;
+        let sample = template.sample();
+        if !self
+            .stream_subjects
+            .iter()
+            .any(|p| crate::subject::matches(p, &sample))
+        {
+            return Err(ConfigError::new(
+                "processor.nats.subject",
+                format!(
+                    "{:?} is not captured by processor.nats.stream_subjects {:?}: JetStream would \
+                     refuse every publish",
+                    self.subject, self.stream_subjects
+                ),
+                "make a stream subject match it (e.g. \"beacons.>\" for \"beacons.{site}\")",
+            ));
+        }
+        if !matches!(self.replicas, 1..=5) {
+            return Err(ConfigError::new(
+                "processor.nats.replicas",
+                format!("{} is outside 1..=5", self.replicas),
+                "use 1 for a single server, 3 (or 5) for a cluster",
+            ));
+        }
+        positive(
+            "processor.nats.duplicate_window_seconds",
+            self.duplicate_window_seconds,
+        )?;
+        if self.max_age_seconds != 0 && self.max_age_seconds < self.duplicate_window_seconds {
+            return Err(ConfigError::new(
+                "processor.nats.max_age_seconds",
+                "shorter than processor.nats.duplicate_window_seconds",
+                "keep messages at least as long as the duplicate window (or 0 for no age limit)",
+            ));
+        }
+        positive("processor.nats.max_inflight", self.max_inflight as u64)?;
+        if self.publish_timeout_ms < 100 {
+            return Err(ConfigError::new(
+                "processor.nats.publish_timeout_ms",
+                format!("{} ms is below 100 ms", self.publish_timeout_ms),
+                "use at least 100 (default 5000): a cluster electing a leader takes seconds",
+            ));
+        }
+        Ok(())
     }
 }
 

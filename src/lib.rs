@@ -34,7 +34,9 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod record;
 pub mod sampler;
+pub mod sink;
 pub mod spool;
+pub mod subject;
 pub mod supervisor;
 pub mod time;
 

@@ -92,6 +92,19 @@ pub const SINK_DUPLICATES_TOTAL: &str = "beacon_sink_duplicates_total";
 pub const SINK_CORRUPT_RECORDS_TOTAL: &str = "beacon_sink_corrupt_records_total";
 /// Processing stage: files rotated.
 pub const SINK_FILES_ROTATED_TOTAL: &str = "beacon_sink_files_rotated_total";
+/// NATS sink: records JetStream acknowledged as stored.
+pub const NATS_PUBLISHED_TOTAL: &str = "beacon_sink_nats_published_total";
+/// NATS sink: publishes JetStream acknowledged as duplicates of a stored message (a replay
+/// inside the duplicate window, stored once).
+pub const NATS_DUPLICATES_TOTAL: &str = "beacon_sink_nats_duplicates_total";
+/// NATS sink: publishes not acknowledged, to be sent again, by `reason` (`timeout`,
+/// `disconnected`, `no_stream`, `rejected`).
+pub const NATS_PUBLISH_ERRORS_TOTAL: &str = "beacon_sink_nats_publish_errors_total";
+/// NATS sink: records waiting for JetStream's acknowledgement (the collector keeps them
+/// spooled meanwhile).
+pub const NATS_PENDING_RECORDS: &str = "beacon_sink_nats_pending_records";
+/// NATS sink: 1 while connected to a server, else 0.
+pub const NATS_CONNECTED: &str = "beacon_sink_nats_connected";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

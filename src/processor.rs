@@ -1,23 +1,26 @@
 //! The bundled processing stage (`beacon-collector process`): listens on the unix socket,
-//! decodes BATCH frames, writes one NDJSON line per record to size/time-rotated files, and
-//! ACKs each batch once its lines are written (or fsync'd, with `processor.fsync`).
+//! decodes BATCH frames, hands every batch to each configured sink (NDJSON files, NATS
+//! JetStream), and ACKs a batch once every sink has it.
 //!
-//! Ownership: one writer task owns the current file; connection tasks decode and render lines
-//! in parallel and hand them to the writer with a oneshot for the result. Each connection has
-//! an ACK task that waits for those results in order, so ACKs are cumulative and never run
-//! ahead of the file.
+//! Ownership: each sink is one task owning its file or broker connection; connection tasks
+//! decode and render records in parallel and send each sink a job with a oneshot for its
+//! answer. Each connection has an ACK task that waits for those answers in order, so ACKs are
+//! cumulative and never run ahead of any sink.
 
-use crate::config::{Config, ProcessorConfig};
+use crate::config::{Config, SinkKind};
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::record::RecordRef;
+use crate::sink::files::{self, FileSink};
+use crate::sink::{nats, Batch, Entry, Job};
+use crate::subject::Template;
 use bytes::BytesMut;
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -39,6 +42,9 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
+    /// The configuration does not fit the world (a stream with other settings, say).
+    #[error("{0}")]
+    Config(String),
     /// The sink could not write (disk full, permissions): nothing more can be acknowledged.
     #[error("writing {path}: {source}")]
     Sink {
@@ -50,7 +56,10 @@ pub enum ProcessError {
     },
 }
 
-fn setup<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ProcessError + 'a {
+pub(crate) fn setup<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> ProcessError + 'a {
     move |source| ProcessError::Setup {
         what,
         path: path.to_path_buf(),
@@ -80,8 +89,19 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
     Ok(l)
 }
 
+/// How long sinks may keep retrying after a stop before giving up on what they hold (it stays
+/// unacknowledged in the collector's spool). The supervisor kills a stage after 10 s.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The sinks' inboxes, and what every batch must carry for them.
+struct Sinks {
+    inboxes: Vec<mpsc::Sender<Job>>,
+    /// The NATS subject template, when a NATS sink is configured.
+    subject: Option<Template>,
+}
+
 /// Runs the processing stage until `stop` resolves, then finishes pending writes, closes the
-/// current file and returns.
+/// current file and returns. Returns early with the error when a sink fails for good.
 pub async fn run(
     config: Config,
     listener: UnixListener,
@@ -89,31 +109,28 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ProcessError> {
     let pc = config.processor.clone();
-    let mut sink = FileSink::open(&pc)?;
-    let (job_tx, mut job_rx) = mpsc::channel::<Job>(64);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
-
-    // The writer owns the file. It ends when every job sender is gone (all connections done),
-    // or at the first write error: then the stage exits non-zero, the supervisor restarts it,
-    // and the collector resends everything unacknowledged. Never ACK what is not written.
-    let mut writer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                job = job_rx.recv() => {
-                    let Some(job) = job else { break };
-                    if let Err(e) = tokio::task::block_in_place(|| sink.write(&job.lines, job.records)) {
-                        let _ = job.done.send(false);
-                        return Err(e);
-                    }
-                    let _ = job.done.send(true);
-                }
-                _ = tick.tick() => sink.rotate_if_old()?,
+    let (abandon_tx, abandon_rx) = watch::channel(false);
+    let mut inboxes = Vec::new();
+    let mut sink_tasks = tokio::task::JoinSet::new();
+    let mut subject = None;
+    for kind in &pc.sinks {
+        let (tx, rx) = mpsc::channel::<Job>(64);
+        match kind {
+            SinkKind::Files => {
+                sink_tasks.spawn(files::run(FileSink::open(&pc)?, rx));
+            }
+            SinkKind::Nats => {
+                subject = Some(Template::parse(&pc.nats.subject).map_err(|problem| {
+                    ProcessError::Config(format!("processor.nats.subject: {problem}"))
+                })?);
+                sink_tasks.spawn(nats::run(pc.nats.clone(), rx, abandon_rx.clone()));
             }
         }
-        sink.close()
-    });
+        inboxes.push(tx);
+    }
+    let sinks = Arc::new(Sinks { inboxes, subject });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
 
     let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
     if let Some(l) = admin {
@@ -130,10 +147,11 @@ pub async fn run(
     let early = loop {
         tokio::select! {
             _ = &mut stop => break None,
-            res = &mut writer => break Some(res),
+            // Sinks only end once every inbox is closed: an end now is a failure.
+            Some(res) = sink_tasks.join_next() => break Some(res),
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    conns.spawn(connection(stream, job_tx.clone(), stop_rx.clone(), seen.clone()));
+                    conns.spawn(connection(stream, sinks.clone(), stop_rx.clone(), seen.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on processing socket");
@@ -145,26 +163,80 @@ pub async fn run(
     };
     let _ = stop_admin_tx.send(true);
     let _ = stop_tx.send(true);
-    drop(job_tx);
+    drop(sinks);
     drop(listener);
     if let Some(res) = early {
         conns.shutdown().await;
-        return res.expect("writer task does not panic");
+        let _ = abandon_tx.send(true);
+        return match res.expect("sink tasks do not panic") {
+            Err(e) => Err(e),
+            Ok(()) => Err(ProcessError::Config("a sink stopped unexpectedly".into())),
+        };
     }
     tracing::info!("processing stage stopping: finishing pending writes");
+    tokio::spawn(async move {
+        tokio::time::sleep(STOP_GRACE).await;
+        let _ = abandon_tx.send(true);
+    });
     while conns.join_next().await.is_some() {}
-    writer.await.expect("writer task does not panic")
+    let mut result = Ok(());
+    while let Some(res) = sink_tasks.join_next().await {
+        if let Err(e) = res.expect("sink tasks do not panic") {
+            result = Err(e);
+        }
+    }
+    result
 }
 
-struct Job {
-    lines: Vec<u8>,
-    records: u64,
-    done: oneshot::Sender<bool>,
+/// Renders a collector batch once for every sink: NDJSON lines, record ids and (for NATS)
+/// subjects. Records at or below `skip_up_to` were already handled for this instance.
+fn render(
+    first_seq: u64,
+    records: &[bytes::Bytes],
+    skip_up_to: u64,
+    subject: Option<&Template>,
+) -> Batch {
+    let mut lines = Vec::with_capacity(records.iter().map(|r| r.len() * 2).sum());
+    let mut entries = Vec::with_capacity(records.len());
+    let mut dups = 0u64;
+    for (i, rec) in records.iter().enumerate() {
+        let seq = first_seq + i as u64;
+        if seq <= skip_up_to {
+            dups += 1;
+            continue;
+        }
+        match RecordRef::decode(rec) {
+            Ok(r) => {
+                r.write_ndjson(&mut lines);
+                let mut subj = String::new();
+                if let Some(t) = subject {
+                    t.render(&r, &mut subj);
+                }
+                entries.push(Entry {
+                    end: lines.len(),
+                    id: crate::record::format_uuid(&r.id),
+                    subject: subj,
+                });
+            }
+            Err(e) => {
+                // Acknowledged anyway: resending the same bytes cannot fix them.
+                metrics::counter!(m::SINK_CORRUPT_RECORDS_TOTAL).increment(1);
+                tracing::error!(seq, error = %e, "skipping undecodable record");
+            }
+        }
+    }
+    if dups > 0 {
+        metrics::counter!(m::SINK_DUPLICATES_TOTAL).increment(dups);
+    }
+    Batch {
+        lines: lines.into(),
+        records: entries,
+    }
 }
 
 async fn connection(
     stream: UnixStream,
-    jobs: mpsc::Sender<Job>,
+    sinks: Arc<Sinks>,
     mut stop: watch::Receiver<bool>,
     seen: Arc<Mutex<HashMap<u64, u64>>>,
 ) {
@@ -188,14 +260,17 @@ async fn connection(
         instance = format_args!("{instance:016x}"),
         "collector connected"
     );
-    // ACKs go out in order: the ACK task awaits each batch's write result before the next.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, oneshot::Receiver<bool>)>();
+    // ACKs go out in order: the ACK task awaits every sink's answer for a batch before the
+    // next batch, so an ACK never runs ahead of any sink.
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Vec<oneshot::Receiver<bool>>)>();
     let ack_seen = seen.clone();
-    let acker = tokio::spawn(async move {
+    let mut acker = tokio::spawn(async move {
         let mut buf = BytesMut::new();
-        while let Some((seq, done)) = ack_rx.recv().await {
-            if done.await != Ok(true) {
-                return;
+        while let Some((seq, answers)) = ack_rx.recv().await {
+            for done in answers {
+                if done.await != Ok(true) {
+                    return;
+                }
             }
             {
                 let mut s = ack_seen.lock().expect("not poisoned");
@@ -211,6 +286,7 @@ async fn connection(
         let _ = wr.shutdown().await;
     });
 
+    let mut collector_gone = false;
     loop {
         let frame = tokio::select! {
             // Stop reading at shutdown; what was read is still written and acknowledged.
@@ -219,13 +295,17 @@ async fn connection(
         };
         let (first_seq, records) = match frame {
             Ok(Some(Frame::Batch { first_seq, records })) => (first_seq, records),
-            Ok(None) => break,
+            Ok(None) => {
+                collector_gone = true;
+                break;
+            }
             Ok(Some(other)) => {
                 tracing::error!(frame = ?other, "unexpected frame from collector");
                 break;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading from collector");
+                collector_gone = true;
                 break;
             }
         };
@@ -234,247 +314,50 @@ async fn connection(
             continue;
         }
         let last = first_seq + n - 1;
-        // Resends after a reconnect: skip what this stage already wrote for this instance.
-        let written_up_to = seen
+        // Resends after a reconnect: skip what this stage already handled for this instance.
+        let handled_up_to = seen
             .lock()
             .expect("not poisoned")
             .get(&instance)
             .copied()
             .unwrap_or(0);
-        let mut lines = Vec::with_capacity(records.iter().map(|r| r.len() * 2).sum());
-        let mut count = 0u64;
-        let mut dups = 0u64;
-        for (i, rec) in records.iter().enumerate() {
-            if first_seq + i as u64 <= written_up_to {
-                dups += 1;
-                continue;
-            }
-            match RecordRef::decode(rec) {
-                Ok(r) => {
-                    r.write_ndjson(&mut lines);
-                    count += 1;
+        let batch = render(first_seq, &records, handled_up_to, sinks.subject.as_ref());
+        let mut answers = Vec::with_capacity(sinks.inboxes.len());
+        if batch.records.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(true);
+            answers.push(rx);
+        } else {
+            let batch = Arc::new(batch);
+            for inbox in &sinks.inboxes {
+                let (done, rx) = oneshot::channel();
+                let job = Job {
+                    batch: batch.clone(),
+                    done,
+                };
+                if inbox.send(job).await.is_err() {
+                    collector_gone = true;
+                    break;
                 }
-                Err(e) => {
-                    // Acknowledged anyway: resending the same bytes cannot fix them.
-                    metrics::counter!(m::SINK_CORRUPT_RECORDS_TOTAL).increment(1);
-                    tracing::error!(seq = first_seq + i as u64, error = %e, "skipping undecodable record");
-                }
+                answers.push(rx);
             }
         }
-        if dups > 0 {
-            metrics::counter!(m::SINK_DUPLICATES_TOTAL).increment(dups);
-        }
-        let (done_tx, done_rx) = oneshot::channel();
-        if count == 0 {
-            let _ = done_tx.send(true);
-        } else if jobs
-            .send(Job {
-                lines,
-                records: count,
-                done: done_tx,
-            })
-            .await
-            .is_err()
-        {
-            break;
-        }
-        if ack_tx.send((last, done_rx)).is_err() {
+        if ack_tx.send((last, answers)).is_err() {
             break;
         }
     }
     drop(ack_tx);
-    let _ = acker.await;
-}
-
-/// The NDJSON file sink. The file being written is `<name>.ndjson.open`; it is renamed to
-/// `<name>.ndjson` when rotated or closed, so a shipper can take every `*.ndjson` file whole.
-pub struct FileSink {
-    cfg: ProcessorConfig,
-    current: Option<Current>,
-    counter: u64,
-}
-
-struct Current {
-    file: std::fs::File,
-    path: PathBuf,
-    bytes: u64,
-    opened: Instant,
-}
-
-impl FileSink {
-    /// Creates the data directory and finishes files a crashed stage left open: a torn last
-    /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
-    /// file is renamed to `.ndjson`.
-    pub fn open(cfg: &ProcessorConfig) -> Result<Self, ProcessError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(setup("create data_dir", &cfg.data_dir))?;
-        let entries =
-            std::fs::read_dir(&cfg.data_dir).map_err(setup("read data_dir", &cfg.data_dir))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "open") {
-                recover_open_file(&p).map_err(|source| ProcessError::Sink {
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-        }
-        Ok(Self {
-            cfg: cfg.clone(),
-            current: None,
-            counter: 0,
-        })
+    if collector_gone {
+        // Nobody will read the ACKs, and the collector resends everything unacknowledged
+        // when it reconnects: dropping the answers tells sinks still retrying to let go.
+        acker.abort();
     }
-
-    fn write(&mut self, lines: &[u8], records: u64) -> Result<(), ProcessError> {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.bytes > 0 && c.bytes + lines.len() as u64 > self.cfg.rotate_bytes)
-        {
-            self.rotate()?;
-        }
-        if self.current.is_none() {
-            self.current = Some(self.new_file()?);
-        }
-        let cur = self.current.as_mut().expect("just opened");
-        let res = cur.file.write_all(lines).and_then(|()| {
-            if self.cfg.fsync {
-                cur.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        res.map_err(|source| ProcessError::Sink {
-            path: cur.path.clone(),
-            source,
-        })?;
-        cur.bytes += lines.len() as u64;
-        metrics::counter!(m::SINK_RECORDS_TOTAL).increment(records);
-        Ok(())
-    }
-
-    fn new_file(&mut self) -> Result<Current, ProcessError> {
-        self.counter += 1;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let name = format!(
-            "{}-{}-{}-{}.ndjson.open",
-            self.cfg.file_prefix,
-            crate::time::compact_seconds(now),
-            std::process::id(),
-            self.counter
-        );
-        let path = self.cfg.data_dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| ProcessError::Sink {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Current {
-            file,
-            path,
-            bytes: 0,
-            opened: Instant::now(),
-        })
-    }
-
-    fn rotate_if_old(&mut self) -> Result<(), ProcessError> {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.opened.elapsed() >= Duration::from_secs(self.cfg.rotate_seconds))
-        {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> Result<(), ProcessError> {
-        if let Some(cur) = self.current.take() {
-            let done = cur.path.with_extension("");
-            let res = cur
-                .file
-                .sync_all()
-                .and_then(|()| std::fs::rename(&cur.path, &done));
-            res.map_err(|source| ProcessError::Sink {
-                path: cur.path.clone(),
-                source,
-            })?;
-            metrics::counter!(m::SINK_FILES_ROTATED_TOTAL).increment(1);
-            tracing::debug!(file = %done.display(), bytes = cur.bytes, "rotated");
-        }
-        Ok(())
-    }
-
-    /// Closes (and renames) the current file.
-    pub fn close(&mut self) -> Result<(), ProcessError> {
-        self.rotate()
-    }
-}
-
-fn recover_open_file(p: &Path) -> io::Result<()> {
-    let data = std::fs::read(p)?;
-    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if keep < data.len() {
-        tracing::warn!(file = %p.display(), cut_bytes = data.len() - keep, "cutting a torn last line");
-        let f = std::fs::OpenOptions::new().write(true).open(p)?;
-        f.set_len(keep as u64)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(p, p.with_extension(""))
+    let _ = (&mut acker).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cfg(dir: &Path) -> ProcessorConfig {
-        ProcessorConfig {
-            data_dir: dir.to_path_buf(),
-            rotate_bytes: 4096,
-            ..ProcessorConfig::default()
-        }
-    }
-
-    #[test]
-    fn sink_rotates_by_size_and_renames_on_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = FileSink::open(&cfg(dir.path())).unwrap();
-        let line = vec![b'x'; 1000];
-        for _ in 0..10 {
-            let mut l = line.clone();
-            l.push(b'\n');
-            s.write(&l, 1).unwrap();
-        }
-        s.close().unwrap();
-        let mut names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names.iter().all(|n| n.ends_with(".ndjson")), "{names:?}");
-        let total: usize = names
-            .iter()
-            .map(|n| std::fs::read(dir.path().join(n)).unwrap().len())
-            .sum();
-        assert_eq!(total, 10 * 1001);
-    }
-
-    #[test]
-    fn torn_open_file_is_cut_and_renamed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("beacons-x-1-1.ndjson.open");
-        std::fs::write(&p, b"{\"a\":1}\n{\"b\":").unwrap();
-        FileSink::open(&cfg(dir.path())).unwrap();
-        assert!(!p.exists());
-        let done = dir.path().join("beacons-x-1-1.ndjson");
-        assert_eq!(std::fs::read(done).unwrap(), b"{\"a\":1}\n");
-    }
 
     #[tokio::test]
     async fn stale_socket_replaced_live_socket_refused() {
