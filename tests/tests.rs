@@ -18,6 +18,8 @@ mod haproxy;
 mod lifecycle;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/nats.rs"]
+mod nats;
 #[path = "it/proxy.rs"]
 mod proxy;
 #[path = "it/python.rs"]

@@ -42,16 +42,22 @@ pub async fn run(
         js,
         cfg,
         errors: Mutex::new(ErrorLog::default()),
-        last_ensure: tokio::sync::Mutex::new(None),
+        recheck: tokio::sync::Notify::new(),
+        given_up: std::sync::atomic::AtomicU64::new(0),
     });
     tokio::select! {
         res = shared.ensure_stream() => res?,
         _ = wait_true(&mut abandon) => return Ok(()),
     }
+    let rechecker = tokio::spawn(recheck(shared.clone()));
 
     let mut confirms = tokio::task::JoinSet::new();
     while let Some(job) = jobs.recv().await {
         if *abandon.borrow() {
+            shared.given_up.fetch_add(
+                job.batch.records.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let _ = job.done.send(false);
             continue;
         }
@@ -69,6 +75,14 @@ pub async fn run(
         while confirms.try_join_next().is_some() {}
     }
     while confirms.join_next().await.is_some() {}
+    rechecker.abort();
+    let given_up = shared.given_up.load(std::sync::atomic::Ordering::Relaxed);
+    if given_up > 0 {
+        tracing::warn!(
+            records = given_up,
+            "stopped with records JetStream has not acknowledged; the collector keeps them spooled and sends them again"
+        );
+    }
     Ok(())
 }
 
@@ -118,9 +132,10 @@ struct Shared {
     js: jetstream::Context,
     cfg: NatsConfig,
     errors: Mutex<ErrorLog>,
-    /// When the stream was last looked up after a "no stream" publish error (so a thousand
-    /// failing publishes make one lookup, not a thousand).
-    last_ensure: tokio::sync::Mutex<Option<Instant>>,
+    /// Wakes the task that looks the stream up again after "no stream" publish errors.
+    recheck: tokio::sync::Notify,
+    /// Records still unacknowledged by JetStream when the stage stopped.
+    given_up: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -207,22 +222,6 @@ impl Shared {
         }
     }
 
-    /// After "no stream" publish errors: look the stream up (and create it) once, at most
-    /// once a second across all publishers.
-    async fn ensure_again(&self) {
-        let mut last = self.last_ensure.lock().await;
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        match self.ensure_once().await {
-            Ok(()) => {}
-            Err(Ensure::Fatal(msg) | Ensure::Retry(msg)) => {
-                tracing::error!(stream = %self.cfg.stream, problem = %msg, "publishing finds no stream");
-            }
-        }
-    }
-
     async fn ensure_once(&self) -> Result<(), Ensure> {
         let cfg = &self.cfg;
         match self.js.get_stream(&cfg.stream).await {
@@ -276,6 +275,21 @@ impl Shared {
     }
 }
 
+/// "No stream" publish errors mean the stream has no leader (a cluster electing one, seconds)
+/// or is gone (deleted; a memory stream after a broker restart). Publishers keep retrying on
+/// their own; this task, woken by their errors, looks the stream up (creating it when missing)
+/// at most once a second, so a thousand failing publishes make one request, and nobody waits
+/// for an API call that cannot answer during an election.
+async fn recheck(shared: Arc<Shared>) {
+    loop {
+        shared.recheck.notified().await;
+        if let Err(Ensure::Fatal(msg) | Ensure::Retry(msg)) = shared.ensure_once().await {
+            tracing::error!(stream = %shared.cfg.stream, problem = %msg, "publishing finds no stream");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 enum Ensure {
     Fatal(String),
     Retry(String),
@@ -325,8 +339,8 @@ async fn confirm(
             let _ = job.done.send(true);
             return;
         }
-        if no_stream && shared.cfg.create_stream {
-            shared.ensure_again().await;
+        if no_stream {
+            shared.recheck.notify_one();
         }
         let give_up = tokio::select! {
             _ = tokio::time::sleep(backoff) => None,
@@ -336,10 +350,9 @@ async fn confirm(
         if let Some(stopping) = give_up {
             metrics::gauge!(m::NATS_PENDING_RECORDS).decrement(failed.len() as f64);
             if stopping {
-                tracing::warn!(
-                    records = failed.len(),
-                    "stopping with records JetStream has not acknowledged; the collector keeps them spooled"
-                );
+                shared
+                    .given_up
+                    .fetch_add(failed.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 let _ = job.done.send(false);
             }
             return;

@@ -48,11 +48,17 @@ pub struct Stage {
 impl Stage {
     pub fn start(dir: &Path, c: &Config) -> Stage {
         let cfg = write_config(dir, c);
+        // Appended to across restarts; `Stage::log` reads it when a test fails.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stage.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .args(["process", "--log-format", "json", "-c"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let socket = c.forward.socket_path.clone();
@@ -60,6 +66,13 @@ impl Stage {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
         Stage { child, socket }
+    }
+
+    /// The last `lines` lines the stages started in `dir` logged.
+    pub fn log(dir: &Path, lines: usize) -> String {
+        let text = std::fs::read_to_string(dir.join("stage.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn kill9(&mut self) {

@@ -1,0 +1,521 @@
+//! The NATS JetStream sink against real `nats-server`s started here on loopback ports: a
+//! single server stopped and restarted under load, a 3-node cluster losing its stream leader
+//! under load, a collector replay deduplicated by message id, a broker down from the start
+//! (the spool fills to its high-water mark, then everything arrives), and a stream whose
+//! settings differ. Every beacon answered 204 must be in the stream, exactly once.
+
+use crate::common::*;
+use async_nats::jetstream::{self, consumer};
+use beacon_collector::config::{Config, SinkKind};
+use beacon_collector::Shutdown;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `nats-server` process with JetStream, restartable on the same port and store.
+struct Nats {
+    name: String,
+    port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn single(dir: &Path) -> Nats {
+        Self::single_on(dir, free_port())
+    }
+
+    fn single_on(dir: &Path, port: u16) -> Nats {
+        let store = dir.join("js-single");
+        let args = [
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-sd",
+            store.to_str().unwrap(),
+            "-n",
+            "single",
+        ];
+        Nats {
+            name: "single".into(),
+            port,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: dir.join("nats-single.log"),
+            child: None,
+        }
+    }
+
+    /// `n` servers routed to each other, JetStream on each (server names n1..nN).
+    fn cluster(dir: &Path, n: usize) -> Vec<Nats> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, c)| format!("nats-route://127.0.0.1:{c}"))
+            .collect();
+        (0..n)
+            .map(|i| {
+                let name = format!("n{}", i + 1);
+                let conf = dir.join(format!("{name}.conf"));
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "server_name: {name}\nlisten: 127.0.0.1:{}\n\
+                         jetstream {{ store_dir: \"{}\" }}\n\
+                         cluster {{ name: beacons, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                        ports[i].0,
+                        dir.join(&name).display(),
+                        ports[i].1,
+                        routes.join(", ")
+                    ),
+                )
+                .unwrap();
+                Nats {
+                    log: dir.join(format!("{name}.log")),
+                    name,
+                    port: ports[i].0,
+                    args: vec!["-c".into(), conf.to_str().unwrap().into()],
+                    child: None,
+                }
+            })
+            .collect()
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        // Debian installs it in /usr/sbin, which is not on every user's PATH.
+        let bin = if Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = Command::new(bin)
+            .args(&self.args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("nats-server not found: install the Debian package nats-server (.ci/run does)");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// A config whose stage publishes to `servers` (and writes files too when `files`).
+fn nats_config(dir: &Path, servers: Vec<String>, files: bool) -> Config {
+    let mut c = test_config(dir);
+    c.processor.sinks = if files {
+        vec![SinkKind::Files, SinkKind::Nats]
+    } else {
+        vec![SinkKind::Nats]
+    };
+    c.processor.nats.servers = servers;
+    // Unacknowledged publishes are sent again sooner than the 5 s default.
+    c.processor.nats.publish_timeout_ms = 1000;
+    c
+}
+
+/// What the stream holds.
+struct Contents {
+    /// `state.messages`.
+    messages: u64,
+    /// `k` parameter of each message, in stream order.
+    keys: Vec<String>,
+    /// Record ids (the `id` field).
+    ids: HashSet<String>,
+    /// Every `Nats-Msg-Id` header equals the record's id.
+    msg_id_matches: bool,
+    /// Subject by key.
+    subjects: HashMap<String, String>,
+    /// Stream leader and replicas reported.
+    leader: Option<String>,
+    replicas: usize,
+}
+
+fn read_stream(servers: &[String], stream: &str) -> Contents {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addrs: Vec<async_nats::ServerAddr> =
+            servers.iter().map(|s| s.parse().unwrap()).collect();
+        let client = async_nats::connect(addrs).await.unwrap();
+        let js = jetstream::new(client);
+        let mut s = js.get_stream(stream).await.unwrap();
+        let info = s.info().await.unwrap().clone();
+        let messages = info.state.messages;
+        let c: consumer::PullConsumer = s
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut out = Contents {
+            messages,
+            keys: Vec::new(),
+            ids: HashSet::new(),
+            msg_id_matches: true,
+            subjects: HashMap::new(),
+            leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
+            replicas: info.config.num_replicas,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (out.keys.len() as u64) < messages {
+            assert!(Instant::now() < deadline, "reading the stream timed out");
+            let mut batch = c
+                .fetch()
+                .max_messages(1000)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .unwrap();
+            while let Some(m) = batch.next().await {
+                let m = m.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+                let id = v["id"].as_str().unwrap().to_string();
+                let msg_id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_string());
+                if msg_id.as_deref() != Some(id.as_str()) {
+                    eprintln!("Nats-Msg-Id {msg_id:?} for record {id}: {:?}", m.headers);
+                    out.msg_id_matches = false;
+                }
+                let key = param(&v, "k")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                out.subjects.insert(key.clone(), m.subject.to_string());
+                out.keys.push(key);
+                out.ids.insert(id);
+            }
+        }
+        out
+    })
+}
+
+/// Every key answered 204 is in the stream, and nothing is in it twice.
+fn assert_exactly_once(name: &str, keys: &[String], other: u64, s: &Contents) {
+    let got: HashSet<&str> = s.keys.iter().map(String::as_str).collect();
+    let lost: Vec<&String> = keys.iter().filter(|k| !got.contains(k.as_str())).collect();
+    let dups = s.messages as usize - s.ids.len();
+    eprintln!(
+        "{name}: 204s={} other={other} stream messages={} unique ids={} duplicates={dups} lost={}",
+        keys.len(),
+        s.messages,
+        s.ids.len(),
+        lost.len()
+    );
+    assert!(keys.len() > 100, "{name}: the load did not run");
+    assert!(
+        lost.is_empty(),
+        "{name}: lost {} of {} beacons answered 204, e.g. {:?}",
+        lost.len(),
+        keys.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(dups, 0, "{name}: duplicates in the stream");
+    assert_eq!(
+        got.len(),
+        s.keys.len(),
+        "{name}: a key is in the stream twice"
+    );
+    assert!(s.msg_id_matches, "{name}: Nats-Msg-Id is not the record id");
+}
+
+#[test]
+fn broker_stopped_and_restarted_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::single(dir.path());
+    nats.start();
+    let c = nats_config(dir.path(), vec![nats.url()], true);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let load = Load::start(srv.addr, 4);
+    std::thread::sleep(Duration::from_millis(700));
+    nats.signal(libc::SIGTERM);
+    // Down for longer than the publish timeout: publishes fail and are sent again.
+    std::thread::sleep(Duration::from_secs(3));
+    nats.start();
+    std::thread::sleep(Duration::from_millis(1000));
+    let (mut keys, other) = load.stop();
+    // The subject comes from the page's host (the `u` parameter).
+    let r = get(
+        srv.addr,
+        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
+    );
+    assert_eq!(r.status, 204);
+    keys.push("site".into());
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0, "the collector flushed everything");
+    assert_eq!(other, 0, "the spool absorbed the outage: no 503s");
+    let s = read_stream(&[nats.url()], "BEACONS");
+    assert_exactly_once("broker restart", &keys, other, &s);
+    assert_eq!(s.subjects["site"], "beacons.www_example_com");
+    assert_eq!(s.subjects[&keys[0]], "beacons._");
+    // The files sink got every beacon too.
+    assert_no_loss(&c.processor.data_dir, &keys);
+}
+
+#[test]
+fn cluster_loses_its_stream_leader_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Nats::cluster(dir.path(), 3);
+    for n in &mut nodes {
+        n.start();
+    }
+    let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
+    let mut c = nats_config(dir.path(), urls.clone(), false);
+    c.processor.nats.replicas = 3;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    // The stream exists once a beacon went through (the cluster elects a meta leader first).
+    assert_eq!(get(srv.addr, "/beacon?k=first").status, 204);
+    wait_until(Duration::from_secs(30), || {
+        read_stream_len(&urls).is_some_and(|n| n >= 1)
+    });
+    let load = Load::start(srv.addr, 4);
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = read_stream(&urls, "BEACONS");
+    assert_eq!(before.replicas, 3);
+    let leader = before.leader.expect("a clustered stream has a leader");
+    let victim = nodes.iter_mut().find(|n| n.name == leader).unwrap();
+    eprintln!("killing the stream leader {leader} (kill -9)");
+    victim.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(4));
+    let (mut keys, other) = load.stop();
+    keys.push("first".into());
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(
+        report.remaining,
+        0,
+        "the collector flushed everything; stage log:\n{}",
+        Stage::log(dir.path(), 4000)
+            .lines()
+            .filter(|l| !l.contains("stopping with"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let alive: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(Nats::url)
+        .collect();
+    let s = read_stream(&alive, "BEACONS");
+    assert_ne!(s.leader.as_deref(), Some(leader.as_str()), "a new leader");
+    assert_exactly_once("cluster leader killed", &keys, other, &s);
+}
+
+fn read_stream_len(servers: &[String]) -> Option<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addrs: Vec<async_nats::ServerAddr> =
+            servers.iter().map(|s| s.parse().unwrap()).collect();
+        let client = async_nats::connect(addrs).await.ok()?;
+        let mut s = jetstream::new(client).get_stream("BEACONS").await.ok()?;
+        Some(s.info().await.ok()?.state.messages)
+    })
+}
+
+/// The collector and the stage are both killed; the restarted collector replays what its
+/// checkpoint did not cover, the new stage (which has not seen any of it) publishes it again,
+/// and JetStream drops the copies by message id.
+#[test]
+fn replay_after_a_crash_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::single(dir.path());
+    nats.start();
+    let mut c = nats_config(dir.path(), vec![nats.url()], false);
+    c.processor.admin_enabled = true;
+    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut stage = Stage::start(dir.path(), &c);
+    let cfg = write_config(dir.path(), &c);
+    let args = ["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()];
+    let bin = Binary::start(dir.path(), &args);
+    let addr = bin.wait_for("listening", Duration::from_secs(10))["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let load = Load::start(addr, 4);
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(bin); // SIGKILL: the spool's checkpoint is up to a second old
+    stage.kill9();
+    let stage = Stage::start(dir.path(), &c);
+    let mut bin = Binary::start(dir.path(), &args);
+    let addr2 = bin.wait_for("listening", Duration::from_secs(10))["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    *load.addr.lock().unwrap() = addr2;
+    std::thread::sleep(Duration::from_millis(800));
+    let (keys, other) = load.stop();
+    bin.signal(libc::SIGINT);
+    assert!(bin.wait(Duration::from_secs(30)).success());
+    let metrics = get(c.processor.admin_listen, "/metrics");
+    let body = String::from_utf8_lossy(&metrics.body).to_string();
+    stage.stop();
+    let dups: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("beacon_sink_nats_duplicates_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("replayed publishes JetStream dropped as duplicates: {dups}");
+    assert!(
+        dups > 0,
+        "no replay reached JetStream: the test proved nothing"
+    );
+    let s = read_stream(&[nats.url()], "BEACONS");
+    assert_exactly_once("collector + stage kill -9", &keys, other, &s);
+}
+
+/// The stage starts while no broker runs: the collector answers 204 until the spool reaches
+/// its high-water mark, then 503; when the broker comes, everything arrives.
+#[test]
+fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c = nats_config(dir.path(), vec![format!("nats://127.0.0.1:{port}")], false);
+    c.spool.segment_bytes = 8192;
+    c.spool.max_bytes = 4 * 8192;
+    c.queue.retry_after_seconds = 1;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let mut conn = Conn::open(srv.addr);
+    let mut keys = Vec::new();
+    let refused = loop {
+        let key = format!("d-{}", keys.len());
+        let raw = format!(
+            "GET /beacon?k={key}&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+            "x".repeat(300)
+        );
+        let r = conn.request(raw.as_bytes()).unwrap();
+        match r.status {
+            204 => keys.push(key),
+            503 => break r,
+            s => panic!("unexpected {s}"),
+        }
+        assert!(
+            keys.len() < 1000,
+            "the spool never reached its high-water mark"
+        );
+    };
+    assert_eq!(refused.body, b"spool_full");
+    eprintln!(
+        "broker down: {} beacons answered 204 before the spool was full",
+        keys.len()
+    );
+    assert!(keys.len() > 50);
+    let mut nats = Nats::single_on(dir.path(), port);
+    nats.start();
+    wait_until(Duration::from_secs(20), || {
+        let r = get(srv.addr, "/beacon?k=after");
+        assert!(matches!(r.status, 204 | 503), "unexpected {}", r.status);
+        r.status == 204
+    });
+    keys.push("after".into());
+    for i in 0..100 {
+        let k = format!("late-{i}");
+        assert_eq!(get(srv.addr, &format!("/beacon?k={k}")).status, 204);
+        keys.push(k);
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let s = read_stream(&[nats.url()], "BEACONS");
+    assert_exactly_once("broker down from the start", &keys, 0, &s);
+}
+
+/// An existing stream with other settings: the stage reports each difference with the fix
+/// and exits (nothing is published, the collector keeps spooling).
+#[test]
+fn stream_with_other_settings_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::single(dir.path());
+    nats.start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        jetstream::new(client)
+            .create_stream(jetstream::stream::Config {
+                name: "BEACONS".into(),
+                subjects: vec!["beacons.>".into()],
+                duplicate_window: Duration::from_secs(10),
+                max_age: Duration::from_secs(3600),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let c = nats_config(dir.path(), vec![nats.url()], false);
+    let cfg = write_config(dir.path(), &c);
+    let out = Command::new(BIN)
+        .args(["process", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for s in [
+        "stream BEACONS exists with settings that differ",
+        "duplicate_window_seconds: stream has 10, config has 120",
+        "max_age_seconds: stream has 3600, config has 604800",
+        "set processor.nats.stream_mismatch",
+    ] {
+        assert!(text.contains(s), "{s:?} missing from: {text}");
+    }
+}
