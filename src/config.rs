@@ -448,7 +448,8 @@ pub struct NatsConfig {
     pub retention: Retention,
     /// `"file"` or `"memory"`.
     pub storage: Storage,
-    /// Copies of each message in a cluster (1, 3 or 5; at most the number of servers).
+    /// Copies of each message (1..=5, at most the number of servers; 3 in a cluster survives
+    /// one server down, 5 survives two, 2 survives none).
     pub replicas: usize,
     /// Seconds a message is kept (limits retention); 0 means no age limit.
     pub max_age_seconds: u64,
@@ -1157,5 +1158,69 @@ mod tests {
         let e = Config::from_toml("[server]\nproxy_protocol = \"v3\"\n").unwrap_err();
         assert_eq!(e.key, "server.proxy_protocol");
         assert!(e.problem.contains("v3"), "{e:?}");
+    }
+
+    #[test]
+    fn nats_settings_are_checked_when_the_sink_is_on() {
+        // Not checked while the sink is off: a half-written [processor.nats] does no harm.
+        Config::from_toml("[processor.nats]\nsubject = \"x.{nope}\"\n").unwrap();
+        let on = "[processor]\nsinks = [\"files\", \"nats\"]\n[processor.nats]\n";
+        let c = Config::from_toml(&format!("{on}replicas = 3\n")).unwrap();
+        assert_eq!(c.processor.sinks, vec![SinkKind::Files, SinkKind::Nats]);
+        for (toml, key, problem) in [
+            (
+                "subject = \"beacons.{nope}\"\n",
+                "processor.nats.subject",
+                "unknown placeholder",
+            ),
+            (
+                "subject = \"other.{site}\"\n",
+                "processor.nats.subject",
+                "not captured by processor.nats.stream_subjects",
+            ),
+            (
+                "servers = [\"nats://a:4222\", \"nats://b:port\"]\n",
+                "processor.nats.servers[1]",
+                "not a server URL",
+            ),
+            ("servers = []\n", "processor.nats.servers", "empty"),
+            (
+                "stream = \"BEA.CONS\"\n",
+                "processor.nats.stream",
+                "not a stream name",
+            ),
+            (
+                "stream_subjects = [\"beacons.>.x\"]\n",
+                "processor.nats.stream_subjects[0]",
+                "last token",
+            ),
+            ("replicas = 7\n", "processor.nats.replicas", "outside"),
+            (
+                "retention = \"forever\"\n",
+                "processor.nats.retention",
+                "forever",
+            ),
+            ("max_inflight = 0\n", "processor.nats.max_inflight", ""),
+            (
+                "publish_timeout_ms = 10\n",
+                "processor.nats.publish_timeout_ms",
+                "",
+            ),
+            (
+                "max_age_seconds = 60\n",
+                "processor.nats.max_age_seconds",
+                "shorter than",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{on}{toml}")).unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+            assert!(e.problem.contains(problem), "{toml}: {e}");
+        }
+        let e = Config::from_toml("[processor]\nsinks = []\n").unwrap_err();
+        assert_eq!(e.key, "processor.sinks");
+        let e = Config::from_toml("[processor]\nsinks = [\"nats\", \"nats\"]\n").unwrap_err();
+        assert!(e.problem.contains("twice"), "{e}");
+        let e = Config::from_toml("[processor]\nsinks = [\"kafka\"]\n").unwrap_err();
+        assert!(e.key.starts_with("processor.sinks"), "{e}");
     }
 }
