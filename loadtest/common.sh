@@ -22,7 +22,8 @@ wait_http() { # URL: up to 10 s for the server to answer
 }
 
 # start_collector NAME PORT WORKERS: beacon-collector + its embedded stage writing NDJSON under
-# $WORK/NAME/data; pid in $WORK/NAME/pid.
+# $WORK/NAME/data; pid in $WORK/NAME/pid. $PROCESSOR_EXTRA goes into [processor] (e.g. sinks),
+# $EXTRA_TOML at the end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build.
 start_collector() {
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/collector.toml" <<TOML
@@ -36,6 +37,7 @@ socket_path = "$WORK/$1/run/processor.sock"
 [processor]
 data_dir = "$WORK/$1/data"
 admin_enabled = false
+${PROCESSOR_EXTRA:-}
 [spool]
 dir = "$WORK/$1/spool"
 [shutdown]
@@ -43,8 +45,9 @@ deregistration_delay_seconds = 0
 [log]
 format = "json"
 level = "warn"
+${EXTRA_TOML:-}
 TOML
-  "$ROOT/target/release/beacon-collector" serve -c "$WORK/$1/collector.toml" 2>"$WORK/$1/collector.log" &
+  "${COLLECTOR_BIN:-$ROOT/target/release/beacon-collector}" serve -c "$WORK/$1/collector.toml" 2>"$WORK/$1/collector.log" &
   echo $! > "$WORK/$1/pid"
   wait_http "http://127.0.0.1:$2/healthz"
 }
