@@ -519,3 +519,71 @@ fn stream_with_other_settings_is_reported() {
         assert!(text.contains(s), "{s:?} missing from: {text}");
     }
 }
+
+/// The example consumer in `examples/` (built by `cargo test`; built here when missing).
+fn consumer_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let bin = debug.join("examples").join("nats-consumer");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--example", "nats-consumer"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building examples/nats-consumer.rs");
+    }
+    bin
+}
+
+/// docs/SCALING.md's consumer reads every beacon once, acknowledges it, and a second run of
+/// the same durable consumer finds nothing left.
+#[test]
+fn example_consumer_reads_each_beacon_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::single(dir.path());
+    nats.start();
+    let c = nats_config(dir.path(), vec![nats.url()], false);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let mut conn = Conn::open(srv.addr);
+    for i in 0..200 {
+        let raw = format!(
+            "GET /beacon?k=e-{i}&u=https%3A%2F%2Fshop.example%2F HTTP/1.1\r\nHost: t\r\n\r\n"
+        );
+        assert_eq!(conn.request(raw.as_bytes()).unwrap().status, 204);
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let run = || {
+        let out = Command::new(consumer_example())
+            .args([
+                "--server",
+                &nats.url(),
+                "--durable",
+                "test",
+                "--exit-when-idle",
+                "1",
+            ])
+            .args(["--filter", "beacons.shop_example"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    let keys: HashSet<String> = first
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            param(&v, "k").unwrap().as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(first.lines().count(), 200);
+    assert_eq!(keys.len(), 200);
+    assert_eq!(run(), "", "acknowledged beacons are not delivered again");
+}
