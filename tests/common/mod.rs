@@ -485,3 +485,24 @@ pub fn assert_no_loss(data_dir: &Path, keys: &[String]) -> (usize, usize, usize)
     let unique = unique_ids(&recs).len();
     (recs.len(), unique, recs.len() - unique)
 }
+
+/// Sends keyed beacons padded to ~350 bytes on one connection until one is refused; returns
+/// the keys answered 204 and the refusal. Panics on any other status, or after `limit` 204s.
+pub fn send_until_refused(addr: SocketAddr, limit: usize) -> (Vec<String>, Resp) {
+    let mut conn = Conn::open(addr);
+    let mut keys = Vec::new();
+    loop {
+        let key = format!("d-{}", keys.len());
+        let raw = format!(
+            "GET /beacon?k={key}&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
+            "x".repeat(300)
+        );
+        let r = conn.request(raw.as_bytes()).unwrap();
+        match r.status {
+            204 => keys.push(key),
+            503 => return (keys, r),
+            s => panic!("unexpected {s}"),
+        }
+        assert!(keys.len() < limit, "{limit} beacons and still no refusal");
+    }
+}

@@ -134,22 +134,7 @@ fn disk_full_answers_503_never_204_then_recovers() {
     c.spool.segment_bytes = 8192;
     c.queue.retry_after_seconds = 1;
     let srv = Server::start(c.clone());
-    let mut conn = Conn::open(srv.addr);
-    let mut keys = Vec::new();
-    let refused = loop {
-        let key = format!("d-{}", keys.len());
-        let raw = format!(
-            "GET /beacon?k={key}&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
-            "x".repeat(300)
-        );
-        let r = conn.request(raw.as_bytes()).unwrap();
-        match r.status {
-            204 => keys.push(key),
-            503 => break r,
-            s => panic!("unexpected {s}"),
-        }
-        assert!(keys.len() < 2000, "the tmpfs never filled");
-    };
+    let (mut keys, refused) = send_until_refused(srv.addr, 2000);
     assert_eq!(refused.body, b"spool_write_failed");
     assert_eq!(get(srv.addr, "/healthz").status, 503);
 

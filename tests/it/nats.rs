@@ -428,25 +428,7 @@ fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
     c.queue.retry_after_seconds = 1;
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
-    let mut conn = Conn::open(srv.addr);
-    let mut keys = Vec::new();
-    let refused = loop {
-        let key = format!("d-{}", keys.len());
-        let raw = format!(
-            "GET /beacon?k={key}&pad={} HTTP/1.1\r\nHost: t\r\n\r\n",
-            "x".repeat(300)
-        );
-        let r = conn.request(raw.as_bytes()).unwrap();
-        match r.status {
-            204 => keys.push(key),
-            503 => break r,
-            s => panic!("unexpected {s}"),
-        }
-        assert!(
-            keys.len() < 1000,
-            "the spool never reached its high-water mark"
-        );
-    };
+    let (mut keys, refused) = send_until_refused(srv.addr, 1000);
     assert_eq!(refused.body, b"spool_full");
     eprintln!(
         "broker down: {} beacons answered 204 before the spool was full",
