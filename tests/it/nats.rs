@@ -180,8 +180,23 @@ fn read_stream(servers: &[String], stream: &str) -> Contents {
             servers.iter().map(|s| s.parse().unwrap()).collect();
         let client = async_nats::connect(addrs).await.unwrap();
         let js = jetstream::new(client);
-        let mut s = js.get_stream(stream).await.unwrap();
-        let info = s.info().await.unwrap().clone();
+        // A cluster that just lost a server answers API requests again once it has elected
+        // new leaders, which takes longer on a machine busy with the rest of the suite.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (s, info) = loop {
+            let got = async {
+                let mut s = js.get_stream(stream).await.ok()?;
+                let info = s.info().await.ok()?.clone();
+                Some((s, info))
+            };
+            match got.await {
+                Some(x) => break x,
+                None if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                None => panic!("stream {stream} unreadable for 30 s"),
+            }
+        };
         let messages = info.state.messages;
         let c: consumer::PullConsumer = s
             .create_consumer(consumer::pull::Config {
@@ -309,6 +324,9 @@ fn cluster_loses_its_stream_leader_under_load_loses_nothing() {
     let urls: Vec<String> = nodes.iter().map(Nats::url).collect();
     let mut c = nats_config(dir.path(), urls.clone(), false);
     c.processor.nats.replicas = 3;
+    // Electing new leaders on a 2-core machine busy with the rest of the suite can take many
+    // seconds; the records wait in the spool meanwhile. A record that never gets in still fails.
+    c.shutdown.flush_timeout_seconds = 60;
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     // The stream exists once a beacon went through (the cluster elects a meta leader first).
