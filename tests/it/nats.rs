@@ -165,9 +165,8 @@ struct Contents {
     msg_id_matches: bool,
     /// Subject by key.
     subjects: HashMap<String, String>,
-    /// Stream leader and replicas reported.
+    /// Stream leader reported.
     leader: Option<String>,
-    replicas: usize,
 }
 
 fn read_stream(servers: &[String], stream: &str) -> Contents {
@@ -183,11 +182,18 @@ fn read_stream(servers: &[String], stream: &str) -> Contents {
         // A cluster that just lost a server answers API requests again once it has elected
         // new leaders, which takes longer on a machine busy with the rest of the suite.
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (s, info) = loop {
+        let (info, c) = loop {
             let got = async {
                 let mut s = js.get_stream(stream).await.ok()?;
                 let info = s.info().await.ok()?.clone();
-                Some((s, info))
+                let c: consumer::PullConsumer = s
+                    .create_consumer(consumer::pull::Config {
+                        ack_policy: consumer::AckPolicy::None,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                Some((info, c))
             };
             match got.await {
                 Some(x) => break x,
@@ -198,13 +204,6 @@ fn read_stream(servers: &[String], stream: &str) -> Contents {
             }
         };
         let messages = info.state.messages;
-        let c: consumer::PullConsumer = s
-            .create_consumer(consumer::pull::Config {
-                ack_policy: consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
         let mut out = Contents {
             messages,
             keys: Vec::new(),
@@ -212,7 +211,6 @@ fn read_stream(servers: &[String], stream: &str) -> Contents {
             msg_id_matches: true,
             subjects: HashMap::new(),
             leader: info.cluster.as_ref().and_then(|c| c.leader.clone()),
-            replicas: info.config.num_replicas,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while (out.keys.len() as u64) < messages {
@@ -336,9 +334,9 @@ fn cluster_loses_its_stream_leader_under_load_loses_nothing() {
     });
     let load = Load::start(srv.addr, 4);
     std::thread::sleep(Duration::from_millis(1000));
-    let before = read_stream(&urls, "BEACONS");
-    assert_eq!(before.replicas, 3);
-    let leader = before.leader.expect("a clustered stream has a leader");
+    let (replicas, leader) = stream_leader(&urls);
+    assert_eq!(replicas, 3);
+    let leader = leader.expect("a clustered stream has a leader");
     let victim = nodes.iter_mut().find(|n| n.name == leader).unwrap();
     eprintln!("killing the stream leader {leader} (kill -9)");
     victim.signal(libc::SIGKILL);
@@ -365,6 +363,31 @@ fn cluster_loses_its_stream_leader_under_load_loses_nothing() {
     let s = read_stream(&alive, "BEACONS");
     assert_ne!(s.leader.as_deref(), Some(leader.as_str()), "a new leader");
     assert_exactly_once("cluster leader killed", &keys, other, &s);
+}
+
+/// Replicas and leader of the stream, retried while the cluster is busy.
+fn stream_leader(servers: &[String]) -> (usize, Option<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let addrs: Vec<async_nats::ServerAddr> =
+            servers.iter().map(|s| s.parse().unwrap()).collect();
+        let js = jetstream::new(async_nats::connect(addrs).await.unwrap());
+        for _ in 0..60 {
+            if let Ok(mut s) = js.get_stream("BEACONS").await {
+                if let Ok(i) = s.info().await {
+                    return (
+                        i.config.num_replicas,
+                        i.cluster.as_ref().and_then(|c| c.leader.clone()),
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("no stream info for 30 s");
+    })
 }
 
 fn read_stream_len(servers: &[String]) -> Option<u64> {
