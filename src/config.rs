@@ -90,9 +90,14 @@ impl Default for CheckConfig {
 pub struct ServerConfig {
     /// Address the beacon listener binds, `IP:PORT`. Port 0 picks a free port (tests).
     pub listen: SocketAddr,
-    /// Tokio worker threads. 0 means one per CPU.
-    pub worker_threads: usize,
-    /// Number of `SO_REUSEPORT` listening sockets. 0 means one per worker thread.
+    /// Ingest workers: threads that each own a `SO_REUSEPORT` listener, their connections,
+    /// timers, a share of `max_connections` and their own group commit. 0 means one per CPU.
+    #[serde(alias = "worker_threads")]
+    pub workers: usize,
+    /// The HTTP/1.1 engine: `native` (httparse; idle connections hold no buffers) or `hyper`
+    /// (the reference engine, same routes, limits and records).
+    pub engine: crate::ingest::Engine,
+    /// Number of `SO_REUSEPORT` listening sockets. 0 means one per worker.
     pub listeners: usize,
     /// `listen(2)` backlog per socket. The kernel silently caps it at `net.core.somaxconn`;
     /// the collector reads that at start and warns.
@@ -115,14 +120,15 @@ pub struct ServerConfig {
     pub tcp_user_timeout_seconds: u64,
     /// PROXY protocol on this listener: `off`, `v1`, `v2` or `any`. When on, a connection
     /// without a valid header is closed (never guessed); the header's source is the client.
-    pub proxy_protocol: crate::proxy::Mode,
+    pub proxy_protocol: crate::ingest::proxy::Mode,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("static address"),
-            worker_threads: 0,
+            workers: 0,
+            engine: crate::ingest::Engine::Native,
             listeners: 0,
             backlog: 4096,
             max_connections: 50_000,
@@ -131,7 +137,7 @@ impl Default for ServerConfig {
             tcp_keepalive_probes: 4,
             tcp_keepalive_jitter_percent: 10,
             tcp_user_timeout_seconds: 30,
-            proxy_protocol: crate::proxy::Mode::Off,
+            proxy_protocol: crate::ingest::proxy::Mode::Off,
         }
     }
 }
@@ -177,7 +183,7 @@ pub struct HttpConfig {
     pub cors_max_age_seconds: u64,
     /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
     /// When a connection comes from one of them, the client is the right-most hop that is not.
-    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
+    pub trusted_proxies: Vec<crate::ingest::forwarded_for::Cidr>,
 }
 
 impl Default for HttpConfig {
@@ -610,9 +616,9 @@ impl Config {
         Self::from_toml(&text)
     }
 
-    /// Worker threads after resolving 0 to the CPU count.
-    pub fn worker_threads(&self) -> usize {
-        match self.server.worker_threads {
+    /// Ingest workers after resolving 0 to the CPU count.
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
@@ -621,7 +627,7 @@ impl Config {
     /// Listening sockets after resolving 0 to the worker count.
     pub fn listeners(&self) -> usize {
         match self.server.listeners {
-            0 => self.worker_threads(),
+            0 => self.workers(),
             n => n,
         }
     }
@@ -1138,7 +1144,7 @@ mod tests {
             "[server]\nproxy_protocol = \"v2\"\n[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
         )
         .unwrap();
-        assert_eq!(c.server.proxy_protocol, crate::proxy::Mode::V2);
+        assert_eq!(c.server.proxy_protocol, crate::ingest::proxy::Mode::V2);
         assert_eq!(c.http.trusted_proxies.len(), 2);
         let e = Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n")
             .unwrap_err();

@@ -2,11 +2,11 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML schema, defaults and `validate()`.
-//! - [`listener`]: socket2 listeners (`SO_REUSEPORT`, backlog vs somaxconn), per-socket TCP
-//!   options, the accept loop with connection permits.
-//! - [`http`]: hyper connections, timers, routes, limits, CORS, request → record.
+//! - [`ingest`]: thread-per-core workers, each owning a `SO_REUSEPORT` listener, its
+//!   connections and a group commit to the spool; the native HTTP/1.1 engine (httparse) and
+//!   the hyper reference engine over shared routes, limits and request → record.
 //! - [`record`]: the beacon record, its binary encoding and its NDJSON form.
-//! - [`spool`]: durable segmented log with group commit; a beacon is answered once it is here.
+//! - [`spool`]: durable segmented log; a beacon is answered once it is here.
 //! - [`forwarder`]: spool → batches on a unix socket → ACKs → spool segments deleted.
 //! - [`protocol`]: the frame format between collector and processing stage.
 //! - [`processor`]: the bundled processing stage writing rotated NDJSON files.
@@ -15,23 +15,19 @@
 //! - [`kernel`], [`check`], [`sampler`]: reading `/proc`, the self-check against the config
 //!   with its generated sysctl/limits/systemd files, and kernel counters as metrics.
 //!
-//! Data path: accept → [`http`] builds a record → [`spool::Spool::append`] (group commit; 503
-//! when it cannot) → 204 → the forwarder streams it to the processing stage → ACK → the
+//! Data path: a worker accepts → frames the request → builds the record into its commit group
+//! → [`spool::Spool::write_group`] once per event-loop turn (503 when it cannot) → 204 → the forwarder streams it to the processing stage → ACK → the
 //! segment is deleted once all its records are acknowledged. Shutdown: health check 503,
 //! drain, flush what the stage will take; anything left stays in the spool for the next start.
 
 pub mod check;
 pub mod config;
-pub mod forwarded;
 pub mod forwarder;
-pub mod http;
+pub mod ingest;
 pub mod kernel;
-pub mod listener;
 pub mod metrics;
 pub mod processor;
 pub mod protocol;
-pub mod proxy;
-pub mod ratelimit;
 pub mod record;
 pub mod sampler;
 pub mod sink;
@@ -41,12 +37,13 @@ pub mod supervisor;
 pub mod time;
 
 use config::Config;
-use http::{App, Phase};
+use ingest::listener;
+use ingest::{App, Phase};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// The sockets `run` serves, bound before it starts (so bind errors surface first and tests
 /// can bind port 0 and read the address).
@@ -141,7 +138,6 @@ pub async fn run(
     let handle = metrics::install();
     let (spool, recovery) = spool::Spool::open(
         &config.spool,
-        config.queue.capacity,
         // After a write failure, stay unhealthy for one Retry-After period.
         Duration::from_secs(config.queue.retry_after_seconds),
     )?;
@@ -154,6 +150,7 @@ pub async fn run(
         "spool recovered"
     );
     let forwarder = forwarder::Forwarder::new(spool.clone(), &config.forward);
+    let beacon_addr = listeners.beacon_addr();
     let app = Arc::new(App::new(&config, spool.clone()));
     let (close_tx, close_rx) = watch::channel(false);
     let (report_tx, report_rx) = watch::channel(forwarder::ForwardReport::default());
@@ -173,52 +170,20 @@ pub async fn run(
         tokio::spawn(metrics::serve_admin(l, handle, stop_admin_rx));
     }
 
-    let max_conns = config.server.max_connections;
-    let permits = Arc::new(Semaphore::new(max_conns));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let (stop_accept_tx, stop_accept_rx) = watch::channel(false);
-    let builder = Arc::new(http::builder(&config));
-    let opts = listener::SocketOptions::from_config(&config.server);
-    let header_timeout = Duration::from_secs(config.http.header_timeout_seconds);
-    let mut accepts = tokio::task::JoinSet::new();
-    for l in listeners.beacon {
-        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
-        if accepts.is_empty() {
-            tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "listening");
-        }
-        let (app, builder, phase_rx) = (app.clone(), builder.clone(), phase_rx.clone());
-        accepts.spawn(listener::accept_loop(
-            l,
-            permits.clone(),
-            stop_accept_rx.clone(),
-            move |stream, peer, permit| {
-                if let Err(e) = opts.apply(&stream) {
-                    // Usually the peer already reset the connection.
-                    tracing::debug!(%peer, error = %e, "setting socket options; dropping connection");
-                    return;
-                }
-                tokio::spawn(http::serve_connection(
-                    stream,
-                    peer,
-                    permit,
-                    app.clone(),
-                    builder.clone(),
-                    header_timeout,
-                    phase_rx.clone(),
-                ));
-            },
-        ));
-    }
+    let mut ingest = ingest::Ingest::start(&config, app.clone(), listeners.beacon)
+        .map_err(RunError::Listener)?;
+    tracing::info!(
+        addr = %beacon_addr.map_or_else(String::new, |a| a.to_string()),
+        workers = config.workers(),
+        engine = ?config.server.engine,
+        "listening"
+    );
 
     let mut failure = None;
     let kind = tokio::select! {
         k = shutdown => k,
-        Some(res) = accepts.join_next() => {
-            failure = match res {
-                Ok(Err(e)) => Some(RunError::Accept(e)),
-                Ok(Ok(())) => None,
-                Err(e) => Some(RunError::Accept(std::io::Error::other(e))),
-            };
+        e = ingest.failed() => {
+            failure = Some(RunError::Accept(e));
             Shutdown::Fast
         }
     };
@@ -230,27 +195,21 @@ pub async fn run(
             "SIGTERM: failing health checks while still serving"
         );
         app.set_draining();
-        let _ = phase_tx.send(Phase::Deregistering);
+        ingest.set_phase(Phase::Deregistering);
         tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
     }
     app.set_draining();
     tracing::info!("stopping accept; draining connections");
-    let _ = stop_accept_tx.send(true);
-    while accepts.join_next().await.is_some() {}
-    let _ = phase_tx.send(Phase::Draining);
+    ingest.stop_accepting();
+    ingest.set_phase(Phase::Draining);
     let drain = match kind {
         Shutdown::Graceful => Duration::from_secs(s.drain_timeout_seconds),
         Shutdown::Fast => Duration::from_secs(s.drain_timeout_seconds).min(Duration::from_secs(2)),
     };
-    let all = u32::try_from(max_conns).unwrap_or(u32::MAX);
-    if tokio::time::timeout(drain, permits.acquire_many(all))
-        .await
-        .is_err()
-    {
-        let open = max_conns - permits.available_permits();
-        tracing::warn!(open, "drain deadline passed; closing remaining connections");
-        let _ = phase_tx.send(Phase::Abort);
-        let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+    if !ingest.wait(drain).await {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+        ingest.set_phase(Phase::Abort);
+        ingest.wait(Duration::from_secs(3)).await;
     }
 
     // Every connection is gone: nothing more is appended. Hand over what the stage will take.
@@ -259,6 +218,7 @@ pub async fn run(
     if tokio::time::timeout(flush, &mut fwd_task).await.is_err() {
         fwd_task.abort();
     }
+    spool.sync_active();
     spool.checkpoint();
     let _ = stop_admin_tx.send(true);
     let report = RunReport {

@@ -3,7 +3,8 @@
 
 use anyhow::Context as _;
 use beacon_collector::config::{Config, ForwardMode, LogFormat};
-use beacon_collector::{listener, processor, supervisor, Listeners, Shutdown};
+use beacon_collector::ingest::listener;
+use beacon_collector::{processor, supervisor, Listeners, Shutdown};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -239,7 +240,9 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let rt = runtime(config.worker_threads())?;
+    // The ingest workers run on threads of their own; this runtime hosts the forwarder, the
+    // admin listener, the sampler and the supervisor.
+    let rt = runtime(1)?;
     rt.block_on(async move {
         let shutdown = signals();
         self_check(&config)?;
@@ -335,7 +338,7 @@ fn signals() -> impl std::future::Future<Output = Shutdown> {
 }
 
 fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow::Result<()> {
-    let rt = runtime(config.worker_threads().min(2))?;
+    let rt = runtime(config.workers().min(2))?;
     let res = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         // Installed before anything else can take time (see `signals`).

@@ -153,7 +153,7 @@ pub async fn serve_admin(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(crate::listener::ACCEPT_PAUSE).await;
+                    tokio::time::sleep(crate::ingest::listener::ACCEPT_PAUSE).await;
                     continue;
                 }
             },

@@ -155,7 +155,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on processing socket");
-                    tokio::time::sleep(crate::listener::ACCEPT_PAUSE).await;
+                    tokio::time::sleep(crate::ingest::listener::ACCEPT_PAUSE).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -6,10 +6,12 @@
 //! instance id and the highest acknowledged sequence number. A segment is deleted once every
 //! record in it is acknowledged.
 //!
-//! Ownership: one writer thread owns the active segment and appends groups of records; request
-//! handlers hold [`Spool`] handles and wait on a oneshot for their group's result. The
-//! forwarder reads segments through a [`SpoolReader`] and reports ACKs with [`Spool::ack`].
-//! Shared bookkeeping sits behind a std `Mutex`: sections are short and never span an await.
+//! Ownership: no thread of its own. Each ingest worker gathers the records of one event-loop
+//! turn into a group and writes it with [`Spool::write_group`] on its own thread (the writer
+//! `Mutex` is held for that one `write(2)`), then answers them; with `ack_after = "fsync"` it
+//! runs [`Spool::sync`] off its event loop first. The forwarder reads segments through a
+//! [`SpoolReader`] and reports ACKs with [`Spool::ack`]. Shared bookkeeping sits behind std
+//! `Mutex`es: sections are short and never span an await.
 
 use crate::config::{AckAfter, SpoolConfig};
 use crate::metrics as m;
@@ -17,11 +19,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 
 /// Bytes before each payload: len, crc, seq.
 pub const HEADER_BYTES: usize = 16;
@@ -115,25 +118,21 @@ struct Shared {
     low_bytes: u64,
     max_bytes: u64,
     fsync: bool,
+    /// Taken for one group write at a time; never held across an await. Lock order: `writer`,
+    /// then `state`.
+    writer: Mutex<Writer>,
 }
 
-struct Append {
-    record: Bytes,
-    done: oneshot::Sender<Result<(), AppendError>>,
-}
-
-/// A handle to the spool for request handlers and the forwarder. Cloning is cheap.
+/// A handle to the spool for the ingest workers and the forwarder. Cloning is cheap.
 #[derive(Clone)]
 pub struct Spool {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Append>,
 }
 
 impl Spool {
-    /// Opens (creating if needed) and recovers the spool, then starts its writer thread.
+    /// Opens (creating if needed) and recovers the spool.
     pub fn open(
         cfg: &SpoolConfig,
-        queue_capacity: usize,
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
         std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
@@ -225,6 +224,12 @@ impl Spool {
             low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,
             max_bytes: cfg.max_bytes,
             fsync,
+            writer: Mutex::new(Writer {
+                segment_bytes: cfg.segment_bytes,
+                active: None,
+                next_seq: last_written + 1,
+                last_mark: Instant::now() - Duration::from_secs(10),
+            }),
         });
         {
             let mut st = shared.state.lock().expect("not poisoned");
@@ -232,35 +237,31 @@ impl Spool {
             shared.update_gauges(&st);
             shared.write_checkpoint(&mut st);
         }
-        let (tx, rx) = mpsc::channel(queue_capacity);
-        let writer = Writer {
-            shared: shared.clone(),
-            segment_bytes: cfg.segment_bytes,
-            active: None,
-            next_seq: last_written + 1,
-            buf: BytesMut::with_capacity(256 * 1024),
-        };
-        std::thread::Builder::new()
-            .name("spool-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(err("start writer thread", &cfg.dir))?;
-        Ok((Spool { shared, tx }, rec))
+        Ok((Spool { shared }, rec))
     }
 
-    /// Appends one record and waits until it is in the spool (written, or fsync'd with
-    /// `ack_after = "fsync"`). Only then may the request be answered 2xx.
+    /// Appends one record on its own and waits until it is in the spool (written, or
+    /// fsync'd with `ack_after = "fsync"`). The ingest workers batch instead (see
+    /// `ingest::commit`); this is for tools and tests.
     pub async fn append(&self, record: Bytes) -> Result<(), AppendError> {
-        if !self.shared.accepting.load(Ordering::Relaxed) {
-            return Err(AppendError::Full);
+        let mut buf = BytesMut::with_capacity(HEADER_BYTES + record.len());
+        let at = frame_start(&mut buf);
+        buf.put_slice(&record);
+        frame_end(&mut buf, at);
+        match self.write_group(&mut buf, 1)? {
+            Written::Done => Ok(()),
+            Written::NeedsSync(f) => {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.sync(&f))
+                    .await
+                    .unwrap_or(Err(AppendError::Closed))
+            }
         }
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .try_send(Append { record, done })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => AppendError::Busy,
-                mpsc::error::TrySendError::Closed(_) => AppendError::Closed,
-            })?;
-        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+
+    /// Whether the spool takes appends now (false above the high-water mark).
+    pub fn accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::Relaxed)
     }
 
     /// False while above the high-water mark or shortly after a write failure: the load
@@ -523,6 +524,7 @@ fn scan_bytes(data: &[u8]) -> Scan {
 }
 
 /// Appends `seq`/`payload` framed to `out`.
+#[cfg(test)]
 fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
     let seq_bytes = seq.to_be_bytes();
     out.put_u32(payload.len() as u32);
@@ -532,142 +534,198 @@ fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
 }
 
 struct Active {
-    file: File,
+    file: Arc<File>,
     bytes: u64,
 }
 
+/// The append side: owns the active segment and the next sequence number. Shared by the
+/// ingest workers behind [`Shared::writer`]; each worker writes a whole group (one event-loop
+/// turn of its requests) with one `write(2)` while holding it, so the lock is taken once per
+/// group, not per record, and no other thread is woken to write.
 struct Writer {
-    shared: Arc<Shared>,
     segment_bytes: u64,
     active: Option<Active>,
     next_seq: u64,
-    buf: BytesMut,
+    /// Seconds-resolution marks for the oldest-unacked gauge.
+    last_mark: Instant,
 }
 
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Append>) {
-        let mut group: Vec<Append> = Vec::with_capacity(1024);
-        let mut last_mark = Instant::now() - Duration::from_secs(10);
-        while let Some(first) = rx.blocking_recv() {
-            group.push(first);
-            while group.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(a) => group.push(a),
-                    Err(_) => break,
-                }
-            }
-            let res = self.write_group(&mut group);
-            if res.is_ok() && last_mark.elapsed() >= Duration::from_secs(1) {
-                last_mark = Instant::now();
-                let first_seq = self.next_seq - group.len() as u64;
-                self.shared
-                    .state
-                    .lock()
-                    .expect("not poisoned")
-                    .marks
-                    .push_back((first_seq, last_mark));
-            }
-            metrics::histogram!(m::SPOOL_GROUP_RECORDS).record(group.len() as f64);
-            for a in group.drain(..) {
-                let _ = a.done.send(res);
-            }
-        }
-        if let Some(a) = &self.active {
-            let _ = a.file.sync_data();
-        }
-    }
+/// What a written group still needs before it may be answered.
+pub enum Written {
+    /// In the page cache: `ack_after = "write"`, answer now.
+    Done,
+    /// `ack_after = "fsync"`: answer after `fdatasync` of this file succeeded (done by the
+    /// caller off its event loop, see [`Spool::sync`]).
+    NeedsSync(Arc<File>),
+}
 
-    fn write_group(&mut self, group: &mut [Append]) -> Result<(), AppendError> {
-        let bytes: u64 = group
-            .iter()
-            .map(|a| (HEADER_BYTES + a.record.len()) as u64)
-            .sum();
+impl Spool {
+    /// Writes a group of records pre-framed by [`frame_start`]/[`frame_end`] in `frames`
+    /// (`count` of them): numbers them, checksums them and appends them to the active segment
+    /// with one `write(2)`. Called on the worker's own thread; blocks only for the write
+    /// (page cache). `Ok` is not yet an acknowledgement with `NeedsSync`.
+    pub fn write_group(&self, frames: &mut [u8], count: usize) -> Result<Written, AppendError> {
+        if count == 0 {
+            return Ok(Written::Done);
+        }
+        let sh = &*self.shared;
+        if !sh.accepting.load(Ordering::Relaxed) {
+            return Err(AppendError::Full);
+        }
+        let bytes = frames.len() as u64;
+        let mut w = sh.writer.lock().expect("not poisoned");
         {
-            let st = self.shared.state.lock().expect("not poisoned");
-            if st.total_bytes + bytes > self.shared.max_bytes {
-                self.shared.accepting.store(false, Ordering::Relaxed);
+            let st = sh.state.lock().expect("not poisoned");
+            if st.total_bytes + bytes > sh.max_bytes {
+                sh.accepting.store(false, Ordering::Relaxed);
                 return Err(AppendError::Full);
             }
         }
-        if self
-            .active
+        if w.active
             .as_ref()
-            .is_some_and(|a| a.bytes > 0 && a.bytes + bytes > self.segment_bytes)
+            .is_some_and(|a| a.bytes > 0 && a.bytes + bytes > w.segment_bytes)
         {
-            self.active = None;
+            w.active = None;
         }
-        if self.active.is_none() {
-            match self.new_segment() {
-                Ok(a) => self.active = Some(a),
-                Err(e) => return Err(self.failed("creating segment", &e)),
+        if w.active.is_none() {
+            match sh.new_segment(w.next_seq) {
+                Ok(a) => w.active = Some(a),
+                Err(e) => return Err(sh.failed("creating segment", &e)),
             }
         }
-        self.buf.clear();
-        for (i, a) in group.iter().enumerate() {
-            encode_record(self.next_seq + i as u64, &a.record, &mut self.buf);
+        // Number and checksum the frames in place.
+        let first = w.next_seq;
+        let mut pos = 0;
+        let mut seq = first;
+        while pos < frames.len() {
+            let len = u32::from_be_bytes(frames[pos..pos + 4].try_into().expect("4")) as usize;
+            let seq_bytes = seq.to_be_bytes();
+            frames[pos + 8..pos + 16].copy_from_slice(&seq_bytes);
+            let payload = &frames[pos + HEADER_BYTES..pos + HEADER_BYTES + len];
+            let crc = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload);
+            frames[pos + 4..pos + 8].copy_from_slice(&crc.to_be_bytes());
+            pos += HEADER_BYTES + len;
+            seq += 1;
         }
-        let active = self.active.as_mut().expect("opened above");
-        let fsync = self.shared.fsync;
-        let res = active.file.write_all(&self.buf).and_then(|()| {
-            if fsync {
-                active.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = res {
+        debug_assert_eq!(seq - first, count as u64);
+        let active = w.active.as_mut().expect("opened above");
+        if let Err(e) = (&*active.file).write_all(frames) {
             // Undo a partial write so the segment stays a sequence of whole records, then
-            // never append to this file again: after a failed fsync its page-cache state is
-            // unknown. The next group starts a new segment.
-            let keep = active.bytes;
-            let _ = active.file.set_len(keep);
-            self.active = None;
-            return Err(self.failed("writing", &e));
+            // never append to this file again; the next group starts a new segment.
+            let _ = active.file.set_len(active.bytes);
+            w.active = None;
+            return Err(sh.failed("writing", &e));
         }
         active.bytes += bytes;
-        let last = self.next_seq + group.len() as u64 - 1;
-        self.next_seq = last + 1;
+        let file = active.file.clone();
+        let last = seq - 1;
+        w.next_seq = seq;
+        let mark = (w.last_mark.elapsed() >= Duration::from_secs(1)).then(|| {
+            w.last_mark = Instant::now();
+            (first, w.last_mark)
+        });
         {
-            let mut st = self.shared.state.lock().expect("not poisoned");
+            let mut st = sh.state.lock().expect("not poisoned");
             let seg = st.segments.back_mut().expect("active segment is listed");
             seg.last_seq = last;
             seg.bytes += bytes;
             st.total_bytes += bytes;
-            if st.total_bytes >= self.shared.high_bytes
-                && self.shared.accepting.swap(false, Ordering::Relaxed)
-            {
+            if let Some(m) = mark {
+                st.marks.push_back(m);
+            }
+            if st.total_bytes >= sh.high_bytes && sh.accepting.swap(false, Ordering::Relaxed) {
                 tracing::warn!(bytes = st.total_bytes, "spool above high-water mark: answering 503 and failing health checks until the processing stage catches up");
             }
-            self.shared.update_gauges(&st);
+            if mark.is_some() {
+                sh.update_gauges(&st);
+            }
         }
-        self.shared.written.send_replace(last);
-        Ok(())
+        // Published while still holding the writer, so `written` only ever grows.
+        sh.written.send_if_modified(|v| {
+            let grew = last > *v;
+            *v = (*v).max(last);
+            grew
+        });
+        drop(w);
+        Ok(if sh.fsync {
+            Written::NeedsSync(file)
+        } else {
+            Written::Done
+        })
     }
 
+    /// `fdatasync` of a segment a group was written to (blocking: call off the event loop).
+    /// A failure marks the spool failing and retires that segment for appends.
+    pub fn sync(&self, file: &File) -> Result<(), AppendError> {
+        match file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let sh = &*self.shared;
+                let mut w = sh.writer.lock().expect("not poisoned");
+                // After a failed fsync the page-cache state of this file is unknown.
+                if w.active.as_ref().is_some_and(|a| same_file(&a.file, file)) {
+                    w.active = None;
+                }
+                Err(sh.failed("syncing", &e))
+            }
+        }
+    }
+
+    /// Syncs the active segment (at shutdown).
+    pub fn sync_active(&self) {
+        let w = self.shared.writer.lock().expect("not poisoned");
+        if let Some(a) = &w.active {
+            let _ = a.file.sync_data();
+        }
+    }
+}
+
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    a.as_raw_fd() == b.as_raw_fd()
+}
+
+/// Starts a frame for a record in a group buffer: the header with the length left to
+/// [`frame_end`] and the sequence number and checksum to [`Spool::write_group`]. Returns the
+/// frame's offset.
+pub fn frame_start(buf: &mut BytesMut) -> usize {
+    let at = buf.len();
+    buf.put_bytes(0, HEADER_BYTES);
+    at
+}
+
+/// Finishes the frame started at `at`: the payload is everything appended since.
+pub fn frame_end(buf: &mut BytesMut, at: usize) {
+    let len = (buf.len() - at - HEADER_BYTES) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Drops a frame started at `at` (its record was refused after all).
+pub fn frame_abort(buf: &mut BytesMut, at: usize) {
+    buf.truncate(at);
+}
+
+impl Shared {
     fn failed(&self, what: &str, e: &io::Error) -> AppendError {
         metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
         tracing::error!(error = %e, "{what} spool segment failed; answering 503");
-        self.shared.failed_until.store(
-            unix_secs() + self.shared.failure_cooldown,
-            Ordering::Relaxed,
-        );
+        self.failed_until
+            .store(unix_secs() + self.failure_cooldown, Ordering::Relaxed);
         AppendError::Failed
     }
 
-    fn new_segment(&mut self) -> io::Result<Active> {
-        let path = self
-            .shared
-            .dir
-            .join(format!("seg-{:020}.log", self.next_seq));
+    fn new_segment(&self, next_seq: u64) -> io::Result<Active> {
+        let path = self.dir.join(format!("seg-{next_seq:020}.log"));
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
+            .mode(0o600)
             .open(&path)?;
-        if self.shared.fsync {
-            File::open(&self.shared.dir)?.sync_all()?;
+        if self.fsync {
+            File::open(&self.dir)?.sync_all()?;
         }
-        let mut st = self.shared.state.lock().expect("not poisoned");
+        let mut st = self.state.lock().expect("not poisoned");
         // An empty last segment left by recovery or a failed write is replaced.
         if st
             .segments
@@ -679,15 +737,18 @@ impl Writer {
         }
         if st.segments.back().is_none_or(|s| s.path != path) {
             st.segments.push_back(Segment {
-                first_seq: self.next_seq,
-                last_seq: self.next_seq - 1,
+                first_seq: next_seq,
+                last_seq: next_seq - 1,
                 path,
                 bytes: 0,
             });
         } else if let Some(s) = st.segments.back_mut() {
             s.bytes = 0;
         }
-        Ok(Active { file, bytes: 0 })
+        Ok(Active {
+            file: Arc::new(file),
+            bytes: 0,
+        })
     }
 }
 
@@ -822,29 +883,10 @@ impl SpoolReader {
     }
 }
 
-/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs.
+/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs, continuing `crc`
+/// (hardware instructions where the CPU has them).
 pub fn crc32c(crc: u32, data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0x82F6_3B78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    let mut c = !crc;
-    for &b in data {
-        c = table[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    crc32c::crc32c_append(crc, data)
 }
 
 #[cfg(test)]
@@ -955,7 +997,7 @@ mod tests {
     async fn append_read_ack_delete_and_recover() {
         // (and, below, a checkpoint from another boot in write mode gets a new instance)
         let dir = tempfile::tempdir().unwrap();
-        let (spool, rec) = Spool::open(&cfg(dir.path()), 100, Duration::from_secs(1)).unwrap();
+        let (spool, rec) = Spool::open(&cfg(dir.path()), Duration::from_secs(1)).unwrap();
         assert_eq!(rec, Recovery::default());
         for i in 0..100u32 {
             spool.append(Bytes::from(vec![i as u8; 100])).await.unwrap();
@@ -982,7 +1024,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
 
         // Reopen: the checkpoint keeps the instance, replay starts after the ack.
-        let (spool, rec) = Spool::open(&cfg(dir.path()), 100, Duration::from_secs(1)).unwrap();
+        let (spool, rec) = Spool::open(&cfg(dir.path()), Duration::from_secs(1)).unwrap();
         assert_eq!(spool.instance(), instance);
         assert_eq!(rec.unacked, 40);
         assert_eq!(spool.acked(), 60);
@@ -1002,8 +1044,8 @@ mod tests {
     #[test]
     fn a_spool_in_use_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (_spool, _) = Spool::open(&cfg(dir.path()), 10, Duration::from_secs(1)).unwrap();
-        let Err(e) = Spool::open(&cfg(dir.path()), 10, Duration::from_secs(1)) else {
+        let (_spool, _) = Spool::open(&cfg(dir.path()), Duration::from_secs(1)).unwrap();
+        let Err(e) = Spool::open(&cfg(dir.path()), Duration::from_secs(1)) else {
             panic!("a second spool on the same directory was allowed");
         };
         assert!(e.what.contains("in use"), "{e}");
@@ -1016,7 +1058,7 @@ mod tests {
             segment_bytes: 1 << 20,
             ..cfg(dir.path())
         };
-        let (spool, _) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
+        let (spool, _) = Spool::open(&c, Duration::from_secs(1)).unwrap();
         for i in 0..10u8 {
             spool.append(Bytes::from(vec![i; 50])).await.unwrap();
         }
@@ -1029,7 +1071,7 @@ mod tests {
         data.truncate(data.len() - 20); // tear record 10
         std::fs::write(&path, &data).unwrap();
 
-        let (spool, r) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
+        let (spool, r) = Spool::open(&c, Duration::from_secs(1)).unwrap();
         assert_eq!(r.records, 8);
         assert_eq!(r.corrupt, 1);
         assert_eq!(r.truncated_bytes, (rec - 20) as u64);
@@ -1052,7 +1094,7 @@ mod tests {
             low_water_percent: 25,
             ..cfg(dir.path())
         };
-        let (spool, _) = Spool::open(&c, 100, Duration::from_secs(1)).unwrap();
+        let (spool, _) = Spool::open(&c, Duration::from_secs(1)).unwrap();
         let mut ok = 0u64;
         loop {
             match spool.append(Bytes::from(vec![0u8; 500])).await {

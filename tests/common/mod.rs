@@ -18,7 +18,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_beacon-collector");
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
-    c.server.worker_threads = 2;
+    c.server.workers = 2;
     c.admin.enabled = false;
     c.processor.admin_enabled = false;
     c.forward.mode = ForwardMode::External;
@@ -393,6 +393,12 @@ pub struct Load {
 
 impl Load {
     pub fn start(addr: SocketAddr, clients: usize) -> Load {
+        Self::paced(addr, clients, Duration::ZERO)
+    }
+
+    /// Like `start`, each client pausing `pause` after every answer (a bounded rate, for
+    /// tests whose downstream is slower than the collector).
+    pub fn paced(addr: SocketAddr, clients: usize, pause: Duration) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shared_addr = std::sync::Arc::new(std::sync::Mutex::new(addr));
         let threads = (0..clients)
@@ -429,6 +435,9 @@ impl Load {
                         if c0.rd.get_mut().write_all(raw.as_bytes()).is_err() {
                             conn = None;
                             continue;
+                        }
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
                         }
                         match c0.read(false) {
                             Some(r) if r.status == 204 => ok.push(key),

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use beacon_collector::config::{Config, ForwardMode};
-use beacon_collector::proxy::Mode;
+use beacon_collector::ingest::proxy::Mode;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};

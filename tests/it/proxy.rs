@@ -2,7 +2,7 @@
 //! a connection without a valid header is closed, never served with a guessed address.
 
 use crate::common::*;
-use beacon_collector::proxy::{Mode, V2_SIGNATURE};
+use beacon_collector::ingest::proxy::{Mode, V2_SIGNATURE};
 use beacon_collector::Shutdown;
 use std::time::Duration;
 

@@ -75,7 +75,10 @@ impl RateLimiter {
 
     fn check_at(&self, ip: IpAddr, now: Duration) -> Decision {
         // Never 0, which marks an unused slot.
-        let key = self.hasher.hash_one(crate::forwarded::canonical(ip)) | 1;
+        let key = self
+            .hasher
+            .hash_one(crate::ingest::forwarded_for::canonical(ip))
+            | 1;
         let now_ns = now.as_nanos() as u64;
         let l = &self.limits;
         let mut slot = self.slots[(key >> 1) as usize % self.slots.len()]

@@ -1,0 +1,543 @@
+//! HTTP/1.1 framing for the native engine, on `httparse`: the request head and the strict
+//! checks of RFC 9112 around it (what decides where a request ends must be unambiguous, or the
+//! request is refused and the connection closed), chunked bodies, and writing answers.
+//!
+//! Everything here works on bytes already in memory and never allocates for a request that
+//! is complete in one read, but for a chunked body (copied out of its chunks).
+
+use super::routes::{reason, Answer, Cors, Reject};
+use httparse::{Header, Status};
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A complete, checked request head.
+#[derive(Debug)]
+pub struct ParsedHead<'b> {
+    /// Method token.
+    pub method: &'b str,
+    /// Request target as sent.
+    pub target: &'b [u8],
+    /// True for HTTP/1.0.
+    pub http10: bool,
+    /// Bytes of the head, final CRLF included.
+    pub len: usize,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+}
+
+/// Parses the head at the start of `buf` into `headers`. `Ok(None)`: incomplete (and not yet
+/// over `max_head`). Errors are the answer to send before closing.
+pub fn parse_head<'b>(
+    buf: &'b [u8],
+    headers: &mut [Header<'b>],
+    max_head: usize,
+) -> Result<Option<(ParsedHead<'b>, usize)>, Reject> {
+    let mut req = httparse::Request::new(headers);
+    let len = match req.parse(buf) {
+        Ok(Status::Complete(n)) => n,
+        Ok(Status::Partial) => {
+            return if buf.len() > max_head {
+                Err(Reject::HeadersTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadersTooLarge),
+        Err(_) => return Err(Reject::BadRequest),
+    };
+    if len > max_head {
+        return Err(Reject::HeadersTooLarge);
+    }
+    let method = req.method.expect("complete");
+    let target = req.path.expect("complete").as_bytes();
+    let http10 = req.version.expect("complete") == 0;
+    let n_headers = req.headers.len();
+    let hs = &req.headers[..n_headers];
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in hs {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = parse_content_length(h.value).ok_or(Reject::BadRequest)?;
+            if content_length.is_some_and(|c| c != n) {
+                return Err(Reject::BadRequest);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            te_seen = true;
+            for coding in tokens(h.value) {
+                if chunked {
+                    // Anything after `chunked`: the body's end cannot be found reliably.
+                    return Err(Reject::BadRequest);
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked = true;
+                } else {
+                    return Err(Reject::UnsupportedTransferCoding);
+                }
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+            if !valid_host(h.value) {
+                return Err(Reject::BadRequest);
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    // RFC 9112 §6.1: both is a request smuggling attempt; §3.2: exactly one valid Host.
+    if te_seen && (content_length.is_some() || !chunked || http10) {
+        return Err(Reject::BadRequest);
+    }
+    if hosts > 1 || (!http10 && hosts == 0) {
+        return Err(Reject::BadRequest);
+    }
+    let framing = match (chunked, content_length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let keep_alive = !close && (!http10 || keep_alive_token);
+    Ok(Some((
+        ParsedHead {
+            method,
+            target,
+            http10,
+            len,
+            framing,
+            keep_alive,
+            expect_continue: expect_continue && !http10,
+        },
+        n_headers,
+    )))
+}
+
+fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// Comma-separated tokens, trimmed, empty ones skipped.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `uri-host [ ":" port ]`: reg-name, IPv4 or `[IPv6]` characters only (no spaces, no `/`).
+fn valid_host(v: &[u8]) -> bool {
+    v.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
+/// A chunked body decoded from the bytes after the head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunked {
+    /// More bytes are needed.
+    Incomplete,
+    /// The body and how many bytes (last chunk and trailers included) it took.
+    Done(Vec<u8>, usize),
+}
+
+/// Longest chunk-size line (with extensions) or trailer section accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Decodes a chunked body at the start of `buf`. Over `max_body` decoded bytes (counted from
+/// the declared sizes, before the data arrives): 413.
+pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Chunked, Reject> {
+    let mut pos = 0;
+    let mut declared = 0usize;
+    let mut body_len = 0usize;
+    // Two passes: the first finds the end (and checks the sizes) without copying, so an
+    // incomplete body costs no allocation; the second copies the data out.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    loop {
+        let Some(eol) = find_crlf(&buf[pos..], MAX_CHUNK_LINE)? else {
+            return Ok(Chunked::Incomplete);
+        };
+        let line = &buf[pos..pos + eol];
+        let size_part = match line.iter().position(|&b| b == b';') {
+            Some(i) => &line[..i],
+            None => line,
+        };
+        let size_part = size_part.trim_ascii_end();
+        if size_part.is_empty() || size_part.len() > 16 {
+            return Err(Reject::BadRequest);
+        }
+        let mut size = 0usize;
+        for &d in size_part {
+            let v = (d as char).to_digit(16).ok_or(Reject::BadRequest)? as usize;
+            size = size.checked_mul(16).ok_or(Reject::BodyTooLarge)? + v;
+        }
+        declared = declared.saturating_add(size);
+        if declared > max_body {
+            return Err(Reject::BodyTooLarge);
+        }
+        pos += eol + 2;
+        if size == 0 {
+            // Trailer fields (ignored), then the empty line.
+            let start = pos;
+            loop {
+                let Some(eol) = find_crlf(&buf[pos..], MAX_CHUNK_LINE)? else {
+                    return Ok(Chunked::Incomplete);
+                };
+                pos += eol + 2;
+                if eol == 0 {
+                    break;
+                }
+                if pos - start > MAX_CHUNK_LINE {
+                    return Err(Reject::BadRequest);
+                }
+            }
+            let mut body = Vec::with_capacity(body_len);
+            for (a, b) in spans {
+                body.extend_from_slice(&buf[a..b]);
+            }
+            return Ok(Chunked::Done(body, pos));
+        }
+        if buf.len() < pos + size + 2 {
+            return Ok(Chunked::Incomplete);
+        }
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(Reject::BadRequest);
+        }
+        spans.push((pos, pos + size));
+        body_len += size;
+        pos += size + 2;
+    }
+}
+
+/// Position of the next CRLF within `limit` bytes; a bare CR or LF is an error.
+fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Reject> {
+    for (i, &b) in buf.iter().enumerate().take(limit + 1) {
+        match b {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    Some(b'\n') => Ok(Some(i)),
+                    Some(_) => Err(Reject::BadRequest),
+                    None => Ok(None),
+                };
+            }
+            b'\n' => return Err(Reject::BadRequest),
+            _ => {}
+        }
+    }
+    if buf.len() > limit {
+        Err(Reject::BadRequest)
+    } else {
+        Ok(None)
+    }
+}
+
+/// `Date` header values (IMF-fixdate), formatted at most once a second.
+pub struct DateCache {
+    secs: u64,
+    text: [u8; 29],
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        Self {
+            secs: u64::MAX,
+            text: [b' '; 29],
+        }
+    }
+}
+
+impl DateCache {
+    /// The date now.
+    pub fn get(&mut self) -> &[u8; 29] {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now != self.secs {
+            self.secs = now;
+            self.text = imf_fixdate(now);
+        }
+        &self.text
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    let mut out = [0u8; 29];
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    two(&mut out[5..7], d);
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(m - 1) as usize]);
+    out[11] = b' ';
+    let y = y as u32;
+    two(&mut out[12..14], y / 100);
+    two(&mut out[14..16], y % 100);
+    out[16] = b' ';
+    two(&mut out[17..19], (sod / 3600) as u32);
+    out[19] = b':';
+    two(&mut out[20..22], (sod / 60 % 60) as u32);
+    out[22] = b':';
+    two(&mut out[23..25], (sod % 60) as u32);
+    out[25..29].copy_from_slice(b" GMT");
+    out
+}
+
+fn two(out: &mut [u8], v: u32) {
+    out[0] = b'0' + (v / 10 % 10) as u8;
+    out[1] = b'0' + (v % 10) as u8;
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// `HTTP/1.1 100 Continue`.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Appends `a` as an HTTP/1.1 response. `head_only`: a HEAD request (no body bytes, the same
+/// headers). `close`: say `Connection: close`; `keep_alive_10`: an HTTP/1.0 client asked to
+/// keep the connection.
+pub fn write_answer(
+    out: &mut Vec<u8>,
+    a: &Answer,
+    date: &[u8; 29],
+    head_only: bool,
+    close: bool,
+    keep_alive_10: bool,
+) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(num.format(a.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(a.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut header = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    if let Some(ct) = a.content_type {
+        header(b"content-type", ct.as_bytes());
+    }
+    if a.no_store {
+        header(b"cache-control", b"no-store");
+    }
+    if let Some(s) = a.retry_after {
+        header(b"retry-after", num.format(s).as_bytes());
+    }
+    if let Some(allow) = a.allow {
+        header(b"allow", allow.as_bytes());
+    }
+    match &a.cors {
+        Some(Cors::Any) => header(b"access-control-allow-origin", b"*"),
+        Some(Cors::Origin(o)) => {
+            header(b"access-control-allow-origin", o);
+            header(b"vary", b"Origin");
+        }
+        None => {}
+    }
+    if let (Some(p), Some(_)) = (a.preflight, &a.cors) {
+        header(b"access-control-allow-methods", b"GET, HEAD, POST");
+        if p.allow_headers {
+            header(b"access-control-allow-headers", b"content-type");
+        }
+        header(b"access-control-max-age", num.format(p.max_age).as_bytes());
+        header(
+            b"vary",
+            b"Access-Control-Request-Method, Access-Control-Request-Headers",
+        );
+    }
+    if close {
+        header(b"connection", b"close");
+    } else if keep_alive_10 {
+        header(b"connection", b"keep-alive");
+    }
+    if a.has_body() {
+        header(b"content-length", num.format(a.body.len()).as_bytes());
+    }
+    header(b"date", date);
+    out.extend_from_slice(b"\r\n");
+    if a.has_body() && !head_only {
+        out.extend_from_slice(a.body);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<Option<ParsedHead<'_>>, Reject> {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        // The headers borrow `raw`, not the array: copy the result out.
+        parse_head(raw, &mut hs, 8192).map(|o| o.map(|(h, _)| h))
+    }
+
+    #[test]
+    fn framing_rules_of_rfc_9112() {
+        fn ok(raw: &[u8]) -> ParsedHead<'_> {
+            parse(raw).unwrap().unwrap()
+        }
+        assert_eq!(
+            ok(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").framing,
+            Framing::None
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .framing,
+            Framing::Length(5)
+        );
+        assert_eq!(
+            ok(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
+        fn err(raw: &[u8]) -> Reject {
+            parse(raw).unwrap_err()
+        }
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(err(both), Reject::BadRequest);
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Reject::UnsupportedTransferCoding
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\n\r\n"),
+            Reject::BadRequest,
+            "no Host"
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a b/c\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n"),
+            Reject::BadRequest,
+            "obs-fold"
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"GET / HTTP/1.1\r\nHost: a\rX\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+        assert!(ok(b"GET / HTTP/1.0\r\n\r\n").http10);
+        assert!(!ok(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!ok(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            decode_chunked(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: v\r\n\r\nNEXT", 100),
+            Ok(Chunked::Done(b"abcde".to_vec(), 30))
+        );
+        assert_eq!(decode_chunked(b"3\r\nab", 100), Ok(Chunked::Incomplete));
+        assert_eq!(decode_chunked(b"0\r\n", 100), Ok(Chunked::Incomplete));
+        assert_eq!(decode_chunked(b"65\r\n", 100), Err(Reject::BodyTooLarge));
+        assert_eq!(decode_chunked(b"zz\r\n", 100), Err(Reject::BadRequest));
+        assert_eq!(
+            decode_chunked(b"3\r\nabcX\r\n", 100),
+            Err(Reject::BadRequest)
+        );
+        assert_eq!(
+            decode_chunked(b"ffffffffffffffffff\r\n", 100),
+            Err(Reject::BadRequest)
+        );
+    }
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &imf_fixdate(1_798_761_600),
+            b"Fri, 01 Jan 2027 00:00:00 GMT"
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! The hyper engine (`server.engine = "hyper"`), the reference the native engine is tested
+//! against: hyper 1.x frames HTTP/1.1, and everything below the connection (routes, limits,
+//! request → record, the commit group) is the same code as the native engine's.
+//!
+//! Timers. hyper (>= 1.6) starts `header_read_timeout` when it begins waiting for a request
+//! head, so that timer *is* the keep-alive idle timeout: we set it to
+//! `http.idle_timeout_seconds`. The slowloris deadline must instead start at the first byte
+//! of a request, which hyper cannot express; [`Watched`] notices that byte and the connection
+//! task closes the connection if the head is not complete `header_timeout_seconds` later.
+//! Body reads get their own deadline in the handler.
+
+use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
+use super::worker::Worker;
+use super::Phase;
+use crate::config::Config;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// The hyper connection builder with our limits and timers.
+pub fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
+    let h = &config.http;
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .keep_alive(true)
+        // Idle timer, see the module docs.
+        .header_read_timeout(Duration::from_secs(h.idle_timeout_seconds))
+        // hyper answers 431 itself beyond these; the handler applies the exact byte limit.
+        .max_headers(h.max_headers)
+        .max_buf_size((h.max_uri_bytes + h.max_header_bytes + 1024).max(8192))
+        .max_header_size(h.max_uri_bytes + h.max_header_bytes + 1024);
+    b
+}
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+
+/// Per-connection state shared by the I/O wrapper, the service and the connection task.
+struct ConnState {
+    phase: AtomicU8,
+    /// Incremented each time a request's first byte arrives.
+    generation: AtomicU64,
+    notify: Notify,
+}
+
+impl ConnState {
+    fn on_bytes(&self) {
+        if self
+            .phase
+            .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// A TCP stream that reports when the first byte of a new request arrives.
+struct Watched {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_bytes();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Serves one connection until it closes, the header deadline passes, or the phase says so.
+pub async fn serve(
+    stream: TcpStream,
+    conn: Conn,
+    w: Rc<Worker>,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+) {
+    let header_timeout = w.header_timeout;
+    let mut phase = w.phase.clone();
+    let state = Arc::new(ConnState {
+        phase: AtomicU8::new(IDLE),
+        generation: AtomicU64::new(0),
+        notify: Notify::new(),
+    });
+    let conn = Rc::new(conn);
+    let svc_state = state.clone();
+    let worker = w.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let w = worker.clone();
+        let st = svc_state.clone();
+        let conn = conn.clone();
+        async move {
+            st.phase.store(BUSY, Ordering::Release);
+            let resp = handle(&w, &conn, req).await;
+            // The next byte read belongs to the next request.
+            st.phase.store(IDLE, Ordering::Release);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection(
+        TokioIo::new(Watched {
+            stream,
+            state: state.clone(),
+        }),
+        svc,
+    );
+    tokio::pin!(conn);
+    let mut deadline: Option<(tokio::time::Instant, u64)> = None;
+    let mut graceful = false;
+    loop {
+        let cur = *phase.borrow();
+        if cur >= Phase::Draining && !graceful {
+            // Finishes an in-flight request, closes an idle connection now.
+            conn.as_mut().graceful_shutdown();
+            graceful = true;
+        }
+        if cur == Phase::Abort {
+            break;
+        }
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with error");
+                }
+                break;
+            }
+            _ = state.notify.notified() => {
+                if state.phase.load(Ordering::Acquire) == HEAD {
+                    let g = state.generation.load(Ordering::Acquire);
+                    deadline = Some((tokio::time::Instant::now() + header_timeout, g));
+                }
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded").0).await }, if deadline.is_some() => {
+                let (_, g) = deadline.take().expect("guarded");
+                if state.phase.load(Ordering::Acquire) == HEAD
+                    && state.generation.load(Ordering::Acquire) == g
+                {
+                    w.stats.header_timeouts.set(w.stats.header_timeouts.get() + 1);
+                    tracing::debug!("request headers not complete within header_timeout_seconds; closing");
+                    break;
+                }
+            }
+            r = phase.changed() => {
+                if r.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let app = &*w.app;
+    let (parts, body) = req.into_parts();
+    let headers: Vec<httparse::Header<'_>> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| httparse::Header {
+            name: k.as_str(),
+            value: v.as_bytes(),
+        })
+        .collect();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let (path, query) = routes::split_target(target.as_bytes());
+    let head = Head {
+        method: parts.method.as_str(),
+        path,
+        query,
+        target_len: target.len(),
+        headers: &headers,
+    };
+    let route = Route::of(app, path);
+    let content_length = head
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let a = match routes::before_body(app, &w.stats, conn, &head, content_length, true) {
+        Next::Answer(a) => a,
+        Next::Accept(mut plan) => {
+            let cors = plan.cors.take();
+            let body_bytes = if plan.media.is_some() {
+                read_body(body, &app.http).await
+            } else {
+                Ok(Bytes::new())
+            };
+            match body_bytes {
+                Err(r) => with_cors(Answer::reject(app, r), cors),
+                Ok(b) => {
+                    let pushed = w.committer.push(|group| {
+                        routes::build_record(app, &w.stats, conn, &head, plan, &b, group)
+                    });
+                    match pushed {
+                        Ok((kind, ticket)) => {
+                            let res = w.committer.wait(ticket).await;
+                            routes::after_commit(app, &w.stats, route, kind, cors, res)
+                        }
+                        Err(r) => with_cors(Answer::reject(app, r), cors),
+                    }
+                }
+            }
+        }
+    };
+    w.stats.answered(route, &a, started);
+    to_response(&a, app.is_draining())
+}
+
+fn with_cors(mut a: Answer, cors: Option<Cors>) -> Answer {
+    a.cors = cors;
+    a
+}
+
+async fn read_body(body: Incoming, h: &crate::config::HttpConfig) -> Result<Bytes, Reject> {
+    let limited = Limited::new(body, h.max_body_bytes);
+    match tokio::time::timeout(
+        Duration::from_secs(h.body_timeout_seconds),
+        limited.collect(),
+    )
+    .await
+    {
+        Err(_) => Err(Reject::BodyTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::BodyTooLarge),
+        Ok(Err(_)) => Err(Reject::BodyError),
+    }
+}
+
+/// The hyper form of an [`Answer`]: the same headers the native engine writes.
+fn to_response(a: &Answer, draining: bool) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(a.body)));
+    *r.status_mut() = StatusCode::from_u16(a.status).expect("a valid status");
+    let hs = r.headers_mut();
+    if let Some(ct) = a.content_type {
+        hs.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if a.no_store {
+        hs.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(s) = a.retry_after {
+        hs.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Some(allow) = a.allow {
+        hs.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    match &a.cors {
+        Some(Cors::Any) => {
+            hs.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+        }
+        Some(Cors::Origin(o)) => {
+            if let Ok(v) = HeaderValue::from_bytes(o) {
+                hs.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            }
+            hs.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        None => {}
+    }
+    if let (Some(p), Some(_)) = (a.preflight, &a.cors) {
+        hs.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, HEAD, POST"),
+        );
+        if p.allow_headers {
+            hs.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type"),
+            );
+        }
+        hs.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(p.max_age));
+        hs.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
+        );
+    }
+    if a.close || draining {
+        hs.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}

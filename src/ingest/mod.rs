@@ -1,0 +1,153 @@
+//! The ingest tier: HTTP in, records into the spool, an answer out.
+//!
+//! - [`listener`]: socket2 listeners (`SO_REUSEPORT`, backlog vs somaxconn), per-socket TCP
+//!   options, the accept loop with connection permits and error classification.
+//! - [`worker`]: thread-per-core workers, each a current-thread runtime owning its listener,
+//!   connections, timers, scratch buffers, counters and commit group.
+//! - [`native`] (default) and [`hyper_engine`]: the two HTTP/1.1 connection engines; [`h1`] is
+//!   the native engine's framing on httparse.
+//! - [`routes`]: what a request means, for both engines: routes, limits, CORS, rejection →
+//!   status, request → record.
+//! - [`commit`]: group commit of one worker's records to the spool per event-loop turn.
+//! - [`proxy`] (PROXY protocol v1/v2), [`forwarded_for`] (trusted `X-Forwarded-For`),
+//!   [`ratelimit`] (per-client token buckets).
+
+pub mod commit;
+pub mod forwarded_for;
+pub mod h1;
+pub mod hyper_engine;
+pub mod listener;
+pub mod native;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+pub mod worker;
+
+pub use routes::{App, Phase};
+
+use crate::config::Config;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// Which HTTP/1.1 engine serves connections (`server.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Our own framing on httparse: no buffers held by idle connections.
+    #[default]
+    Native,
+    /// hyper 1.x, the reference engine.
+    Hyper,
+}
+
+/// The running workers, as `run` drives them through shutdown.
+pub struct Ingest {
+    phase: watch::Sender<Phase>,
+    stop_accept: watch::Sender<bool>,
+    exited: mpsc::UnboundedReceiver<worker::WorkerResult>,
+    running: usize,
+}
+
+impl Ingest {
+    /// Starts `config.workers()` workers on `listeners` (each worker its own socket when
+    /// there are enough; otherwise workers share duplicates of them).
+    pub fn start(
+        config: &Config,
+        app: Arc<App>,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> std::io::Result<Self> {
+        let n = config.workers().max(1);
+        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+        let count = listeners.len();
+        if count >= n {
+            for (i, l) in listeners.into_iter().enumerate() {
+                per_worker[i % n].push(l);
+            }
+        } else {
+            for (i, slot) in per_worker.iter_mut().enumerate() {
+                slot.push(listeners[i % count].try_clone()?);
+            }
+        }
+        let (phase, phase_rx) = watch::channel(Phase::Running);
+        let (stop_accept, stop_rx) = watch::channel(false);
+        let (exit_tx, exited) = mpsc::unbounded_channel();
+        let hyper = (config.server.engine == Engine::Hyper)
+            .then(|| Arc::new(hyper_engine::builder(config)));
+        let h = &config.http;
+        for (id, listeners) in per_worker.into_iter().enumerate() {
+            let spec = worker::Spec {
+                id,
+                listeners,
+                app: app.clone(),
+                engine: config.server.engine,
+                max_connections: config.server.max_connections.div_ceil(n),
+                queue_capacity: config.queue.capacity.div_ceil(n),
+                socket_options: listener::SocketOptions::from_config(&config.server),
+                phase: phase_rx.clone(),
+                stop_accept: stop_rx.clone(),
+                idle_timeout: Duration::from_secs(h.idle_timeout_seconds),
+                header_timeout: Duration::from_secs(h.header_timeout_seconds),
+                body_timeout: Duration::from_secs(h.body_timeout_seconds),
+                hyper: hyper.clone(),
+            };
+            let tx = exit_tx.clone();
+            let handle = worker::spawn(spec)?;
+            // Reports the worker's end to `run` without blocking a runtime thread on join.
+            std::thread::Builder::new()
+                .name(format!("ingest-{id}-join"))
+                .spawn(move || {
+                    let res = handle
+                        .join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("ingest worker panicked")));
+                    let _ = tx.send(res);
+                })?;
+        }
+        Ok(Self {
+            phase,
+            stop_accept,
+            exited,
+            running: n,
+        })
+    }
+
+    /// Resolves when a worker stops on its own (a fatal accept error or a panic).
+    pub async fn failed(&mut self) -> std::io::Error {
+        loop {
+            match self.exited.recv().await {
+                Some(res) => {
+                    self.running -= 1;
+                    if let Err(e) = res {
+                        return e;
+                    }
+                }
+                None => return std::io::Error::other("ingest workers gone"),
+            }
+        }
+    }
+
+    /// Tells every connection the lifecycle phase.
+    pub fn set_phase(&self, p: Phase) {
+        let _ = self.phase.send(p);
+    }
+
+    /// Stops accepting on every worker.
+    pub fn stop_accepting(&self) {
+        let _ = self.stop_accept.send(true);
+    }
+
+    /// Waits up to `timeout` for every worker to finish (connections drained, last group
+    /// written). True when all did.
+    pub async fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.exited.recv()).await {
+                Ok(Some(_)) => self.running -= 1,
+                Ok(None) => self.running = 0,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}

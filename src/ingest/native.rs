@@ -1,0 +1,449 @@
+//! The native HTTP/1.1 connection engine (the default): readiness first, then a read into the
+//! worker's scratch buffer, requests framed by [`super::h1`] and answered from
+//! [`super::routes`]. An idle connection owns no read or write buffer: only the bytes of an
+//! unfinished request are copied into a buffer of their own size, freed when the request is
+//! done, and only an answer the socket would not take at once is kept.
+//!
+//! One task per connection on the worker's `LocalSet`, with one lazily re-armed timer (idle,
+//! header or body deadline, whichever applies).
+
+use super::commit::Ticket;
+use super::h1::{self, Chunked, Framing, ParsedHead};
+use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
+use super::worker::Worker;
+use super::Phase;
+use crate::record::Kind;
+use std::io;
+use std::rc::Rc;
+use std::time::Instant;
+use tokio::net::TcpStream;
+use tokio::time::Instant as TokioInstant;
+
+/// Headers kept on the stack per parse (a config asking for more gets a heap array).
+const STACK_HEADERS: usize = 128;
+
+/// What the bytes of one read turned into.
+enum Step {
+    /// Everything answered; wait for more bytes (a partial request may be pending).
+    More,
+    /// Answer written (or queued); close the connection.
+    Close,
+    /// A record went into the worker's commit group: answer after it is durable.
+    Commit(Committed),
+}
+
+struct Committed {
+    ticket: Ticket,
+    route: Route,
+    kind: Kind,
+    cors: Option<Cors>,
+    head_only: bool,
+    close: bool,
+    keep_alive_10: bool,
+    started: Instant,
+}
+
+/// Per-connection state beyond the socket: all empty while the connection is idle.
+struct State {
+    /// Bytes of an unfinished request (or of requests read behind one being committed).
+    pending: Vec<u8>,
+    /// Answer bytes the socket did not take yet.
+    unsent: Vec<u8>,
+    /// When the unfinished request must be complete (header or body deadline).
+    deadline: Option<TokioInstant>,
+    /// The pending head was checked and charged to the rate limiter already.
+    head_charged: bool,
+    /// `100 Continue` was sent for the pending request.
+    continued: bool,
+    /// The pending request's head is complete (its deadline is the body deadline).
+    head_done: bool,
+}
+
+/// Serves one connection until it closes, a deadline passes or the phase says so.
+pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
+    let mut phase = w.phase.clone();
+    let mut st = State {
+        pending: Vec::new(),
+        unsent: Vec::new(),
+        deadline: None,
+        head_charged: false,
+        continued: false,
+        head_done: false,
+    };
+    let mut last_active = TokioInstant::now();
+    let timer = tokio::time::sleep_until(last_active + w.idle_timeout);
+    tokio::pin!(timer);
+    let mut process_pending = false;
+    loop {
+        let ph = *phase.borrow();
+        if ph == Phase::Abort || (ph >= Phase::Draining && st.pending.is_empty()) {
+            break;
+        }
+        if !process_pending {
+            let want = st.deadline.unwrap_or(last_active + w.idle_timeout);
+            if want < timer.deadline() {
+                timer.as_mut().reset(want);
+            }
+            tokio::select! {
+                biased;
+                r = stream.readable() => {
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                () = &mut timer => {
+                    let now = TokioInstant::now();
+                    let want = st.deadline.unwrap_or(last_active + w.idle_timeout);
+                    if now < want {
+                        // Activity moved the deadline: re-arm, no wake-up per request.
+                        timer.as_mut().reset(want);
+                        continue;
+                    }
+                    if st.deadline.is_some() && st.head_done {
+                        // The body did not arrive in time: 408, like the hyper engine.
+                        let a = Answer::reject(&w.app, Reject::BodyTimeout);
+                        w.stats.answered(Route::Beacon, &a, Instant::now());
+                        let mut out = Vec::new();
+                        h1::write_answer(&mut out, &a, w.date.borrow_mut().get(), false, true, false);
+                        let _ = write_all(&stream, &out).await;
+                    } else if st.deadline.is_some() {
+                        // Slowloris: the head did not complete in time. Closed without an
+                        // answer, like the hyper engine.
+                        w.stats.header_timeouts.set(w.stats.header_timeouts.get() + 1);
+                    }
+                    break;
+                }
+                r = phase.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {
+            Ok(Some(step)) => step,
+            Ok(None) => continue, // spurious readiness
+            Err(()) => break,
+        };
+        process_pending = false;
+        last_active = TokioInstant::now();
+        // Earlier answers of this read go out before waiting for the commit.
+        if !st.unsent.is_empty() && flush(&stream, &mut st.unsent).await.is_err() {
+            break;
+        }
+        match step {
+            Step::More => {}
+            Step::Close => break,
+            Step::Commit(c) => {
+                let res = w.committer.wait(c.ticket).await;
+                let a = routes::after_commit(&w.app, &w.stats, c.route, c.kind, c.cors, res);
+                w.stats.answered(c.route, &a, c.started);
+                let close = c.close || a.close || w.app.is_draining();
+                {
+                    let mut out = w.out.borrow_mut();
+                    out.clear();
+                    let date = *w.date.borrow_mut().get();
+                    h1::write_answer(&mut out, &a, &date, c.head_only, close, c.keep_alive_10);
+                    if send(&stream, &out, &mut st.unsent).is_err() {
+                        break;
+                    }
+                }
+                if !st.unsent.is_empty() && flush(&stream, &mut st.unsent).await.is_err() {
+                    break;
+                }
+                if close {
+                    break;
+                }
+                // Requests read behind this one are in `pending`: go on with them first.
+                process_pending = !st.pending.is_empty();
+            }
+        }
+    }
+}
+
+/// Reads what the socket has and answers every complete request in it, up to the first that
+/// needs a commit. `only_pending`: no read, go on with bytes already in `pending`.
+/// `Ok(None)`: nothing to read after all. `Err`: close now (EOF, error).
+fn read_and_process(
+    stream: &TcpStream,
+    conn: &Conn,
+    w: &Worker,
+    st: &mut State,
+    only_pending: bool,
+) -> Result<Option<Step>, ()> {
+    let mut scratch = w.scratch.borrow_mut();
+    let use_scratch = st.pending.is_empty() && !only_pending;
+    let mut n_scratch = 0;
+    if !only_pending {
+        let read = if use_scratch {
+            stream.try_read(&mut scratch[..])
+        } else {
+            // An unfinished request: the rest goes after it, in its own buffer.
+            st.pending.reserve(st.pending.len().clamp(4096, 64 * 1024));
+            stream.try_read_buf(&mut st.pending)
+        };
+        match read {
+            Ok(0) => return Err(()),
+            Ok(n) => n_scratch = n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(_) => return Err(()),
+        }
+    }
+    let mut out = w.out.borrow_mut();
+    out.clear();
+    let (consumed, step) = if use_scratch {
+        process(&scratch[..n_scratch], conn, w, st, &mut out)
+    } else {
+        let data = std::mem::take(&mut st.pending);
+        let r = process(&data, conn, w, st, &mut out);
+        st.pending = data;
+        r
+    };
+    if use_scratch {
+        let left = &scratch[consumed..n_scratch];
+        if !left.is_empty() && !matches!(step, Step::Close) {
+            st.pending = left.to_vec();
+        }
+    } else if consumed == st.pending.len() {
+        // Nothing unfinished: give the memory back (an idle connection owns no buffer).
+        st.pending = Vec::new();
+    } else {
+        st.pending.drain(..consumed);
+    }
+    send(stream, &out, &mut st.unsent).map_err(|_| ())?;
+    Ok(Some(step))
+}
+
+/// A request's body, as far as it has arrived.
+enum Body<'a> {
+    /// Complete: the bytes and how many bytes of the connection they took.
+    Here(&'a [u8], usize),
+    /// Complete, decoded out of its chunks.
+    Decoded(Vec<u8>, usize),
+    /// Not all here yet.
+    Partial,
+    /// Framing error in the chunks.
+    Bad(Reject),
+}
+
+/// Answers the complete requests at the start of `data` into `out`. Returns the bytes used
+/// and what to do next; an unfinished request stays unused (the caller keeps it).
+fn process(
+    data: &[u8],
+    conn: &Conn,
+    w: &Worker,
+    st: &mut State,
+    out: &mut Vec<u8>,
+) -> (usize, Step) {
+    let app = &*w.app;
+    let date = *w.date.borrow_mut().get();
+    let max_head = app.max_head_bytes();
+    let max_body = app.http.max_body_bytes;
+    let max_headers = app.http.max_headers;
+    let mut pos = 0;
+    loop {
+        if pos == data.len() {
+            st.reset();
+            return (pos, Step::More);
+        }
+        let buf = &data[pos..];
+        let started = Instant::now();
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let hs: &mut [httparse::Header<'_>] = if max_headers <= STACK_HEADERS {
+            &mut stack[..max_headers]
+        } else {
+            heap.resize(max_headers, httparse::EMPTY_HEADER);
+            &mut heap[..]
+        };
+        let (ph, n): (ParsedHead<'_>, usize) = match h1::parse_head(buf, hs, max_head) {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                if st.deadline.is_none() {
+                    st.deadline = Some(TokioInstant::now() + w.header_timeout);
+                }
+                return (pos, Step::More);
+            }
+            Err(r) => {
+                // Nothing that fails framing becomes a record; the connection closes.
+                let a = Answer::reject(app, r);
+                w.stats.framing_error(&a);
+                h1::write_answer(out, &a, &date, false, true, false);
+                return (pos, Step::Close);
+            }
+        };
+        let (path, query) = routes::split_target(ph.target);
+        let head = Head {
+            method: ph.method,
+            path,
+            query,
+            target_len: path.len() + query.map_or(0, |q| q.len() + 1),
+            headers: &hs[..n],
+        };
+        let rest = &buf[ph.len..];
+        let body = match ph.framing {
+            Framing::None => Body::Here(&[], 0),
+            Framing::Length(len) if rest.len() as u64 >= len => {
+                Body::Here(&rest[..len as usize], len as usize)
+            }
+            Framing::Length(_) => Body::Partial,
+            Framing::Chunked => match h1::decode_chunked(rest, max_body) {
+                Ok(Chunked::Done(v, used)) => Body::Decoded(v, used),
+                Ok(Chunked::Incomplete) => Body::Partial,
+                Err(r) => Body::Bad(r),
+            },
+        };
+        let content_length = match ph.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let head_only = ph.method == "HEAD";
+        let keep_alive_10 = ph.http10 && ph.keep_alive;
+        let charge = !st.head_charged;
+        let mut plan = match routes::before_body(app, &w.stats, conn, &head, content_length, charge)
+        {
+            Next::Answer(a) => {
+                // The body is not needed: skipped when it is all here, else the connection
+                // cannot be reused.
+                let used = match &body {
+                    Body::Here(_, used) | Body::Decoded(_, used) => Some(*used),
+                    _ => None,
+                };
+                let close = a.close || !ph.keep_alive || used.is_none() || app.is_draining();
+                w.stats.answered(Route::of(app, path), &a, started);
+                h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
+                if close {
+                    return (pos, Step::Close);
+                }
+                pos += ph.len + used.unwrap_or(0);
+                st.reset();
+                continue;
+            }
+            Next::Accept(plan) => plan,
+        };
+        let route = plan.route;
+        let needs_body = plan.media.is_some();
+        let refuse = |r: Reject, cors: Option<Cors>, out: &mut Vec<u8>| {
+            let mut a = Answer::reject(app, r);
+            a.cors = cors;
+            w.stats.answered(route, &a, started);
+            h1::write_answer(out, &a, &date, head_only, true, false);
+            (pos, Step::Close)
+        };
+        // GET/HEAD carry no body we keep: one that is not all here yet is not waited for,
+        // and the connection closes after the answer.
+        let (body_bytes, used, close_after): (&[u8], usize, bool) = match &body {
+            Body::Here(b, used) => (if needs_body { b } else { &[] }, *used, false),
+            Body::Decoded(v, used) => (if needs_body { &v[..] } else { &[] }, *used, false),
+            Body::Bad(r) if needs_body => return refuse(*r, plan.cors.take(), out),
+            Body::Bad(_) => (&[], 0, true),
+            Body::Partial if needs_body => {
+                st.head_charged = true;
+                if !st.head_done {
+                    st.head_done = true;
+                    st.deadline = Some(TokioInstant::now() + w.body_timeout);
+                }
+                if ph.expect_continue && !st.continued {
+                    st.continued = true;
+                    out.extend_from_slice(h1::CONTINUE);
+                }
+                // Chunk framing may add to the body's size; past this nothing honest is
+                // still coming.
+                if buf.len() > max_head + 2 * max_body + 64 * 1024 {
+                    return refuse(Reject::BodyTooLarge, plan.cors.take(), out);
+                }
+                return (pos, Step::More);
+            }
+            Body::Partial => (&[], 0, true),
+        };
+        let cors = plan.cors.take();
+        let pushed = w.committer.push(|group| {
+            routes::build_record(app, &w.stats, conn, &head, plan, body_bytes, group)
+        });
+        let close = close_after || !ph.keep_alive;
+        match pushed {
+            Ok((kind, ticket)) => {
+                st.reset();
+                let used_total = if close_after { 0 } else { ph.len + used };
+                return (
+                    pos + used_total,
+                    Step::Commit(Committed {
+                        ticket,
+                        route,
+                        kind,
+                        cors,
+                        head_only,
+                        close,
+                        keep_alive_10,
+                        started,
+                    }),
+                );
+            }
+            Err(r) => {
+                let mut a = Answer::reject(app, r);
+                a.cors = cors;
+                let close = close || a.close || app.is_draining();
+                w.stats.answered(route, &a, started);
+                h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
+                if close {
+                    return (pos, Step::Close);
+                }
+                pos += ph.len + used;
+                st.reset();
+            }
+        }
+    }
+}
+
+impl State {
+    /// Between requests: no deadline, nothing charged.
+    fn reset(&mut self) {
+        self.deadline = None;
+        self.head_charged = false;
+        self.continued = false;
+        self.head_done = false;
+    }
+}
+
+/// Writes `buf`; what the socket does not take now is kept in `unsent`.
+fn send(stream: &TcpStream, buf: &[u8], unsent: &mut Vec<u8>) -> io::Result<()> {
+    if !unsent.is_empty() {
+        unsent.extend_from_slice(buf);
+        return Ok(());
+    }
+    let mut off = 0;
+    while off < buf.len() {
+        match stream.try_write(&buf[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if off < buf.len() {
+        unsent.extend_from_slice(&buf[off..]);
+    }
+    Ok(())
+}
+
+/// Waits until `unsent` is written, then frees it.
+async fn flush(stream: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<()> {
+    write_all(stream, unsent).await?;
+    *unsent = Vec::new();
+    Ok(())
+}
+
+async fn write_all(stream: &TcpStream, buf: &[u8]) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        stream.writable().await?;
+        match stream.try_write(&buf[off..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

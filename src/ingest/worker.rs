@@ -1,0 +1,232 @@
+//! Thread-per-core workers: each is an OS thread with a current-thread tokio runtime that owns
+//! its `SO_REUSEPORT` listener, its connections and their timers, its share of the
+//! connection cap, its commit group, its scratch buffers and its counters. Nothing on the
+//! per-request path touches another worker or wakes another thread.
+
+use super::commit::Committer;
+use super::h1::DateCache;
+use super::listener::{self, SocketOptions};
+use super::routes::{App, Conn, Stats};
+use super::{native, proxy, Engine, Phase};
+use crate::metrics as m;
+use crate::record::ClientIpSource;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+
+/// Scratch read buffer per worker: a read takes whatever the socket has up to this.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// What a worker thread needs, handed over by [`super::Ingest::start`].
+pub struct Spec {
+    /// Worker number (thread name, logs).
+    pub id: usize,
+    /// The listening sockets this worker accepts from (its own `SO_REUSEPORT` socket).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// Shared request state.
+    pub app: Arc<App>,
+    /// Which HTTP engine serves connections.
+    pub engine: Engine,
+    /// This worker's share of `server.max_connections`.
+    pub max_connections: usize,
+    /// This worker's share of `queue.capacity`.
+    pub queue_capacity: usize,
+    /// Per-connection socket options.
+    pub socket_options: SocketOptions,
+    /// Lifecycle, from `run`.
+    pub phase: watch::Receiver<Phase>,
+    /// Turns true when accepting must stop.
+    pub stop_accept: watch::Receiver<bool>,
+    /// `http.idle_timeout_seconds` and the other deadlines.
+    pub idle_timeout: Duration,
+    /// `http.header_timeout_seconds`.
+    pub header_timeout: Duration,
+    /// `http.body_timeout_seconds`.
+    pub body_timeout: Duration,
+    /// The hyper builder, for `engine = "hyper"`.
+    pub hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+}
+
+/// A worker's own state, shared by its connection tasks (one thread: `Rc`, `RefCell`).
+pub struct Worker {
+    /// Shared request state.
+    pub app: Arc<App>,
+    /// This worker's group commit.
+    pub committer: Rc<Committer>,
+    /// This worker's counters.
+    pub stats: Stats,
+    /// Where reads land first (borrowed only between awaits).
+    pub scratch: RefCell<Vec<u8>>,
+    /// Where answers are formatted (borrowed only between awaits).
+    pub out: RefCell<Vec<u8>>,
+    /// The `Date` header, formatted once a second.
+    pub date: RefCell<DateCache>,
+    /// Lifecycle.
+    pub phase: watch::Receiver<Phase>,
+    /// Idle keep-alive timeout.
+    pub idle_timeout: Duration,
+    /// Slowloris deadline from a request's first byte.
+    pub header_timeout: Duration,
+    /// Deadline for a body once its head is in.
+    pub body_timeout: Duration,
+    open: metrics::Gauge,
+}
+
+/// Why a worker stopped early.
+pub type WorkerResult = Result<(), std::io::Error>;
+
+/// Starts a worker thread. It returns when accepting stopped and its connections are gone
+/// (or were dropped at `Phase::Abort`), after writing its last group and counters.
+pub fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult>> {
+    std::thread::Builder::new()
+        .name(format!("ingest-{}", spec.id))
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, run(spec))
+        })
+}
+
+async fn run(spec: Spec) -> WorkerResult {
+    let committer = Committer::new(spec.app.spool.clone(), spec.queue_capacity);
+    let w = Rc::new(Worker {
+        app: spec.app.clone(),
+        committer: committer.clone(),
+        stats: Stats::default(),
+        scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+        out: RefCell::new(Vec::with_capacity(4096)),
+        date: RefCell::new(DateCache::default()),
+        phase: spec.phase.clone(),
+        idle_timeout: spec.idle_timeout,
+        header_timeout: spec.header_timeout,
+        body_timeout: spec.body_timeout,
+        open: metrics::gauge!(m::CONNECTIONS_OPEN),
+    });
+    let flusher = tokio::task::spawn_local(committer.clone().run());
+    let stats_task = {
+        let w = w.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                w.stats.flush(&w.app);
+            }
+        })
+    };
+    let permits = Arc::new(Semaphore::new(spec.max_connections.max(1)));
+    let mut accepts = tokio::task::JoinSet::new();
+    for l in spec.listeners {
+        let l = tokio::net::TcpListener::from_std(l)?;
+        let (w, opts, engine, hyper) = (
+            w.clone(),
+            spec.socket_options,
+            spec.engine,
+            spec.hyper.clone(),
+        );
+        accepts.spawn_local(listener::accept_loop(
+            l,
+            permits.clone(),
+            spec.stop_accept.clone(),
+            move |stream, peer, permit| {
+                if let Err(e) = opts.apply(&stream) {
+                    // Usually the peer already reset the connection.
+                    tracing::debug!(%peer, error = %e, "setting socket options; dropping connection");
+                    return;
+                }
+                w.stats.connections.set(w.stats.connections.get() + 1);
+                let (w, hyper) = (w.clone(), hyper.clone());
+                tokio::task::spawn_local(async move {
+                    // Held for the connection's life: returned when the task ends.
+                    let _permit = permit;
+                    let mut stream = stream;
+                    let Some(conn) = proxy_client(&w.app, &mut stream, peer, w.header_timeout).await
+                    else {
+                        return;
+                    };
+                    w.open.increment(1.0);
+                    match engine {
+                        Engine::Native => native::serve(stream, conn, w.clone()).await,
+                        Engine::Hyper => {
+                            let b = hyper.expect("hyper builder for the hyper engine");
+                            super::hyper_engine::serve(stream, conn, w.clone(), b).await;
+                        }
+                    }
+                    w.open.decrement(1.0);
+                });
+            },
+        ));
+    }
+    // Accepting runs until told to stop; a fatal accept error ends the worker early.
+    let mut failure = None;
+    while let Some(res) = accepts.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Err(e) => {
+                failure = Some(std::io::Error::other(e));
+                break;
+            }
+        }
+    }
+    accepts.abort_all();
+    // Drain: wait for every connection of this worker, until the phase says abort.
+    let all = u32::try_from(spec.max_connections.max(1)).unwrap_or(u32::MAX);
+    let mut phase = spec.phase.clone();
+    tokio::select! {
+        _ = permits.acquire_many(all) => {}
+        _ = phase.wait_for(|p| *p == Phase::Abort) => {
+            // Connections notice the abort and close; give them a moment to do so.
+            let _ = tokio::time::timeout(Duration::from_secs(1), permits.acquire_many(all)).await;
+        }
+    }
+    committer.close();
+    let _ = flusher.await;
+    stats_task.abort();
+    w.stats.flush(&w.app);
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Reads the PROXY header (when the listener expects one) off a fresh connection.
+pub async fn proxy_client(
+    app: &App,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<Conn> {
+    let (client, source) = match app.proxy {
+        proxy::Mode::Off => (peer.ip(), ClientIpSource::Peer),
+        mode => match proxy::read_header(stream, mode, timeout).await {
+            Ok(h) => {
+                let source = if h.version == 1 {
+                    ClientIpSource::ProxyV1
+                } else {
+                    ClientIpSource::ProxyV2
+                };
+                metrics::counter!(m::PROXY_HEADERS_TOTAL, "version" => if h.version == 1 { "1" } else { "2" }).increment(1);
+                // LOCAL / UNKNOWN: the proxy's own connection (health checks).
+                h.source
+                    .map_or((peer.ip(), ClientIpSource::Peer), |a| (a.ip(), source))
+            }
+            Err(e) => {
+                metrics::counter!(m::PROXY_HEADER_ERRORS_TOTAL, "reason" => e.reason())
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "closing connection without a valid PROXY header");
+                return None;
+            }
+        },
+    };
+    Some(Conn::new(peer, client, source))
+}
