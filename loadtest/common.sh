@@ -22,14 +22,16 @@ wait_http() { # URL: up to 10 s for the server to answer
 }
 
 # start_collector NAME PORT WORKERS: beacon-collector + its embedded stage writing NDJSON under
-# $WORK/NAME/data; pid in $WORK/NAME/pid. $PROCESSOR_EXTRA goes into [processor] (e.g. sinks),
-# $EXTRA_TOML at the end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build.
+# $WORK/NAME/data; pid in $WORK/NAME/pid. $SERVER_EXTRA goes into [server] (e.g. the engine),
+# $SPOOL_EXTRA into [spool], $PROCESSOR_EXTRA into [processor] (e.g. sinks), $EXTRA_TOML at the
+# end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build.
 start_collector() {
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/collector.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
-worker_threads = $3
+workers = $3
+${SERVER_EXTRA:-}
 [admin]
 enabled = false
 [forward]
@@ -40,6 +42,7 @@ admin_enabled = false
 ${PROCESSOR_EXTRA:-}
 [spool]
 dir = "$WORK/$1/spool"
+${SPOOL_EXTRA:-}
 [shutdown]
 deregistration_delay_seconds = 0
 [log]

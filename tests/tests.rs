@@ -8,6 +8,8 @@ mod beacons;
 mod check;
 #[path = "it/config.rs"]
 mod config;
+#[path = "it/differential.rs"]
+mod differential;
 #[path = "it/faults.rs"]
 mod faults;
 #[path = "it/forwarding.rs"]

@@ -62,7 +62,7 @@ pub fn parse_head<'b>(
         return Err(Reject::HeadersTooLarge);
     }
     let method = req.method.expect("complete");
-    let target = req.path.expect("complete").as_bytes();
+    let target = check_target(req.path.expect("complete").as_bytes())?;
     let http10 = req.version.expect("complete") == 0;
     let n_headers = req.headers.len();
     let hs = &req.headers[..n_headers];
@@ -135,6 +135,66 @@ pub fn parse_head<'b>(
     )))
 }
 
+/// The request target without its fragment, if it is one we can route: origin form
+/// (`/path?query`), absolute form with an `http`/`https` scheme and a plain authority, or `*`.
+/// The characters allowed are those of the `http` crate's URI parser (so both engines refuse
+/// the same targets), and the target must be UTF-8.
+pub fn check_target(t: &[u8]) -> Result<&[u8], Reject> {
+    if t == b"*" {
+        return Ok(t);
+    }
+    let path_start = if t.first() == Some(&b'/') {
+        0
+    } else {
+        let rest = [&b"http://"[..], b"https://"]
+            .iter()
+            .find(|s| t.len() >= s.len() && t[..s.len()].eq_ignore_ascii_case(s))
+            .map(|s| s.len())
+            .ok_or(Reject::BadRequest)?;
+        let end = t[rest..]
+            .iter()
+            .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+            .map_or(t.len(), |i| rest + i);
+        let authority = &t[rest..end];
+        let ok = !authority.is_empty()
+            && authority
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        if !ok {
+            return Err(Reject::BadRequest);
+        }
+        end
+    };
+    let mut in_query = false;
+    let mut end = t.len();
+    for (i, &b) in t.iter().enumerate().skip(path_start) {
+        let valid = match b {
+            b'#' => {
+                end = i;
+                break;
+            }
+            b'?' if !in_query => {
+                in_query = true;
+                true
+            }
+            0x80..=0xFF => true,
+            _ if in_query => matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E),
+            _ => matches!(
+                b,
+                0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E | b'"' | b'{' | b'}'
+            ),
+        };
+        if !valid {
+            return Err(Reject::BadRequest);
+        }
+    }
+    let t = &t[..end];
+    if std::str::from_utf8(t).is_err() {
+        return Err(Reject::BadRequest);
+    }
+    Ok(t)
+}
+
 fn parse_content_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -185,8 +245,9 @@ fn valid_host(v: &[u8]) -> bool {
 pub enum Chunked {
     /// More bytes are needed.
     Incomplete,
-    /// The body and how many bytes (last chunk and trailers included) it took.
-    Done(Vec<u8>, usize),
+    /// The body, how many bytes (last chunk and trailers included) it took, and how many
+    /// chunks with data it came in.
+    Done(Vec<u8>, usize, usize),
 }
 
 /// Longest chunk-size line (with extensions) or trailer section accepted.
@@ -231,19 +292,23 @@ pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Chunked, Reject> {
                 let Some(eol) = find_crlf(&buf[pos..], MAX_CHUNK_LINE)? else {
                     return Ok(Chunked::Incomplete);
                 };
+                let line = &buf[pos..pos + eol];
                 pos += eol + 2;
                 if eol == 0 {
                     break;
+                }
+                if !is_field_line(line) {
+                    return Err(Reject::BadRequest);
                 }
                 if pos - start > MAX_CHUNK_LINE {
                     return Err(Reject::BadRequest);
                 }
             }
             let mut body = Vec::with_capacity(body_len);
-            for (a, b) in spans {
+            for &(a, b) in &spans {
                 body.extend_from_slice(&buf[a..b]);
             }
-            return Ok(Chunked::Done(body, pos));
+            return Ok(Chunked::Done(body, pos, spans.len()));
         }
         if buf.len() < pos + size + 2 {
             return Ok(Chunked::Incomplete);
@@ -255,6 +320,20 @@ pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Chunked, Reject> {
         body_len += size;
         pos += size + 2;
     }
+}
+
+/// `name: value` with a token name (trailer fields are checked like header fields).
+fn is_field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && line[colon + 1..]
+            .iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
 }
 
 /// Position of the next CRLF within `limit` bytes; a bare CR or LF is an error.
@@ -515,7 +594,7 @@ mod tests {
     fn chunked_bodies() {
         assert_eq!(
             decode_chunked(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nT: v\r\n\r\nNEXT", 100),
-            Ok(Chunked::Done(b"abcde".to_vec(), 30))
+            Ok(Chunked::Done(b"abcde".to_vec(), 30, 2))
         );
         assert_eq!(decode_chunked(b"3\r\nab", 100), Ok(Chunked::Incomplete));
         assert_eq!(decode_chunked(b"0\r\n", 100), Ok(Chunked::Incomplete));

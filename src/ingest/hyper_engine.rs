@@ -35,6 +35,9 @@ pub fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
         .keep_alive(true)
+        // A client that shuts its side after sending still gets every answer (the native
+        // engine answers what it read before the EOF too).
+        .half_close(true)
         // Idle timer, see the module docs.
         .header_read_timeout(Duration::from_secs(h.idle_timeout_seconds))
         // hyper answers 431 itself beyond these; the handler applies the exact byte limit.

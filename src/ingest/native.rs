@@ -43,6 +43,14 @@ struct Committed {
     started: Instant,
 }
 
+/// Why reading ended the connection.
+enum End {
+    /// The peer closed its side.
+    Eof,
+    /// A socket error.
+    Error,
+}
+
 /// Per-connection state beyond the socket: all empty while the connection is idle.
 struct State {
     /// Bytes of an unfinished request (or of requests read behind one being committed).
@@ -124,7 +132,17 @@ pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
         let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {
             Ok(Some(step)) => step,
             Ok(None) => continue, // spurious readiness
-            Err(()) => break,
+            Err(End::Eof) if st.head_done => {
+                // The client stopped sending in the middle of a body it announced: 400, as
+                // the hyper engine answers a body that ends early.
+                let a = Answer::reject(&w.app, Reject::BodyError);
+                w.stats.answered(Route::Beacon, &a, Instant::now());
+                let mut out = Vec::new();
+                h1::write_answer(&mut out, &a, w.date.borrow_mut().get(), false, true, false);
+                let _ = write_all(&stream, &out).await;
+                break;
+            }
+            Err(_) => break,
         };
         process_pending = false;
         last_active = TokioInstant::now();
@@ -164,14 +182,14 @@ pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
 
 /// Reads what the socket has and answers every complete request in it, up to the first that
 /// needs a commit. `only_pending`: no read, go on with bytes already in `pending`.
-/// `Ok(None)`: nothing to read after all. `Err`: close now (EOF, error).
+/// `Ok(None)`: nothing to read after all. `Err`: close now.
 fn read_and_process(
     stream: &TcpStream,
     conn: &Conn,
     w: &Worker,
     st: &mut State,
     only_pending: bool,
-) -> Result<Option<Step>, ()> {
+) -> Result<Option<Step>, End> {
     let mut scratch = w.scratch.borrow_mut();
     let use_scratch = st.pending.is_empty() && !only_pending;
     let mut n_scratch = 0;
@@ -184,10 +202,10 @@ fn read_and_process(
             stream.try_read_buf(&mut st.pending)
         };
         match read {
-            Ok(0) => return Err(()),
+            Ok(0) => return Err(End::Eof),
             Ok(n) => n_scratch = n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(_) => return Err(()),
+            Err(_) => return Err(End::Error),
         }
     }
     let mut out = w.out.borrow_mut();
@@ -211,7 +229,7 @@ fn read_and_process(
     } else {
         st.pending.drain(..consumed);
     }
-    send(stream, &out, &mut st.unsent).map_err(|_| ())?;
+    send(stream, &out, &mut st.unsent).map_err(|_| End::Error)?;
     Ok(Some(step))
 }
 
@@ -219,8 +237,9 @@ fn read_and_process(
 enum Body<'a> {
     /// Complete: the bytes and how many bytes of the connection they took.
     Here(&'a [u8], usize),
-    /// Complete, decoded out of its chunks.
-    Decoded(Vec<u8>, usize),
+    /// Complete, decoded out of its chunks; and whether it can be skipped unread and the
+    /// connection kept (at most one chunk with data: what hyper drains in one read).
+    Decoded(Vec<u8>, usize, bool),
     /// Not all here yet.
     Partial,
     /// Framing error in the chunks.
@@ -288,11 +307,9 @@ fn process(
                 Body::Here(&rest[..len as usize], len as usize)
             }
             Framing::Length(_) => Body::Partial,
-            Framing::Chunked => match h1::decode_chunked(rest, max_body) {
-                Ok(Chunked::Done(v, used)) => Body::Decoded(v, used),
-                Ok(Chunked::Incomplete) => Body::Partial,
-                Err(r) => Body::Bad(r),
-            },
+            // Decoded below, once the head says whether the body is wanted (the body limit
+            // applies only to a body that is read, as in the hyper engine).
+            Framing::Chunked => Body::Partial,
         };
         let content_length = match ph.framing {
             Framing::Length(n) => Some(n),
@@ -301,13 +318,26 @@ fn process(
         let head_only = ph.method == "HEAD";
         let keep_alive_10 = ph.http10 && ph.keep_alive;
         let charge = !st.head_charged;
-        let mut plan = match routes::before_body(app, &w.stats, conn, &head, content_length, charge)
-        {
+        let next = routes::before_body(app, &w.stats, conn, &head, content_length, charge);
+        let body = match ph.framing {
+            Framing::Chunked => {
+                let wanted = matches!(&next, Next::Accept(p) if p.media.is_some());
+                match h1::decode_chunked(rest, if wanted { max_body } else { usize::MAX }) {
+                    Ok(Chunked::Done(v, used, chunks)) => Body::Decoded(v, used, chunks <= 1),
+                    Ok(Chunked::Incomplete) => Body::Partial,
+                    Err(r) => Body::Bad(r),
+                }
+            }
+            _ => body,
+        };
+        let mut plan = match next {
             Next::Answer(a) => {
                 // The body is not needed: skipped when it is all here, else the connection
-                // cannot be reused.
+                // cannot be reused. A chunked body of several chunks is not skipped (like
+                // hyper, which drains only what one read of the body decodes).
                 let used = match &body {
-                    Body::Here(_, used) | Body::Decoded(_, used) => Some(*used),
+                    Body::Here(_, used) => Some(*used),
+                    Body::Decoded(_, used, true) => Some(*used),
                     _ => None,
                 };
                 let close = a.close || !ph.keep_alive || used.is_none() || app.is_draining();
@@ -335,7 +365,8 @@ fn process(
         // and the connection closes after the answer.
         let (body_bytes, used, close_after): (&[u8], usize, bool) = match &body {
             Body::Here(b, used) => (if needs_body { b } else { &[] }, *used, false),
-            Body::Decoded(v, used) => (if needs_body { &v[..] } else { &[] }, *used, false),
+            Body::Decoded(v, used, _) if needs_body => (&v[..], *used, false),
+            Body::Decoded(_, used, skippable) => (&[], *used, !skippable),
             Body::Bad(r) if needs_body => return refuse(*r, plan.cors.take(), out),
             Body::Bad(_) => (&[], 0, true),
             Body::Partial if needs_body => {

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Cost of the ingest tier against nginx, in one sitting, alternating runs, medians:
+#   1. wrk -t1 -c64 and -t2 -c256 against GET /beacon?... with two browser headers, for the
+#      collector with the native engine, with the hyper engine (both with their processing stage
+#      writing NDJSON files) and nginx (`return 204` + buffered JSON access_log):
+#      requests/s, p99, requests per server CPU-second (utime+stime of every server process:
+#      collector + stage, nginx master + workers) and voluntary context switches per request
+#      (every thread of every server process);
+#   2. an open-loop rate of half nginx's -t1 -c64 maximum (beacon-loadgen, coordinated
+#      omission corrected): p50/p99 for each server;
+#   3. ack_after = "fsync" against "write" (native engine): requests/s;
+#   4. a fleet of idle keep-alive browsers (beacon-loadgen --clients N --interval 15s), each
+#      server fresh: RSS growth per held connection.
+# Every server runs on loopback and stops with the script.
+#
+# Usage: loadtest/ingest-bench.sh     (about 8 minutes with the defaults)
+# Knobs: RUNS=3 DUR=8s FLEET_CLIENTS=18000 FLEET_DUR=50s PARTS="closed open fsync fleet"
+# Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
+set -euo pipefail
+RUNS=${RUNS:-3}
+DUR=${DUR:-8s}
+FLEET_CLIENTS=${FLEET_CLIENTS:-18000}
+FLEET_DUR=${FLEET_DUR:-50s}
+PARTS=${PARTS:-closed open fsync fleet}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+. "$ROOT/loadtest/common.sh"
+trap cleanup EXIT
+
+need wrk wrk
+need nginx nginx-light
+need curl curl
+need python3 python3
+raise_nofile
+
+cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" --workspace -q
+LOADGEN="$ROOT/target/release/beacon-loadgen"
+URL_PATH='/beacon?u=https%3A%2F%2Fwww.example.com%2Fproducts%2F42%3Fref%3Dhome&t_done=1234&t_page=987&t_resp=120&sid=7f3a9c2e-51b4-4f7e-9a0d-2f9e8a1b3c4d&v=1.0'
+UA='Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36'
+REF='https://www.example.com/products/42?ref=home'
+TCK=$(getconf CLK_TCK)
+
+declare -A PORT=([native]=18080 [hyper]=18082 [nginx]=18081 [fsync]=18083)
+start() { # server
+  case $1 in
+    native) SERVER_EXTRA='engine = "native"' start_collector native ${PORT[native]} 0 ;;
+    hyper) SERVER_EXTRA='engine = "hyper"' start_collector hyper ${PORT[hyper]} 0 ;;
+    fsync) SERVER_EXTRA='engine = "native"' SPOOL_EXTRA='ack_after = "fsync"' start_collector fsync ${PORT[fsync]} 0 ;;
+    nginx) start_nginx ${PORT[nginx]} ;;
+  esac
+}
+stop() { # server
+  if [ "$1" = nginx ]; then
+    stop_nginx
+    while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; do sleep 0.1; done
+    rm -f "$WORK/nginx.pid"
+  else
+    kill -TERM "$(cat "$WORK/$1/pid")" 2>/dev/null || true
+    while kill -0 "$(cat "$WORK/$1/pid")" 2>/dev/null; do sleep 0.1; done
+  fi
+}
+pids() { # server: every process of it
+  if [ "$1" = nginx ]; then
+    cat "$WORK/nginx.pid"
+    pgrep -P "$(cat "$WORK/nginx.pid")"
+  else
+    cat "$WORK/$1/pid"
+    pgrep -P "$(cat "$WORK/$1/pid")" || true
+  fi
+}
+conn_pids() { # server: the processes holding client connections
+  if [ "$1" = nginx ]; then pgrep -P "$(cat "$WORK/nginx.pid")"; else cat "$WORK/$1/pid"; fi
+}
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+vcsw() { # every thread's voluntary context switches
+  local t=0 p f
+  for p in "$@"; do
+    for f in /proc/"$p"/task/*/status; do
+      t=$((t + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$f" 2>/dev/null || echo 0)))
+    done
+  done
+  echo $t
+}
+rss_kb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+
+echo "ingest cost benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+machine
+echo
+
+RESULTS="$WORK/results" # part server key value
+: > "$RESULTS"
+
+# --- 1. closed loop: throughput and cost ---------------------------------------------------------
+if [[ " $PARTS " == *" closed "* ]]; then
+  for s in native hyper nginx; do start $s; done
+  for load in "1 64" "2 256"; do
+    read -r t c <<<"$load"
+    printf '%-22s %-7s %4s %9s %8s %11s %10s\n' "wrk -t$t -c$c -d$DUR" server run "req/s" "p99 ms" "req/CPU-s" "vcsw/req"
+    for i in $(seq "$RUNS"); do
+      for s in native hyper nginx; do
+        ps_=$(pids $s | xargs)
+        c0=$(cpu_ticks $ps_); v0=$(vcsw $ps_)
+        out=$(wrk -t"$t" -c"$c" -d"$DUR" --latency -H "User-Agent: $UA" -H "Referer: $REF" "http://127.0.0.1:${PORT[$s]}$URL_PATH")
+        c1=$(cpu_ticks $ps_); v1=$(vcsw $ps_)
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        n=$(awk '/requests in/ {print $1}' <<<"$out")
+        p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
+        bad=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+        percpu=$(python3 -c "print(f'{$n / max(($c1 - $c0) / $TCK, 1e-9):.0f}')")
+        vpr=$(python3 -c "print(f'{($v1 - $v0) / max($n, 1):.3f}')")
+        printf '%-22s %-7s %4s %9.0f %8s %11s %10s\n' "" $s "$i" "$rps" "$p99" "$percpu" "$vpr"
+        [ -z "$bad" ] || echo "    non-2xx: $bad"
+        echo "t${t}c$c $s rps $rps" >> "$RESULTS"
+        echo "t${t}c$c $s p99 $p99" >> "$RESULTS"
+        echo "t${t}c$c $s percpu $percpu" >> "$RESULTS"
+        echo "t${t}c$c $s vcsw $vpr" >> "$RESULTS"
+      done
+    done
+  done
+  for s in native hyper nginx; do stop $s; done
+  echo
+fi
+
+# --- 2. open loop at half nginx's maximum ----------------------------------------------------------
+if [[ " $PARTS " == *" open "* ]]; then
+  for s in native hyper nginx; do start $s; done
+  max=$(awk '$1=="t1c64" && $2=="nginx" && $3=="rps" {print $4}' "$RESULTS" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
+  if [ -z "$max" ]; then
+    out=$(wrk -t1 -c64 -d"$DUR" "http://127.0.0.1:${PORT[nginx]}$URL_PATH")
+    max=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  fi
+  rate=$(python3 -c "print(int($max / 2))")
+  printf '%-34s %-7s %4s %9s %8s %8s %7s\n' "open loop $rate req/s, -c64, $DUR" server run "req/s" "p50 ms" "p99 ms" errors
+  for i in $(seq "$RUNS"); do
+    for s in native hyper nginx; do
+      "$LOADGEN" --json -t 1 -c 64 --rate "$rate" -d "$DUR" "http://127.0.0.1:${PORT[$s]}$URL_PATH" > "$WORK/open.json" || true
+      read -r rps p50 p99 errs < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1])); l = r["latency_us"] or {}
+print(f"{r[\"requests_per_second\"]:.0f} {l.get(\"p50\", 0)/1000:.3f} {l.get(\"p99\", 0)/1000:.3f} {r[\"errors_total\"]}")' "$WORK/open.json")
+      printf '%-34s %-7s %4s %9s %8s %8s %7s\n' "" $s "$i" "$rps" "$p50" "$p99" "$errs"
+      echo "open $s p99 $p99" >> "$RESULTS"
+    done
+  done
+  for s in native hyper nginx; do stop $s; done
+  echo
+fi
+
+# --- 3. fsync before every answer vs write ------------------------------------------------------
+if [[ " $PARTS " == *" fsync "* ]]; then
+  start native; start fsync
+  printf '%-22s %-14s %4s %9s %8s\n' "wrk -t1 -c64 -d$DUR" "ack_after" run "req/s" "p99 ms"
+  for i in $(seq "$RUNS"); do
+    for s in native fsync; do
+      read -r rps p99 bad _ < <(run_wrk "http://127.0.0.1:${PORT[$s]}$URL_PATH" 1 64 "$DUR")
+      label=$([ $s = fsync ] && echo fsync || echo write)
+      printf '%-22s %-14s %4s %9.0f %8s\n' "" "$label" "$i" "$rps" "$p99"
+      echo "ack $label rps $rps" >> "$RESULTS"
+    done
+  done
+  stop native; stop fsync
+  echo
+fi
+
+# --- 4. idle fleet: RSS per connection, each server fresh ---------------------------------------
+if [[ " $PARTS " == *" fleet "* ]]; then
+  printf '%-40s %-7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients every 15 s, $FLEET_DUR" server held "RSS/conn KB"
+  for s in native hyper nginx; do
+    start $s
+    sleep 1
+    ps_=$(conn_pids $s | xargs)
+    before=$(rss_kb $ps_)
+    "$LOADGEN" --json --clients "$FLEET_CLIENTS" --interval 15s -d "$FLEET_DUR" "http://127.0.0.1:${PORT[$s]}/beacon" > "$WORK/fleet.json" || true &
+    lg=$!
+    # Sampled while every client is connected and idle between pings (10 s before the end).
+    sleep $(( ${FLEET_DUR%s} - 10 ))
+    during=$(rss_kb $ps_)
+    wait $lg || true
+    held=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1]))["connections_held"] or {}).get("min_after_ramp", 0))' "$WORK/fleet.json")
+    per=$(python3 -c "print(f'{($during - $before) / max($held, 1):.2f}')")
+    printf '%-40s %-7s %8s %12s\n' "" $s "$held" "$per"
+    echo "    RSS ${before} kB idle -> ${during} kB with the fleet connected"
+    echo "fleet $s rsskb $per" >> "$RESULTS"
+    stop $s
+  done
+  echo
+fi
+
+# --- medians and ratios ------------------------------------------------------------------------
+echo "medians (ratio to nginx):"
+python3 - "$RESULTS" <<'PY'
+import sys, statistics, collections
+vals = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    part, server, key, v = line.split()
+    vals[(part, server, key)].append(float(v))
+med = {k: statistics.median(v) for k, v in vals.items()}
+for (part, server, key), v in sorted(med.items()):
+    ref = med.get((part, "nginx", key))
+    ratio = f"  ({v / ref:.2f}x)" if ref and server != "nginx" else ""
+    print(f"  {part:8} {key:7} {server:7} {v:12.3f}{ratio}")
+w, f = med.get(("ack", "write", "rps")), med.get(("ack", "fsync", "rps"))
+if w and f:
+    print(f"  fsync costs {100 * (1 - f / w):.1f} % of write-mode throughput")
+PY
