@@ -189,6 +189,7 @@ impl Forwarder {
         // Set when a read found nothing readable below `written` (a corrupt tail being
         // skipped): wait for new records or the next tick instead of spinning.
         let mut stalled = false;
+        let mut last_send = Instant::now() - self.linger;
         loop {
             let written = *written_rx.borrow_and_update();
             let position = reader.as_ref().expect("present between reads").position();
@@ -199,7 +200,14 @@ impl Forwarder {
                 return ConnEnd::Done;
             }
             let room = (self.cfg.max_unacked_records as u64).saturating_sub(inflight);
-            let can_send = position <= written && room > 0 && !stalled;
+            // A batch goes out when it is full, or `linger` after the previous one: the
+            // workers commit a small group every event-loop turn, and sending each on its own
+            // cost a wake-up of this thread and of the stage per group.
+            let pending = (written + 1).saturating_sub(position);
+            let lingering = !closing
+                && pending < self.cfg.batch_max_records as u64
+                && last_send.elapsed() < self.linger;
+            let can_send = position <= written && room > 0 && !stalled && !lingering;
             tokio::select! {
                 biased;
                 changed = ack_rx.changed() => {
@@ -215,21 +223,21 @@ impl Forwarder {
                         self.report(report);
                     }
                 }
+                () = tokio::time::sleep_until((last_send + self.linger).into()), if lingering && position <= written && !stalled => {}
                 _ = std::future::ready(()), if can_send => {
+                    last_send = Instant::now();
                     if inflight == 0 {
                         last_progress = Instant::now();
                     }
                     let max = (self.cfg.batch_max_records as u64).min(room) as usize;
-                    let mut r = reader.take().expect("present between reads");
-                    let mut out = std::mem::take(&mut batch);
-                    let (r, out, res) = tokio::task::spawn_blocking(move || {
-                        let res = r.read(written, max, &mut out);
-                        (r, out, res)
-                    })
-                    .await
-                    .expect("spool read does not panic");
-                    reader = Some(r);
-                    batch = out;
+                    // Read in place: the records were written moments ago and are in the page
+                    // cache. (A cold replay after a restart waits on the disk here, on this
+                    // runtime, never on an ingest worker.) A hand-off to the blocking pool
+                    // cost two thread switches per batch.
+                    let res = reader
+                        .as_mut()
+                        .expect("present between reads")
+                        .read(written, max, &mut batch);
                     if let Err(e) = res {
                         tracing::error!(error = %e, "reading the spool");
                         return ConnEnd::Lost("spool_read");
@@ -268,11 +276,8 @@ impl Forwarder {
                         closing = true;
                         continue;
                     }
-                    // New records after an idle moment: give the batch a moment to fill.
-                    // They are already answered, so this costs no client latency.
-                    if !self.linger.is_zero() && !closing {
-                        tokio::time::sleep(self.linger).await;
-                    }
+                    // New records after an idle moment: the linger above gives the batch a
+                    // moment to fill. They are already answered: no client latency.
                 }
                 _ = crate::wait_true(close), if !closing => closing = true,
                 _ = tick.tick() => {

@@ -338,7 +338,9 @@ fn signals() -> impl std::future::Future<Output = Shutdown> {
 }
 
 fn process(config: Config, _path: Option<PathBuf>, watch_stdin: bool) -> anyhow::Result<()> {
-    let rt = runtime(config.workers().min(2))?;
+    // One thread: the stage's work per batch is short (decode, render, append, ACK), and a
+    // second worker only added wake-ups between the two.
+    let rt = runtime(1)?;
     let res = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         // Installed before anything else can take time (see `signals`).

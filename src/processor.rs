@@ -214,7 +214,7 @@ fn render(
                 }
                 entries.push(Entry {
                     end: lines.len(),
-                    id: crate::record::format_uuid(&r.id),
+                    id: r.id,
                     subject: subj,
                 });
             }

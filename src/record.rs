@@ -243,9 +243,9 @@ impl<'a> RecordRef<'a> {
     /// Appends the record as one NDJSON line (with the trailing `\n`).
     pub fn write_ndjson(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
-        out.extend_from_slice(format_uuid(&self.id).as_bytes());
+        write_uuid(&self.id, out);
         out.extend_from_slice(b"\",\"received_at\":\"");
-        out.extend_from_slice(crate::time::rfc3339_micros(self.received_us).as_bytes());
+        crate::time::write_rfc3339_micros(self.received_us, out);
         out.extend_from_slice(b"\",\"peer\":");
         json_value(out, self.peer);
         out.extend_from_slice(b",\"client_ip\":");
@@ -403,15 +403,21 @@ pub fn new_id(now_us: u64) -> [u8; 16] {
 
 /// Canonical 8-4-4-4-12 hex form.
 pub fn format_uuid(id: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
+    let mut v = Vec::with_capacity(36);
+    write_uuid(id, &mut v);
+    String::from_utf8(v).expect("hex digits and dashes")
+}
+
+/// Appends the id in the canonical 8-4-4-4-12 form (no allocation: once per NDJSON line).
+pub fn write_uuid(id: &[u8; 16], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in id.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            out.push(b'-');
         }
-        s.push(char::from(b"0123456789abcdef"[(b >> 4) as usize]));
-        s.push(char::from(b"0123456789abcdef"[(b & 15) as usize]));
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
     }
-    s
 }
 
 /// Microseconds since the Unix epoch.

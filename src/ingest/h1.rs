@@ -167,32 +167,59 @@ pub fn check_target(t: &[u8]) -> Result<&[u8], Reject> {
     };
     let mut in_query = false;
     let mut end = t.len();
+    let mut high = false;
     for (i, &b) in t.iter().enumerate().skip(path_start) {
-        let valid = match b {
-            b'#' => {
+        let class = if in_query {
+            QUERY[b as usize]
+        } else {
+            PATH[b as usize]
+        };
+        match class {
+            OK => {}
+            HIGH => high = true,
+            QUERY_START => in_query = true,
+            FRAGMENT => {
                 end = i;
                 break;
             }
-            b'?' if !in_query => {
-                in_query = true;
-                true
-            }
-            0x80..=0xFF => true,
-            _ if in_query => matches!(b, 0x21 | 0x24..=0x3B | 0x3D | 0x3F..=0x7E),
-            _ => matches!(
-                b,
-                0x21 | 0x24..=0x3B | 0x3D | 0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E | b'"' | b'{' | b'}'
-            ),
-        };
-        if !valid {
-            return Err(Reject::BadRequest);
+            _ => return Err(Reject::BadRequest),
         }
     }
     let t = &t[..end];
-    if std::str::from_utf8(t).is_err() {
+    if high && std::str::from_utf8(t).is_err() {
         return Err(Reject::BadRequest);
     }
     Ok(t)
+}
+
+const BAD: u8 = 0;
+const OK: u8 = 1;
+const HIGH: u8 = 2;
+const QUERY_START: u8 = 3;
+const FRAGMENT: u8 = 4;
+
+/// Byte classes of a path, as the `http` crate's URI parser has them.
+const PATH: [u8; 256] = byte_classes(false);
+/// Byte classes of a query.
+const QUERY: [u8; 256] = byte_classes(true);
+
+const fn byte_classes(query: bool) -> [u8; 256] {
+    let mut t = [BAD; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = match b {
+            b'#' => FRAGMENT,
+            b'?' if !query => QUERY_START,
+            0x80..=0xFF => HIGH,
+            0x21 | 0x24..=0x3B | 0x3D => OK,
+            0x3F..=0x7E if query => OK,
+            0x40..=0x5F | 0x61..=0x7A | 0x7C | 0x7E | b'"' | b'{' | b'}' if !query => OK,
+            _ => BAD,
+        };
+        i += 1;
+    }
+    t
 }
 
 fn parse_content_length(v: &[u8]) -> Option<u64> {
@@ -617,6 +644,114 @@ mod tests {
         assert_eq!(
             &imf_fixdate(1_798_761_600),
             b"Fri, 01 Jan 2027 00:00:00 GMT"
+        );
+    }
+
+    const VALID: [&[u8]; 5] = [
+        b"GET /beacon?a=1&b=%20 HTTP/1.1\r\nHost: t\r\nUser-Agent: x\r\n\r\n",
+        b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /beacon HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;e=1\r\nde\r\n0\r\nT: 1\r\n\r\n",
+        b"GET http://t/beacon.gif?x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"OPTIONS /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://a\r\n\r\n",
+    ];
+
+    /// Parses what a connection would have after `cut` bytes: head, then body as far as it is
+    /// there. Checks that nothing is read past the bytes given and the body stays in its limit.
+    fn parse_prefix(buf: &[u8], max_body: usize) {
+        let mut hs = [httparse::EMPTY_HEADER; 16];
+        if let Ok(Some((h, n))) = parse_head(buf, &mut hs, 8192) {
+            assert!(h.len <= buf.len() && n <= 16);
+            let rest = &buf[h.len..];
+            if h.framing == Framing::Chunked {
+                if let Ok(Chunked::Done(v, used, chunks)) = decode_chunked(rest, max_body) {
+                    assert!(used <= rest.len());
+                    assert!(v.len() <= max_body && v.len() <= used);
+                    assert!(chunks <= used);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_split_anywhere_is_incomplete_never_wrong() {
+        for raw in VALID {
+            let mut hs = [httparse::EMPTY_HEADER; 16];
+            let (head, _) = parse_head(raw, &mut hs, 8192).unwrap().unwrap();
+            for cut in 0..head.len {
+                let mut hs = [httparse::EMPTY_HEADER; 16];
+                assert!(
+                    matches!(parse_head(&raw[..cut], &mut hs, 8192), Ok(None)),
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+            if head.framing == Framing::Chunked {
+                let body = &raw[head.len..];
+                for cut in 0..body.len() {
+                    assert_eq!(decode_chunked(&body[..cut], 1024), Ok(Chunked::Incomplete));
+                }
+                assert_eq!(
+                    decode_chunked(body, 1024),
+                    Ok(Chunked::Done(b"abcde".to_vec(), body.len(), 2))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_and_mutated_bytes_split_at_every_offset_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(0xF022);
+        for i in 0..3000 {
+            let buf: Vec<u8> = if i % 4 == 0 {
+                (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect()
+            } else {
+                let mut m = VALID[rng.usize(..VALID.len())].to_vec();
+                for _ in 0..rng.usize(1..5) {
+                    let at = rng.usize(..m.len().max(1)).min(m.len());
+                    match rng.u8(..4) {
+                        0 if at < m.len() => m[at] = rng.u8(..),
+                        1 => m.insert(at, *rng.choice(b"\r\n:; \t0fF-".iter()).unwrap()),
+                        2 if at < m.len() => {
+                            m.remove(at);
+                        }
+                        _ => m
+                            .splice(
+                                at..at,
+                                b"\r\nTransfer-Encoding: chunked\r\n".iter().copied(),
+                            )
+                            .for_each(drop),
+                    }
+                }
+                m
+            };
+            for cut in 0..=buf.len() {
+                parse_prefix(&buf[..cut], 64);
+            }
+        }
+    }
+
+    #[test]
+    fn targets_are_checked_like_the_http_crate() {
+        assert_eq!(check_target(b"/b?x=1#frag"), Ok(&b"/b?x=1"[..]));
+        assert_eq!(check_target(b"*"), Ok(&b"*"[..]));
+        assert_eq!(
+            check_target(b"http://h.example:80/b"),
+            Ok(&b"http://h.example:80/b"[..])
+        );
+        for bad in [
+            &b"b?x"[..],
+            b"?x",
+            b"/a<b",
+            b"/a?\"",
+            b"ftp://h/b",
+            b"http://h h/",
+            b"/\xff",
+        ] {
+            assert_eq!(check_target(bad), Err(Reject::BadRequest), "{bad:?}");
+        }
+        assert_eq!(
+            check_target("/caf\u{e9}".as_bytes()),
+            Ok("/caf\u{e9}".as_bytes())
         );
     }
 }

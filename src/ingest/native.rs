@@ -69,7 +69,7 @@ struct State {
 
 /// Serves one connection until it closes, a deadline passes or the phase says so.
 pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
-    let mut phase = w.phase.clone();
+    let phase = w.phase_slot();
     let mut st = State {
         pending: Vec::new(),
         unsent: Vec::new(),
@@ -83,7 +83,7 @@ pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
     tokio::pin!(timer);
     let mut process_pending = false;
     loop {
-        let ph = *phase.borrow();
+        let ph = w.phase_now.get();
         if ph == Phase::Abort || (ph >= Phase::Draining && st.pending.is_empty()) {
             break;
         }
@@ -121,12 +121,7 @@ pub async fn serve(stream: TcpStream, conn: Conn, w: Rc<Worker>) {
                     }
                     break;
                 }
-                r = phase.changed() => {
-                    if r.is_err() {
-                        break;
-                    }
-                    continue;
-                }
+                () = phase.changed(ph) => continue,
             }
         }
         let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {

@@ -65,8 +65,12 @@ pub struct Worker {
     pub out: RefCell<Vec<u8>>,
     /// The `Date` header, formatted once a second.
     pub date: RefCell<DateCache>,
-    /// Lifecycle.
+    /// Lifecycle, from `run` (for the hyper engine's connections).
     pub phase: watch::Receiver<Phase>,
+    /// Lifecycle as this worker last saw it, with the connections waiting for it to change:
+    /// a worker-local broadcast, so a connection's wait costs no lock or atomic.
+    pub phase_now: std::cell::Cell<Phase>,
+    phase_waiters: RefCell<Waiters>,
     /// Idle keep-alive timeout.
     pub idle_timeout: Duration,
     /// Slowloris deadline from a request's first byte.
@@ -74,6 +78,66 @@ pub struct Worker {
     /// Deadline for a body once its head is in.
     pub body_timeout: Duration,
     open: metrics::Gauge,
+}
+
+/// Connections waiting for the phase to change: a slot each, reused.
+#[derive(Default)]
+struct Waiters {
+    slots: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    fn take_all(&mut self) -> Vec<std::task::Waker> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+}
+
+/// A connection's place in its worker's phase broadcast; released when dropped.
+pub struct PhaseSlot {
+    w: Rc<Worker>,
+    slot: usize,
+}
+
+impl Worker {
+    /// A slot for a connection to wait on phase changes with.
+    pub fn phase_slot(self: &Rc<Self>) -> PhaseSlot {
+        let mut ws = self.phase_waiters.borrow_mut();
+        let slot = ws.free.pop().unwrap_or_else(|| {
+            ws.slots.push(None);
+            ws.slots.len() - 1
+        });
+        PhaseSlot {
+            w: self.clone(),
+            slot,
+        }
+    }
+}
+
+impl PhaseSlot {
+    /// Resolves when the worker's phase is no longer `seen`.
+    pub async fn changed(&self, seen: Phase) {
+        std::future::poll_fn(|cx| {
+            if self.w.phase_now.get() != seen {
+                return std::task::Poll::Ready(());
+            }
+            let mut ws = self.w.phase_waiters.borrow_mut();
+            let entry = &mut ws.slots[self.slot];
+            if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *entry = Some(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for PhaseSlot {
+    fn drop(&mut self) {
+        let mut ws = self.w.phase_waiters.borrow_mut();
+        ws.slots[self.slot] = None;
+        ws.free.push(self.slot);
+    }
 }
 
 /// Why a worker stopped early.
@@ -103,6 +167,8 @@ async fn run(spec: Spec) -> WorkerResult {
         out: RefCell::new(Vec::with_capacity(4096)),
         date: RefCell::new(DateCache::default()),
         phase: spec.phase.clone(),
+        phase_now: std::cell::Cell::new(*spec.phase.borrow()),
+        phase_waiters: RefCell::new(Waiters::default()),
         idle_timeout: spec.idle_timeout,
         header_timeout: spec.header_timeout,
         body_timeout: spec.body_timeout,
@@ -117,6 +183,18 @@ async fn run(spec: Spec) -> WorkerResult {
             loop {
                 tick.tick().await;
                 w.stats.flush(&w.app);
+            }
+        })
+    };
+    let phase_task = {
+        let w = w.clone();
+        let mut rx = spec.phase.clone();
+        tokio::task::spawn_local(async move {
+            while rx.changed().await.is_ok() {
+                w.phase_now.set(*rx.borrow_and_update());
+                for waker in w.phase_waiters.borrow_mut().take_all() {
+                    waker.wake();
+                }
             }
         })
     };
@@ -192,6 +270,7 @@ async fn run(spec: Spec) -> WorkerResult {
     committer.close();
     let _ = flusher.await;
     stats_task.abort();
+    phase_task.abort();
     w.stats.flush(&w.app);
     match failure {
         Some(e) => Err(e),

@@ -23,8 +23,9 @@ pub struct Batch {
 pub struct Entry {
     /// Offset just past this record's `\n`.
     pub end: usize,
-    /// The record id (UUIDv7), formatted: the broker's deduplication key.
-    pub id: String,
+    /// The record id (UUIDv7): the broker's deduplication key, formatted by the sink that
+    /// needs it (the files sink does not).
+    pub id: [u8; 16],
     /// The NATS subject (empty when no NATS sink is configured).
     pub subject: String,
 }

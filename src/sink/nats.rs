@@ -166,7 +166,7 @@ impl Shared {
             }
             let e = &batch.records[i];
             let msg = PublishMessage::build()
-                .message_id(&e.id)
+                .message_id(crate::record::format_uuid(&e.id))
                 .payload(batch.line(i));
             match self.js.send_publish(e.subject.clone(), msg).await {
                 Ok(ack) => sent.acks.push((i, ack)),
