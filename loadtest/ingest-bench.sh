@@ -15,6 +15,7 @@
 #
 # Usage: loadtest/ingest-bench.sh     (about 8 minutes with the defaults)
 # Knobs: RUNS=3 DUR=8s FLEET_CLIENTS=18000 FLEET_DUR=50s PARTS="closed open fsync fleet"
+#        FLEET_SERVERS="native hyper nginx"
 # Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
 set -euo pipefail
 RUNS=${RUNS:-3}
@@ -165,7 +166,7 @@ fi
 # --- 4. idle fleet: RSS per connection, each server fresh ---------------------------------------
 if [[ " $PARTS " == *" fleet "* ]]; then
   printf '%-40s %-7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients every 15 s, $FLEET_DUR" server held "RSS/conn KB"
-  for s in native hyper nginx; do
+  for s in ${FLEET_SERVERS:-native hyper nginx}; do
     start $s
     sleep 1
     ps_=$(conn_pids $s | xargs)

@@ -77,7 +77,8 @@ pub struct Worker {
     pub header_timeout: Duration,
     /// Deadline for a body once its head is in.
     pub body_timeout: Duration,
-    open: metrics::Gauge,
+    /// `beacon_connections_open`, held so a connection does no registry lookup.
+    pub open: metrics::Gauge,
 }
 
 /// Connections waiting for the phase to change: a slot each, reused.
@@ -115,20 +116,13 @@ impl Worker {
 }
 
 impl PhaseSlot {
-    /// Resolves when the worker's phase is no longer `seen`.
-    pub async fn changed(&self, seen: Phase) {
-        std::future::poll_fn(|cx| {
-            if self.w.phase_now.get() != seen {
-                return std::task::Poll::Ready(());
-            }
-            let mut ws = self.w.phase_waiters.borrow_mut();
-            let entry = &mut ws.slots[self.slot];
-            if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *entry = Some(cx.waker().clone());
-            }
-            std::task::Poll::Pending
-        })
-        .await
+    /// Wakes this task at the next phase change (call when about to return `Pending`).
+    pub fn register(&self, cx: &std::task::Context<'_>) {
+        let mut ws = self.w.phase_waiters.borrow_mut();
+        let entry = &mut ws.slots[self.slot];
+        if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *entry = Some(cx.waker().clone());
+        }
     }
 }
 
@@ -220,24 +214,32 @@ async fn run(spec: Spec) -> WorkerResult {
                 }
                 w.stats.connections.set(w.stats.connections.get() + 1);
                 let (w, hyper) = (w.clone(), hyper.clone());
-                tokio::task::spawn_local(async move {
+                if engine == Engine::Native {
+                    // Memory per idle connection is what a browser fleet costs: the native
+                    // task is one flat future (see `native::run`).
+                    tokio::task::spawn_local(native::run(stream, peer, permit, w));
+                    return;
+                }
+                let fut = async move {
                     // Held for the connection's life: returned when the task ends.
                     let _permit = permit;
                     let mut stream = stream;
-                    let Some(conn) = proxy_client(&w.app, &mut stream, peer, w.header_timeout).await
-                    else {
-                        return;
+                    let conn = if w.app.proxy == proxy::Mode::Off {
+                        Conn::new(peer, peer.ip(), ClientIpSource::Peer)
+                    } else {
+                        let header_timeout = w.header_timeout;
+                        match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await
+                        {
+                            Some(c) => c,
+                            None => return,
+                        }
                     };
                     w.open.increment(1.0);
-                    match engine {
-                        Engine::Native => native::serve(stream, conn, w.clone()).await,
-                        Engine::Hyper => {
-                            let b = hyper.expect("hyper builder for the hyper engine");
-                            super::hyper_engine::serve(stream, conn, w.clone(), b).await;
-                        }
-                    }
+                    let b = hyper.expect("hyper builder for the hyper engine");
+                    super::hyper_engine::serve(stream, conn, w.clone(), b).await;
                     w.open.decrement(1.0);
-                });
+                };
+                tokio::task::spawn_local(fut);
             },
         ));
     }
