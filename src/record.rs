@@ -358,6 +358,15 @@ impl<'a> Reader<'a> {
 
 /// Writes `b` as a JSON string if it is UTF-8, else as `{"b64":"..."}`.
 fn json_value(out: &mut Vec<u8>, b: &[u8]) {
+    // Printable ASCII without `"` or `\` is its own JSON string (most values): copied as is,
+    // byte for byte what serde_json would write.
+    if b.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\') {
+        out.reserve(b.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     match std::str::from_utf8(b) {
         Ok(s) => serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail"),
         Err(_) => {
@@ -554,6 +563,20 @@ pub fn compact_json(input: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_value_fast_path_writes_what_serde_json_writes() {
+        let mut cases: Vec<Vec<u8>> = (0u8..=127).map(|b| vec![b'a', b, b'z']).collect();
+        cases.push(b"https://www.example.com/products/42?ref=home".to_vec());
+        cases.push("caf\u{e9} \u{1F600}".as_bytes().to_vec());
+        cases.push(Vec::new());
+        for c in cases {
+            let mut out = Vec::new();
+            json_value(&mut out, &c);
+            let want = serde_json::to_string(std::str::from_utf8(&c).unwrap()).unwrap();
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{c:?}");
+        }
+    }
 
     const LIMITS: ParamLimits = ParamLimits {
         max_params: 4,

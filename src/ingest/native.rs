@@ -270,16 +270,29 @@ fn read_and_process(
     let use_scratch = st.pending.is_empty() && !only_pending;
     let mut n_scratch = 0;
     if !only_pending {
+        let room;
         let read = if use_scratch {
+            room = scratch.len();
             stream.try_read(&mut scratch[..])
         } else {
             // An unfinished request: the rest goes after it, in its own buffer.
             st.pending.reserve(st.pending.len().clamp(4096, 64 * 1024));
+            room = st.pending.capacity() - st.pending.len();
             stream.try_read_buf(&mut st.pending)
         };
         match read {
             Ok(0) => return Err(End::Eof),
-            Ok(n) => n_scratch = n,
+            Ok(n) => {
+                n_scratch = n;
+                if n < room {
+                    // A short read took everything the socket had. Forget the readiness now
+                    // instead of finding out with a second recv(2) returning EAGAIN: epoll is
+                    // edge-triggered, so bytes arriving later raise a new event.
+                    let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                        Err::<(), io::Error>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(_) => return Err(End::Error),
         }
