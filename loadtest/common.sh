@@ -24,13 +24,14 @@ wait_http() { # URL: up to 10 s for the server to answer
 # start_collector NAME PORT WORKERS: beacon-collector + its embedded stage writing NDJSON under
 # $WORK/NAME/data; pid in $WORK/NAME/pid. $SERVER_EXTRA goes into [server] (e.g. the engine),
 # $SPOOL_EXTRA into [spool], $PROCESSOR_EXTRA into [processor] (e.g. sinks), $EXTRA_TOML at the
-# end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build.
+# end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build ($WORKERS_KEY names
+# its worker-count key: `worker_threads` before the thread-per-core workers).
 start_collector() {
   mkdir -p "$WORK/$1"
   cat > "$WORK/$1/collector.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
-workers = $3
+${WORKERS_KEY:-workers} = $3
 ${SERVER_EXTRA:-}
 [admin]
 enabled = false

@@ -13,6 +13,9 @@
 #      server fresh: RSS growth per held connection.
 # Every server runs on loopback and stops with the script.
 #
+# With BEFORE_BIN=path/to/an/older/beacon-collector, that build runs beside the others as
+# "before" in parts 1 and 4 (its config uses `worker_threads`).
+#
 # Usage: loadtest/ingest-bench.sh     (about 8 minutes with the defaults)
 # Knobs: RUNS=3 DUR=8s FLEET_CLIENTS=18000 FLEET_DUR=50s PARTS="closed open fsync fleet"
 #        FLEET_SERVERS="native hyper nginx"
@@ -41,9 +44,12 @@ UA='Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrom
 REF='https://www.example.com/products/42?ref=home'
 TCK=$(getconf CLK_TCK)
 
-declare -A PORT=([native]=18080 [hyper]=18082 [nginx]=18081 [fsync]=18083)
+declare -A PORT=([native]=18080 [hyper]=18082 [nginx]=18081 [fsync]=18083 [before]=18084)
+SERVERS="native hyper nginx"
+[ -z "${BEFORE_BIN:-}" ] || SERVERS="before $SERVERS"
 start() { # server
   case $1 in
+    before) COLLECTOR_BIN=$BEFORE_BIN WORKERS_KEY=worker_threads start_collector before ${PORT[before]} 0 ;;
     native) SERVER_EXTRA='engine = "native"' start_collector native ${PORT[native]} 0 ;;
     hyper) SERVER_EXTRA='engine = "hyper"' start_collector hyper ${PORT[hyper]} 0 ;;
     fsync) SERVER_EXTRA='engine = "native"' SPOOL_EXTRA='ack_after = "fsync"' start_collector fsync ${PORT[fsync]} 0 ;;
@@ -93,12 +99,12 @@ RESULTS="$WORK/results" # part server key value
 
 # --- 1. closed loop: throughput and cost ---------------------------------------------------------
 if [[ " $PARTS " == *" closed "* ]]; then
-  for s in native hyper nginx; do start $s; done
+  for s in $SERVERS; do start $s; done
   for load in "1 64" "2 256"; do
     read -r t c <<<"$load"
     printf '%-22s %-7s %4s %9s %8s %11s %10s\n' "wrk -t$t -c$c -d$DUR" server run "req/s" "p99 ms" "req/CPU-s" "vcsw/req"
     for i in $(seq "$RUNS"); do
-      for s in native hyper nginx; do
+      for s in $SERVERS; do
         ps_=$(pids $s | xargs)
         c0=$(cpu_ticks $ps_); v0=$(vcsw $ps_)
         out=$(wrk -t"$t" -c"$c" -d"$DUR" --latency -H "User-Agent: $UA" -H "Referer: $REF" "http://127.0.0.1:${PORT[$s]}$URL_PATH")
@@ -118,7 +124,7 @@ if [[ " $PARTS " == *" closed "* ]]; then
       done
     done
   done
-  for s in native hyper nginx; do stop $s; done
+  for s in $SERVERS; do stop $s; done
   echo
 fi
 
@@ -135,10 +141,13 @@ if [[ " $PARTS " == *" open "* ]]; then
   for i in $(seq "$RUNS"); do
     for s in native hyper nginx; do
       "$LOADGEN" --json -t 1 -c 64 --rate "$rate" -d "$DUR" "http://127.0.0.1:${PORT[$s]}$URL_PATH" > "$WORK/open.json" || true
-      read -r rps p50 p99 errs < <(python3 -c '
+      read -r rps p50 p99 errs < <(python3 - "$WORK/open.json" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); l = r["latency_us"] or {}
-print(f"{r[\"requests_per_second\"]:.0f} {l.get(\"p50\", 0)/1000:.3f} {l.get(\"p99\", 0)/1000:.3f} {r[\"errors_total\"]}")' "$WORK/open.json")
+r = json.load(open(sys.argv[1]))
+l = r["latency_us"] or {}
+print("%.0f %.3f %.3f %d" % (r["requests_per_second"], l.get("p50", 0) / 1000, l.get("p99", 0) / 1000, r["errors_total"]))
+PY
+)
       printf '%-34s %-7s %4s %9s %8s %8s %7s\n' "" $s "$i" "$rps" "$p50" "$p99" "$errs"
       echo "open $s p99 $p99" >> "$RESULTS"
     done
@@ -166,7 +175,7 @@ fi
 # --- 4. idle fleet: RSS per connection, each server fresh ---------------------------------------
 if [[ " $PARTS " == *" fleet "* ]]; then
   printf '%-40s %-7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients every 15 s, $FLEET_DUR" server held "RSS/conn KB"
-  for s in ${FLEET_SERVERS:-native hyper nginx}; do
+  for s in ${FLEET_SERVERS:-$SERVERS}; do
     start $s
     sleep 1
     ps_=$(conn_pids $s | xargs)
