@@ -24,10 +24,7 @@ WORK=$(mktemp -d)
 . "$ROOT/loadtest/common.sh"
 trap cleanup EXIT
 
-need wrk wrk
-need nginx nginx-light
-need curl curl
-need python3 python3
+need_nginx_bench_tools
 need taskset util-linux
 raise_nofile
 

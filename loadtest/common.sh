@@ -12,6 +12,14 @@ need() {
   command -v "$1" >/dev/null 2>&1 || { echo "need $1 (apt-get install $2)" >&2; exit 2; }
 }
 
+# The tools every nginx comparison needs.
+need_nginx_bench_tools() {
+  need wrk wrk
+  need nginx nginx-light
+  need curl curl
+  need python3 python3
+}
+
 # Raise the soft nofile limit to the hard one: the fleet scenario holds 10k connections on
 # each side of loopback.
 raise_nofile() { ulimit -n "$(ulimit -Hn)"; }

@@ -31,10 +31,7 @@ WORK=$(mktemp -d)
 . "$ROOT/loadtest/common.sh"
 trap cleanup EXIT
 
-need wrk wrk
-need nginx nginx-light
-need curl curl
-need python3 python3
+need_nginx_bench_tools
 raise_nofile
 
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" --workspace -q

@@ -17,9 +17,7 @@ WORK=$(mktemp -d)
 . "$ROOT/loadtest/common.sh"
 trap cleanup EXIT
 
-need wrk wrk
-need nginx nginx-light
-need curl curl
+need_nginx_bench_tools
 
 cargo build --release --locked --manifest-path "$ROOT/Cargo.toml" -p beacon-collector -q
 URL_PATH='/beacon?u=https%3A%2F%2Fwww.example.com%2Fproducts%2F42%3Fref%3Dhome&t_done=1234&t_page=987&t_resp=120&sid=7f3a9c2e-51b4-4f7e-9a0d-2f9e8a1b3c4d&v=1.0'
