@@ -360,7 +360,9 @@ impl<'a> Reader<'a> {
 fn json_value(out: &mut Vec<u8>, b: &[u8]) {
     // Printable ASCII without `"` or `\` is its own JSON string (most values): copied as is,
     // byte for byte what serde_json would write.
-    if b.iter().all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\') {
+    if b.iter()
+        .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+    {
         out.reserve(b.len() + 2);
         out.push(b'"');
         out.extend_from_slice(b);
