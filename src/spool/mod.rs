@@ -12,24 +12,32 @@
 //! runs [`Spool::sync`] off its event loop first. The forwarder reads segments through a
 //! [`SpoolReader`] and reports ACKs with [`Spool::ack`]. Shared bookkeeping sits behind std
 //! `Mutex`es: sections are short and never span an await.
+//!
+//! Here: opening and recovery, acknowledgements, the checkpoint and the handle; [`frame`] the
+//! record frame (the one encoder and decoder), [`writer`] the append side, [`reader`] the
+//! forwarder's reader.
 
 use crate::config::{AckAfter, SpoolConfig};
 use crate::metrics as m;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Bytes before each payload: len, crc, seq.
-pub const HEADER_BYTES: usize = 16;
-/// Largest payload accepted (a record is at most a few hundred KiB; anything bigger is corrupt).
-pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+mod frame;
+mod reader;
+mod writer;
+
+pub use frame::{crc32c, frame_abort, frame_end, frame_start, HEADER_BYTES, MAX_RECORD_BYTES};
+use frame::{scan_bytes, Scan};
+pub use reader::SpoolReader;
+use writer::Writer;
+pub use writer::Written;
 const CHECKPOINT: &str = "checkpoint";
 
 /// Why an append was refused. Each maps to a 503: the beacon was not taken.
@@ -324,11 +332,7 @@ impl Spool {
 
     /// A reader positioned at `from`.
     pub fn reader(&self, from: u64) -> SpoolReader {
-        SpoolReader {
-            shared: self.shared.clone(),
-            file: None,
-            next: from,
-        }
+        SpoolReader::new(self.shared.clone(), from)
     }
 }
 
@@ -430,54 +434,6 @@ fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// What a segment scan found.
-#[derive(Debug, Default)]
-struct Scan {
-    records: u64,
-    corrupt: u64,
-    truncated: u64,
-    valid_bytes: u64,
-    last_seq: Option<u64>,
-    seqs: Vec<u64>,
-}
-
-impl Scan {
-    fn seqs_above(&self, acked: u64) -> u64 {
-        self.seqs.iter().filter(|&&s| s > acked).count() as u64
-    }
-}
-
-/// A record found by [`parse_record`]: sequence number, payload, bytes it spans.
-type Parsed<'a> = (u64, &'a [u8], usize);
-
-/// Parses one framed record at the start of `buf`: `Ok(Some((seq, payload, size)))`,
-/// `Ok(None)` if `buf` ends before the record does, `Err(skip)` for a bad checksum with a
-/// plausible length (skip that many bytes) or `Err(0)` for an impossible length.
-fn parse_record(buf: &[u8]) -> Result<Option<Parsed<'_>>, usize> {
-    if buf.len() < HEADER_BYTES {
-        return Ok(None);
-    }
-    let len = u32::from_be_bytes(buf[0..4].try_into().expect("4")) as usize;
-    if len > MAX_RECORD_BYTES {
-        return Err(0);
-    }
-    let size = HEADER_BYTES + len;
-    if buf.len() < size {
-        return Ok(None);
-    }
-    let crc = u32::from_be_bytes(buf[4..8].try_into().expect("4"));
-    let seq_bytes = &buf[8..16];
-    let payload = &buf[HEADER_BYTES..size];
-    if crc32c(crc32c(0, seq_bytes), payload) != crc {
-        return Err(size);
-    }
-    Ok(Some((
-        u64::from_be_bytes(seq_bytes.try_into().expect("8")),
-        payload,
-        size,
-    )))
-}
-
 /// Scans a segment; in the last segment a torn tail is cut off the file.
 fn scan_segment(path: &Path, last: bool) -> io::Result<Scan> {
     let data = std::fs::read(path)?;
@@ -498,399 +454,9 @@ fn scan_segment(path: &Path, last: bool) -> io::Result<Scan> {
     Ok(scan)
 }
 
-/// Scans framed records: complete checksummed ones are kept, a record with a bad checksum
-/// but a plausible length is skipped and counted, and scanning stops at the first impossible
-/// length or incomplete record (`valid_bytes` says where).
-fn scan_bytes(data: &[u8]) -> Scan {
-    let mut scan = Scan::default();
-    let mut pos = 0usize;
-    while pos < data.len() {
-        match parse_record(&data[pos..]) {
-            Ok(Some((seq, _, size))) => {
-                scan.records += 1;
-                scan.last_seq = Some(seq);
-                scan.seqs.push(seq);
-                pos += size;
-            }
-            Ok(None) | Err(0) => break,
-            Err(skip) => {
-                scan.corrupt += 1;
-                pos += skip;
-            }
-        }
-    }
-    scan.valid_bytes = pos as u64;
-    scan
-}
-
-/// Appends `seq`/`payload` framed to `out`.
-#[cfg(test)]
-fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
-    let seq_bytes = seq.to_be_bytes();
-    out.put_u32(payload.len() as u32);
-    out.put_u32(crc32c(crc32c(0, &seq_bytes), payload));
-    out.put_slice(&seq_bytes);
-    out.put_slice(payload);
-}
-
-struct Active {
-    file: Arc<File>,
-    bytes: u64,
-}
-
-/// The append side: owns the active segment and the next sequence number. Shared by the
-/// ingest workers behind [`Shared::writer`]; each worker writes a whole group (one event-loop
-/// turn of its requests) with one `write(2)` while holding it, so the lock is taken once per
-/// group, not per record, and no other thread is woken to write.
-struct Writer {
-    segment_bytes: u64,
-    active: Option<Active>,
-    next_seq: u64,
-    /// Seconds-resolution marks for the oldest-unacked gauge.
-    last_mark: Instant,
-}
-
-/// What a written group still needs before it may be answered.
-pub enum Written {
-    /// In the page cache: `ack_after = "write"`, answer now.
-    Done,
-    /// `ack_after = "fsync"`: answer after `fdatasync` of this file succeeded (done by the
-    /// caller off its event loop, see [`Spool::sync`]).
-    NeedsSync(Arc<File>),
-}
-
-impl Spool {
-    /// Writes a group of records pre-framed by [`frame_start`]/[`frame_end`] in `frames`
-    /// (`count` of them): numbers them, checksums them and appends them to the active segment
-    /// with one `write(2)`. Called on the worker's own thread; blocks only for the write
-    /// (page cache). `Ok` is not yet an acknowledgement with `NeedsSync`.
-    pub fn write_group(&self, frames: &mut [u8], count: usize) -> Result<Written, AppendError> {
-        if count == 0 {
-            return Ok(Written::Done);
-        }
-        let sh = &*self.shared;
-        if !sh.accepting.load(Ordering::Relaxed) {
-            return Err(AppendError::Full);
-        }
-        let bytes = frames.len() as u64;
-        let mut w = sh.writer.lock().expect("not poisoned");
-        {
-            let st = sh.state.lock().expect("not poisoned");
-            if st.total_bytes + bytes > sh.max_bytes {
-                sh.accepting.store(false, Ordering::Relaxed);
-                return Err(AppendError::Full);
-            }
-        }
-        if w.active
-            .as_ref()
-            .is_some_and(|a| a.bytes > 0 && a.bytes + bytes > w.segment_bytes)
-        {
-            w.active = None;
-        }
-        if w.active.is_none() {
-            match sh.new_segment(w.next_seq) {
-                Ok(a) => w.active = Some(a),
-                Err(e) => return Err(sh.failed("creating segment", &e)),
-            }
-        }
-        // Number and checksum the frames in place.
-        let first = w.next_seq;
-        let mut pos = 0;
-        let mut seq = first;
-        while pos < frames.len() {
-            let len = u32::from_be_bytes(frames[pos..pos + 4].try_into().expect("4")) as usize;
-            let seq_bytes = seq.to_be_bytes();
-            frames[pos + 8..pos + 16].copy_from_slice(&seq_bytes);
-            let payload = &frames[pos + HEADER_BYTES..pos + HEADER_BYTES + len];
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), payload);
-            frames[pos + 4..pos + 8].copy_from_slice(&crc.to_be_bytes());
-            pos += HEADER_BYTES + len;
-            seq += 1;
-        }
-        debug_assert_eq!(seq - first, count as u64);
-        let active = w.active.as_mut().expect("opened above");
-        if let Err(e) = (&*active.file).write_all(frames) {
-            // Undo a partial write so the segment stays a sequence of whole records, then
-            // never append to this file again; the next group starts a new segment.
-            let _ = active.file.set_len(active.bytes);
-            w.active = None;
-            return Err(sh.failed("writing", &e));
-        }
-        active.bytes += bytes;
-        let file = active.file.clone();
-        let last = seq - 1;
-        w.next_seq = seq;
-        let mark = (w.last_mark.elapsed() >= Duration::from_secs(1)).then(|| {
-            w.last_mark = Instant::now();
-            (first, w.last_mark)
-        });
-        {
-            let mut st = sh.state.lock().expect("not poisoned");
-            let seg = st.segments.back_mut().expect("active segment is listed");
-            seg.last_seq = last;
-            seg.bytes += bytes;
-            st.total_bytes += bytes;
-            if let Some(m) = mark {
-                st.marks.push_back(m);
-            }
-            if st.total_bytes >= sh.high_bytes && sh.accepting.swap(false, Ordering::Relaxed) {
-                tracing::warn!(bytes = st.total_bytes, "spool above high-water mark: answering 503 and failing health checks until the processing stage catches up");
-            }
-            if mark.is_some() {
-                sh.update_gauges(&st);
-            }
-        }
-        // Published while still holding the writer, so `written` only ever grows.
-        sh.written.send_if_modified(|v| {
-            let grew = last > *v;
-            *v = (*v).max(last);
-            grew
-        });
-        drop(w);
-        Ok(if sh.fsync {
-            Written::NeedsSync(file)
-        } else {
-            Written::Done
-        })
-    }
-
-    /// `fdatasync` of a segment a group was written to (blocking: call off the event loop).
-    /// A failure marks the spool failing and retires that segment for appends.
-    pub fn sync(&self, file: &File) -> Result<(), AppendError> {
-        match file.sync_data() {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let sh = &*self.shared;
-                let mut w = sh.writer.lock().expect("not poisoned");
-                // After a failed fsync the page-cache state of this file is unknown.
-                if w.active.as_ref().is_some_and(|a| same_file(&a.file, file)) {
-                    w.active = None;
-                }
-                Err(sh.failed("syncing", &e))
-            }
-        }
-    }
-
-    /// Syncs the active segment (at shutdown).
-    pub fn sync_active(&self) {
-        let w = self.shared.writer.lock().expect("not poisoned");
-        if let Some(a) = &w.active {
-            let _ = a.file.sync_data();
-        }
-    }
-}
-
-fn same_file(a: &File, b: &File) -> bool {
-    use std::os::fd::AsRawFd;
-    a.as_raw_fd() == b.as_raw_fd()
-}
-
-/// Starts a frame for a record in a group buffer: the header with the length left to
-/// [`frame_end`] and the sequence number and checksum to [`Spool::write_group`]. Returns the
-/// frame's offset.
-pub fn frame_start(buf: &mut BytesMut) -> usize {
-    let at = buf.len();
-    buf.put_bytes(0, HEADER_BYTES);
-    at
-}
-
-/// Finishes the frame started at `at`: the payload is everything appended since.
-pub fn frame_end(buf: &mut BytesMut, at: usize) {
-    let len = (buf.len() - at - HEADER_BYTES) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-/// Drops a frame started at `at` (its record was refused after all).
-pub fn frame_abort(buf: &mut BytesMut, at: usize) {
-    buf.truncate(at);
-}
-
-impl Shared {
-    fn failed(&self, what: &str, e: &io::Error) -> AppendError {
-        metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
-        tracing::error!(error = %e, "{what} spool segment failed; answering 503");
-        self.failed_until
-            .store(unix_secs() + self.failure_cooldown, Ordering::Relaxed);
-        AppendError::Failed
-    }
-
-    fn new_segment(&self, next_seq: u64) -> io::Result<Active> {
-        let path = self.dir.join(format!("seg-{next_seq:020}.log"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
-        if self.fsync {
-            File::open(&self.dir)?.sync_all()?;
-        }
-        let mut st = self.state.lock().expect("not poisoned");
-        // An empty last segment left by recovery or a failed write is replaced.
-        if st
-            .segments
-            .back()
-            .is_some_and(|s| s.bytes == 0 && s.path != path)
-        {
-            let s = st.segments.pop_back().expect("checked");
-            let _ = std::fs::remove_file(s.path);
-        }
-        if st.segments.back().is_none_or(|s| s.path != path) {
-            st.segments.push_back(Segment {
-                first_seq: next_seq,
-                last_seq: next_seq - 1,
-                path,
-                bytes: 0,
-            });
-        } else if let Some(s) = st.segments.back_mut() {
-            s.bytes = 0;
-        }
-        Ok(Active {
-            file: Arc::new(file),
-            bytes: 0,
-        })
-    }
-}
-
-/// Reads records in sequence order from the segments, for the forwarder.
-///
-/// It never reads past a segment's *committed* length (what the writer has finished writing,
-/// as recorded under the state lock), so bytes of a group being written, or of a failed write
-/// that was cut off again, are never seen.
-pub struct SpoolReader {
-    shared: Arc<Shared>,
-    file: Option<OpenSegment>,
-    next: u64,
-}
-
-struct OpenSegment {
-    first_seq: u64,
-    rd: BufReader<File>,
-    offset: u64,
-    /// Committed length last seen; refreshed when the reader reaches it.
-    limit: u64,
-}
-
-impl SpoolReader {
-    /// The sequence number the next read starts at.
-    pub fn position(&self) -> u64 {
-        self.next
-    }
-
-    /// Reads up to `max` records with sequence numbers in `position()..=upto`. Records that
-    /// fail their checksum are skipped and counted. Blocking file I/O (page cache in the
-    /// normal case): call from a blocking context.
-    pub fn read(&mut self, upto: u64, max: usize, out: &mut Vec<(u64, Bytes)>) -> io::Result<()> {
-        while out.len() < max && self.next <= upto {
-            if self.file.is_none() && !self.open_at(self.next)? {
-                return Ok(());
-            }
-            let seg = self.file.as_mut().expect("opened");
-            if seg.offset + HEADER_BYTES as u64 > seg.limit {
-                // At the committed end: refresh it, or move on to the next segment.
-                let (limit, later) = {
-                    let st = self.shared.state.lock().expect("not poisoned");
-                    (
-                        st.segments
-                            .iter()
-                            .find(|s| s.first_seq == seg.first_seq)
-                            .map(|s| s.bytes),
-                        st.segments
-                            .iter()
-                            .map(|s| s.first_seq)
-                            .find(|&f| f > seg.first_seq),
-                    )
-                };
-                match limit {
-                    Some(l) if seg.offset + (HEADER_BYTES as u64) <= l => seg.limit = l,
-                    _ => {
-                        self.file = None;
-                        match later {
-                            Some(f) => self.next = self.next.max(f),
-                            None => return Ok(()),
-                        }
-                    }
-                }
-                continue;
-            }
-            let mut header = [0u8; HEADER_BYTES];
-            seg.rd.read_exact(&mut header)?;
-            let len = u32::from_be_bytes(header[0..4].try_into().expect("4")) as u64;
-            if len > MAX_RECORD_BYTES as u64 || seg.offset + HEADER_BYTES as u64 + len > seg.limit {
-                // Committed bytes hold whole records only: this length is corrupt, and nothing
-                // after it in this segment can be framed. Skip to the next segment.
-                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
-                tracing::error!(
-                    segment = seg.first_seq,
-                    "corrupt record length in spool; skipping the rest of the segment"
-                );
-                seg.offset = u64::MAX / 2;
-                seg.limit = 0;
-                continue;
-            }
-            let mut payload = vec![0u8; len as usize];
-            seg.rd.read_exact(&mut payload)?;
-            seg.offset += HEADER_BYTES as u64 + len;
-            let crc = u32::from_be_bytes(header[4..8].try_into().expect("4"));
-            let seq = u64::from_be_bytes(header[8..16].try_into().expect("8"));
-            if crc32c(crc32c(0, &header[8..16]), &payload) != crc {
-                metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
-                tracing::error!(
-                    segment = seg.first_seq,
-                    "spool record failed its checksum; skipped"
-                );
-                continue;
-            }
-            if seq < self.next {
-                continue; // before the requested position (scanning into a segment)
-            }
-            self.next = seq + 1;
-            out.push((seq, Bytes::from(payload)));
-        }
-        Ok(())
-    }
-
-    /// Opens the segment holding `seq`, positioned at its start. False if there is none yet.
-    fn open_at(&mut self, seq: u64) -> io::Result<bool> {
-        let seg = {
-            let st = self.shared.state.lock().expect("not poisoned");
-            st.segments
-                .iter()
-                .rev()
-                .find(|s| s.first_seq <= seq)
-                .or_else(|| st.segments.front())
-                .map(|s| (s.first_seq, s.path.clone(), s.bytes))
-        };
-        let Some((first_seq, path, limit)) = seg else {
-            return Ok(false);
-        };
-        if first_seq > seq {
-            self.next = first_seq;
-        }
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            // Deleted after being acknowledged: nothing to read there any more.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        self.file = Some(OpenSegment {
-            first_seq,
-            rd: BufReader::with_capacity(128 * 1024, f),
-            offset: 0,
-            limit,
-        });
-        Ok(true)
-    }
-}
-
-/// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs, continuing `crc`
-/// (hardware instructions where the CPU has them).
-pub fn crc32c(crc: u32, data: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, data)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::frame::{encode_record, parse_record};
     use super::*;
 
     /// The byte-at-a-time CRC-32C earlier versions framed records with.
