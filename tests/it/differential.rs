@@ -295,6 +295,8 @@ fn mutate(rng: &mut fastrand::Rng, base: &[u8]) -> Vec<u8> {
 struct Tally {
     same: usize,
     native_stricter: HashMap<&'static str, usize>,
+    /// The named corpus cases that differ: (name, native statuses, hyper statuses).
+    named: Vec<(&'static str, Vec<u16>, Vec<u16>)>,
 }
 
 fn compare(name: &'static str, raw: &[u8], native: &Seen, hyper: &Seen, t: &mut Tally) {
@@ -325,6 +327,10 @@ fn compare(name: &'static str, raw: &[u8], native: &Seen, hyper: &Seen, t: &mut 
         String::from_utf8_lossy(raw)
     );
     *t.native_stricter.entry(name).or_default() += 1;
+    if name != "mutated" {
+        t.named
+            .push((name, native.statuses.clone(), hyper.statuses.clone()));
+    }
 }
 
 #[test]
