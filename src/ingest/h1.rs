@@ -168,8 +168,7 @@ pub fn check_target(t: &[u8]) -> Result<&[u8], Reject> {
     // Fast path, branch-free so it vectorises: a target of printable ASCII without a byte the
     // path and query maps below treat differently (or refuse) is valid as it is.
     let special = t[path_start..].iter().fold(false, |acc, &b| {
-        acc | (b < 0x21)
-            | (b >= 0x7f)
+        acc | !(0x21..0x7f).contains(&b)
             | (b == b'<')
             | (b == b'>')
             | (b == b'`')
