@@ -1,8 +1,10 @@
 //! The real `serve` binary: SIGTERM drains with a failing health check and every 204'd beacon
-//! reaches the files; the embedded stage is restarted when it dies; the backlog warning.
+//! reaches the files; the embedded stage is restarted when it dies; the backlog warning; and
+//! `run`'s graceful shutdown on both HTTP engines.
 
 use crate::common::*;
 use beacon_collector::config::ForwardMode;
+use beacon_collector::Shutdown;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -147,4 +149,35 @@ fn backlog_above_somaxconn_is_reported() {
     assert!(w["fix"].as_str().unwrap().contains("net.core.somaxconn"));
     bin.signal(libc::SIGINT);
     assert!(bin.wait(Duration::from_secs(15)).success());
+}
+
+/// Graceful shutdown on both engines: a keep-alive connection is still served during the
+/// deregistration delay with `Connection: close`, `run` returns once it is gone, and every
+/// 204 is a record.
+#[test]
+fn graceful_shutdown_serves_then_closes_keep_alive_connections_on_both_engines() {
+    use beacon_collector::ingest::Engine;
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.shutdown.deregistration_delay_seconds = 1;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let addr = srv.addr;
+        let mut conn = Conn::open(addr);
+        assert_eq!(conn.request(BEACON).unwrap().status, 204);
+        let t0 = Instant::now();
+        let stopping = std::thread::spawn(move || srv.shutdown(Shutdown::Graceful));
+        std::thread::sleep(Duration::from_millis(300));
+        let r = conn.request(BEACON).expect("served while deregistering");
+        assert_eq!(r.status, 204, "{engine:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{engine:?}");
+        assert!(conn.closed_within(Duration::from_secs(5)), "{engine:?}");
+        let report = stopping.join().unwrap().unwrap();
+        assert!(t0.elapsed() >= Duration::from_secs(1), "{engine:?}");
+        assert_eq!((report.accepted, report.remaining), (2, 0), "{engine:?}");
+        stage.stop();
+        assert_eq!(records(&c.processor.data_dir).len(), 2, "{engine:?}");
+    }
 }

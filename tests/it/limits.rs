@@ -1,6 +1,7 @@
 //! Every limit answers its status without reading what it refuses.
 
 use crate::common::*;
+use beacon_collector::ingest::Engine;
 use std::time::Duration;
 
 fn server() -> (tempfile::TempDir, Stage, Server) {
@@ -100,8 +101,15 @@ fn bad_bodies_are_4xx() {
 
 #[test]
 fn body_that_stalls_past_the_body_deadline_is_408() {
+    for engine in [Engine::Native, Engine::Hyper] {
+        body_deadline(engine);
+    }
+}
+
+fn body_deadline(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
+    c.server.engine = engine;
     c.http.body_timeout_seconds = 1;
     let _stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c);
@@ -109,11 +117,11 @@ fn body_that_stalls_past_the_body_deadline_is_408() {
     let start = std::time::Instant::now();
     conn.send(b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nab");
     let r = conn.read(false).expect("a response");
-    assert_eq!(r.status, 408);
-    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.status, 408, "{engine:?}");
+    assert_eq!(r.header("connection"), Some("close"), "{engine:?}");
     let t = start.elapsed();
     assert!(
         t >= Duration::from_millis(900) && t < Duration::from_secs(4),
-        "{t:?}"
+        "{engine:?}: {t:?}"
     );
 }

@@ -1,12 +1,17 @@
-//! The header deadline (slowloris) and the keep-alive idle timeout hold independently.
+//! The header deadline (slowloris) and the keep-alive idle timeout hold independently, on
+//! both HTTP engines (their timers are built differently).
 
 use crate::common::*;
+use beacon_collector::ingest::Engine;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-fn server(header_s: u64, idle_s: u64) -> (tempfile::TempDir, Stage, Server) {
+const ENGINES: [Engine; 2] = [Engine::Native, Engine::Hyper];
+
+fn server(engine: Engine, header_s: u64, idle_s: u64) -> (tempfile::TempDir, Stage, Server) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
+    c.server.engine = engine;
     c.http.header_timeout_seconds = header_s;
     c.http.idle_timeout_seconds = idle_s;
     c.http.lb_idle_timeout_seconds = idle_s - 1;
@@ -19,7 +24,13 @@ const BEACON: &[u8] = b"GET /beacon?k=v HTTP/1.1\r\nHost: t\r\n\r\n";
 
 #[test]
 fn header_deadline_closes_a_connection_that_trickles_headers() {
-    let (_d, _s, srv) = server(1, 30);
+    for engine in ENGINES {
+        header_deadline(engine);
+    }
+}
+
+fn header_deadline(engine: Engine) {
+    let (_d, _s, srv) = server(engine, 1, 30);
     let mut conn = Conn::open(srv.addr);
     let start = Instant::now();
     conn.send(b"GET /beacon?k=v HTTP/1.1\r\nHost: t\r\n");
@@ -41,16 +52,30 @@ fn header_deadline_closes_a_connection_that_trickles_headers() {
         }
     }
     let t = closed_at.expect("slowloris connection was closed");
-    assert!(t >= Duration::from_millis(900), "closed too early: {t:?}");
+    assert!(
+        t >= Duration::from_millis(900),
+        "{engine:?}: closed too early: {t:?}"
+    );
     assert!(
         t < Duration::from_secs(3),
-        "closed too late: {t:?} (idle timeout is 30 s)"
+        "{engine:?}: closed too late: {t:?} (idle timeout is 30 s)"
     );
 }
 
 #[test]
 fn idle_keepalive_survives_past_header_deadline_and_closes_after_idle_timeout() {
-    let (_d, _s, srv) = server(1, 3);
+    // The engines in parallel: each waits out its idle timeout.
+    let handles: Vec<_> = ENGINES
+        .into_iter()
+        .map(|e| std::thread::spawn(move || idle_timeout(e)))
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+fn idle_timeout(engine: Engine) {
+    let (_d, _s, srv) = server(engine, 1, 3);
     let mut conn = Conn::open(srv.addr);
     assert_eq!(conn.request(BEACON).unwrap().status, 204);
     // Idle for twice the header deadline: an idle connection is not a slow request.
@@ -67,10 +92,10 @@ fn idle_keepalive_survives_past_header_deadline_and_closes_after_idle_timeout() 
     let t = idle_start.elapsed();
     assert!(
         t >= Duration::from_millis(2800),
-        "closed before the idle timeout: {t:?}"
+        "{engine:?}: closed before the idle timeout: {t:?}"
     );
     assert!(
         t < Duration::from_millis(4500),
-        "closed well after the idle timeout: {t:?}"
+        "{engine:?}: closed well after the idle timeout: {t:?}"
     );
 }
