@@ -6,19 +6,23 @@
 //!   connections and a group commit to the spool; the native HTTP/1.1 engine (httparse) and
 //!   the hyper reference engine over shared routes, limits and request → record.
 //! - [`record`]: the beacon record, its binary encoding and its NDJSON form.
-//! - [`spool`]: durable segmented log; a beacon is answered once it is here.
+//! - [`spool`]: durable segmented log (frame, writer, reader); a beacon is answered once it
+//!   is here.
 //! - [`forwarder`]: spool → batches on a unix socket → ACKs → spool segments deleted.
 //! - [`protocol`]: the frame format between collector and processing stage.
-//! - [`processor`]: the bundled processing stage writing rotated NDJSON files.
+//! - [`processor`], [`sink`], [`subject`]: the bundled processing stage and its sinks
+//!   (rotated NDJSON files, NATS JetStream) and the NATS subject template.
+//! - [`time`]: RFC 3339 timestamps without a date-time dependency.
 //! - [`supervisor`]: runs the embedded processing stage as a child and restarts it.
 //! - [`metrics`]: metric names, the Prometheus recorder, the admin listener.
 //! - [`kernel`], [`check`], [`sampler`]: reading `/proc`, the self-check against the config
 //!   with its generated sysctl/limits/systemd files, and kernel counters as metrics.
 //!
-//! Data path: a worker accepts → frames the request → builds the record into its commit group
-//! → [`spool::Spool::write_group`] once per event-loop turn (503 when it cannot) → 204 → the forwarder streams it to the processing stage → ACK → the
-//! segment is deleted once all its records are acknowledged. Shutdown: health check 503,
-//! drain, flush what the stage will take; anything left stays in the spool for the next start.
+//! Data path: a worker accepts → frames the request → builds the record into its commit
+//! group → [`spool::Spool::write_group`] once per event-loop turn (503 when it cannot) → 204
+//! → the forwarder streams it to the processing stage → ACK → the segment is deleted once all
+//! its records are acknowledged. Shutdown: health check 503, drain, flush what the stage will
+//! take; anything left stays in the spool for the next start.
 
 pub mod check;
 pub mod config;
