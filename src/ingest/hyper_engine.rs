@@ -5,7 +5,7 @@
 //! Timers. hyper (>= 1.6) starts `header_read_timeout` when it begins waiting for a request
 //! head, so that timer *is* the keep-alive idle timeout: we set it to
 //! `http.idle_timeout_seconds`. The slowloris deadline must instead start at the first byte
-//! of a request, which hyper cannot express; [`Watched`] notices that byte and the connection
+//! of a request, which hyper cannot express; `Watched` notices that byte and the connection
 //! task closes the connection if the head is not complete `header_timeout_seconds` later.
 //! Body reads get their own deadline in the handler.
 

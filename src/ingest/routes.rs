@@ -236,7 +236,7 @@ pub enum Route {
 }
 
 impl Route {
-    /// Every route, in [`Route::index`] order.
+    /// Every route, in the order of their counters.
     pub const ALL: [Route; 4] = [Route::Beacon, Route::Gif, Route::Health, Route::Other];
 
     /// The metric label.

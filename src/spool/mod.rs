@@ -13,8 +13,8 @@
 //! [`SpoolReader`] and reports ACKs with [`Spool::ack`]. Shared bookkeeping sits behind std
 //! `Mutex`es: sections are short and never span an await.
 //!
-//! Here: opening and recovery, acknowledgements, the checkpoint and the handle; [`frame`] the
-//! record frame (the one encoder and decoder), [`writer`] the append side, [`reader`] the
+//! Here: opening and recovery, acknowledgements, the checkpoint and the handle; `frame` the
+//! record frame (the one encoder and decoder), `writer` the append side, `reader` the
 //! forwarder's reader.
 
 use crate::config::{AckAfter, SpoolConfig};
