@@ -56,7 +56,7 @@ pub fn seal(frames: &mut [u8], first_seq: u64) -> u64 {
 }
 
 /// Starts a frame for a record in a group buffer: the header with the length left to
-/// [`frame_end`] and the sequence number and checksum to [`Spool::write_group`]. Returns the
+/// [`frame_end`] and the sequence number and checksum to [`Spool::write_group`](super::Spool::write_group). Returns the
 /// frame's offset.
 pub fn frame_start(buf: &mut BytesMut) -> usize {
     let at = buf.len();

@@ -38,7 +38,7 @@ pub enum Written {
 }
 
 impl Spool {
-    /// Writes a group of records pre-framed by [`frame_start`]/[`frame_end`] in `frames`
+    /// Writes a group of records pre-framed by [`frame_start`](super::frame_start)/[`frame_end`](super::frame_end) in `frames`
     /// (`count` of them): numbers them, checksums them and appends them to the active segment
     /// with one `write(2)`. Called on the worker's own thread; blocks only for the write
     /// (page cache). `Ok` is not yet an acknowledgement with `NeedsSync`.
