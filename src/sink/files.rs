@@ -56,7 +56,10 @@ impl FileSink {
     /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
     /// file is renamed to `.ndjson`.
     pub fn open(cfg: &ProcessorConfig) -> Result<Self, ProcessError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(setup("create data_dir", &cfg.data_dir))?;
+        // Records hold client IPs and page URLs: only the stage's user may read them.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(&cfg.data_dir)
+            .map_err(setup("create data_dir", &cfg.data_dir))?;
         let entries =
             std::fs::read_dir(&cfg.data_dir).map_err(setup("read data_dir", &cfg.data_dir))?;
         for e in entries.flatten() {
@@ -117,14 +120,15 @@ impl FileSink {
             self.counter
         );
         let path = self.cfg.data_dir.join(name);
-        let file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .map_err(|source| ProcessError::Sink {
-                path: path.clone(),
-                source,
-            })?;
+        let file = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create_new(true).append(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(|source| ProcessError::Sink {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Current {
             file,
             path,

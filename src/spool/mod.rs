@@ -23,6 +23,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,12 +144,18 @@ impl Spool {
         cfg: &SpoolConfig,
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(err("create directory", &cfg.dir))?;
+        // The spool holds client IPs and page URLs: only the collector's user may read it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.dir)
+            .map_err(err("create directory", &cfg.dir))?;
         let lock_path = cfg.dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(err("open lock file", &lock_path))?;
         // SAFETY: flock(2) on a descriptor we own; no memory is involved.
@@ -370,12 +377,19 @@ impl Shared {
             st.acked,
             boot_id().unwrap_or_else(|| "-".into())
         );
-        let res = std::fs::write(&tmp, body).and_then(|()| {
-            if self.fsync {
-                File::open(&tmp)?.sync_all()?;
-            }
-            std::fs::rename(&tmp, self.dir.join(CHECKPOINT))
-        });
+        let res = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, body.as_bytes()))
+            .and_then(|()| {
+                if self.fsync {
+                    File::open(&tmp)?.sync_all()?;
+                }
+                std::fs::rename(&tmp, self.dir.join(CHECKPOINT))
+            });
         match res {
             Ok(()) => st.checkpointed = st.acked,
             // Not fatal: a stale checkpoint only means more replays (duplicates) after a crash.
