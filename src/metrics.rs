@@ -32,6 +32,9 @@ pub const PROXY_HEADERS_TOTAL: &str = "beacon_proxy_headers_total";
 pub const PROXY_HEADER_ERRORS_TOTAL: &str = "beacon_proxy_header_errors_total";
 /// Requests from a trusted proxy whose `X-Forwarded-For` did not parse (the header was ignored).
 pub const FORWARDED_FOR_INVALID_TOTAL: &str = "beacon_forwarded_for_invalid_total";
+/// Times a worker found its share of `server.max_connections` taken and left new connections
+/// in the kernel's accept queue.
+pub const CONNECTION_LIMIT_REACHED_TOTAL: &str = "beacon_connection_limit_reached_total";
 /// `accept(2)` errors, by `kind`.
 pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
 /// Bytes held in the spool.

@@ -243,11 +243,29 @@ where
 {
     let mut last_log: Option<Instant> = None;
     let mut suppressed = 0u64;
+    let mut last_cap_log: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = crate::wait_true(&mut stop) => return Ok(()),
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                // At the cap: new connections wait in the kernel's accept queue (and overflow
+                // it if this lasts). Counted every time, logged once in a while.
+                metrics::counter!(m::CONNECTION_LIMIT_REACHED_TOTAL).increment(1);
+                let now = Instant::now();
+                if last_cap_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                    tracing::warn!(
+                        "connection limit reached (this worker's share of server.max_connections): \
+                         new connections wait in the accept queue; raise server.max_connections \
+                         (and LimitNOFILE) or add collectors"
+                    );
+                    last_cap_log = Some(now);
+                }
+                tokio::select! {
+                    biased;
+                    _ = crate::wait_true(&mut stop) => return Ok(()),
+                    p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                }
+            }
         };
         loop {
             let res = tokio::select! {

@@ -125,3 +125,51 @@ fn body_deadline(engine: Engine) {
         "{engine:?}: {t:?}"
     );
 }
+
+/// At `server.max_connections` new connections wait in the accept queue (never refused by the
+/// collector), the collector counts it, and they are served once others close.
+#[test]
+fn connection_cap_holds_new_connections_in_the_queue_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.server.workers = 1;
+    c.server.max_connections = 2;
+    let _stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let beacon = b"GET /beacon?k=cap HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut held: Vec<Conn> = (0..2).map(|_| Conn::open(srv.addr)).collect();
+    for h in &mut held {
+        assert_eq!(h.request(beacon).unwrap().status, 204);
+    }
+    let mut waiting = Conn::open(srv.addr);
+    waiting.send(beacon);
+    waiting
+        .rd
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        waiting.read(false).is_none(),
+        "a third connection is not served while two are open"
+    );
+    let scrape = beacon_collector::metrics::install().render();
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("beacon_connection_limit_reached_total ") && !l.ends_with(" 0")),
+        "{scrape}"
+    );
+    drop(held);
+    waiting
+        .rd
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        waiting
+            .read(false)
+            .expect("served after the others closed")
+            .status,
+        204
+    );
+}
