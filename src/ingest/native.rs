@@ -96,7 +96,7 @@ pub async fn run(
         }
     };
     w.open.increment(1.0);
-    let _open = scopeguard(&w);
+    let _open = Open(&w);
     // Held for the connection's life: returned when this task ends.
     let _permit = permit;
     let phase = w.phase_slot();
@@ -214,10 +214,6 @@ impl Drop for Open<'_> {
     fn drop(&mut self) {
         self.0.open.decrement(1.0);
     }
-}
-
-fn scopeguard(w: &Worker) -> Open<'_> {
-    Open(w)
 }
 
 /// What ended a connection's wait.
