@@ -189,7 +189,9 @@ impl Forwarder {
         // Set when a read found nothing readable below `written` (a corrupt tail being
         // skipped): wait for new records or the next tick instead of spinning.
         let mut stalled = false;
-        let mut last_send = Instant::now() - self.linger;
+        let mut last_send = Instant::now()
+            .checked_sub(self.linger)
+            .unwrap_or_else(Instant::now);
         loop {
             let written = *written_rx.borrow_and_update();
             let position = reader.as_ref().expect("present between reads").position();
