@@ -248,7 +248,10 @@ impl Spool {
                 segment_bytes: cfg.segment_bytes,
                 active: None,
                 next_seq: last_written + 1,
-                last_mark: Instant::now() - Duration::from_secs(10),
+                // So the first group sets a mark (checked: the clock may be younger than 10 s).
+                last_mark: Instant::now()
+                    .checked_sub(Duration::from_secs(10))
+                    .unwrap_or_else(Instant::now),
             }),
         });
         {
