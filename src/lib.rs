@@ -194,12 +194,14 @@ pub async fn run(
 
     let s = &config.shutdown;
     if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
+        // Flag first, then say so: whoever reads the log line (an operator, a test) finds the
+        // health check already failing.
+        app.set_draining();
+        ingest.set_phase(Phase::Deregistering);
         tracing::info!(
             seconds = s.deregistration_delay_seconds,
             "SIGTERM: failing health checks while still serving"
         );
-        app.set_draining();
-        ingest.set_phase(Phase::Deregistering);
         tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
     }
     app.set_draining();
