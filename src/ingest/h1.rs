@@ -7,6 +7,7 @@
 
 use super::routes::{reason, Answer, Cors, Reject};
 use httparse::{Header, Status};
+use std::mem::MaybeUninit;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +41,14 @@ pub struct ParsedHead<'b> {
 
 /// Parses the head at the start of `buf` into `headers`. `Ok(None)`: incomplete (and not yet
 /// over `max_head`). Errors are the answer to send before closing.
-pub fn parse_head<'b>(
+pub fn parse_head<'b, 'h>(
     buf: &'b [u8],
-    headers: &mut [Header<'b>],
+    headers: &'h mut [MaybeUninit<Header<'b>>],
     max_head: usize,
-) -> Result<Option<(ParsedHead<'b>, usize)>, Reject> {
-    let mut req = httparse::Request::new(headers);
-    let len = match req.parse(buf) {
+) -> Result<Option<(ParsedHead<'b>, &'h [Header<'b>])>, Reject> {
+    // Uninitialised header slots: no memset of the whole array for every request.
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, headers) {
         Ok(Status::Complete(n)) => n,
         Ok(Status::Partial) => {
             return if buf.len() > max_head {
@@ -64,8 +66,8 @@ pub fn parse_head<'b>(
     let method = req.method.expect("complete");
     let target = check_target(req.path.expect("complete").as_bytes())?;
     let http10 = req.version.expect("complete") == 0;
-    let n_headers = req.headers.len();
-    let hs = &req.headers[..n_headers];
+    let taken: &'h mut [Header<'b>] = std::mem::take(&mut req.headers);
+    let hs: &'h [Header<'b>] = taken;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -131,7 +133,7 @@ pub fn parse_head<'b>(
             keep_alive,
             expect_continue: expect_continue && !http10,
         },
-        n_headers,
+        hs,
     )))
 }
 
@@ -553,7 +555,7 @@ mod tests {
     use super::*;
 
     fn parse(raw: &[u8]) -> Result<Option<ParsedHead<'_>>, Reject> {
-        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut hs = [const { MaybeUninit::uninit() }; 32];
         // The headers borrow `raw`, not the array: copy the result out.
         parse_head(raw, &mut hs, 8192).map(|o| o.map(|(h, _)| h))
     }
@@ -671,9 +673,9 @@ mod tests {
     /// Parses what a connection would have after `cut` bytes: head, then body as far as it is
     /// there. Checks that nothing is read past the bytes given and the body stays in its limit.
     fn parse_prefix(buf: &[u8], max_body: usize) {
-        let mut hs = [httparse::EMPTY_HEADER; 16];
-        if let Ok(Some((h, n))) = parse_head(buf, &mut hs, 8192) {
-            assert!(h.len <= buf.len() && n <= 16);
+        let mut hs = [const { MaybeUninit::uninit() }; 16];
+        if let Ok(Some((h, headers))) = parse_head(buf, &mut hs, 8192) {
+            assert!(h.len <= buf.len() && headers.len() <= 16);
             let rest = &buf[h.len..];
             if h.framing == Framing::Chunked {
                 if let Ok(Chunked::Done(v, used, chunks)) = decode_chunked(rest, max_body) {
@@ -688,10 +690,10 @@ mod tests {
     #[test]
     fn a_request_split_anywhere_is_incomplete_never_wrong() {
         for raw in VALID {
-            let mut hs = [httparse::EMPTY_HEADER; 16];
+            let mut hs = [const { MaybeUninit::uninit() }; 16];
             let (head, _) = parse_head(raw, &mut hs, 8192).unwrap().unwrap();
             for cut in 0..head.len {
-                let mut hs = [httparse::EMPTY_HEADER; 16];
+                let mut hs = [const { MaybeUninit::uninit() }; 16];
                 assert!(
                     matches!(parse_head(&raw[..cut], &mut hs, 8192), Ok(None)),
                     "{:?} cut at {cut}",

@@ -353,37 +353,39 @@ fn process(
         }
         let buf = &data[pos..];
         let started = Instant::now();
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut stack = [const { std::mem::MaybeUninit::uninit() }; STACK_HEADERS];
         let mut heap = Vec::new();
-        let hs: &mut [httparse::Header<'_>] = if max_headers <= STACK_HEADERS {
+        let hs: &mut [std::mem::MaybeUninit<httparse::Header<'_>>] = if max_headers <= STACK_HEADERS
+        {
             &mut stack[..max_headers]
         } else {
-            heap.resize(max_headers, httparse::EMPTY_HEADER);
+            heap.resize_with(max_headers, std::mem::MaybeUninit::uninit);
             &mut heap[..]
         };
-        let (ph, n): (ParsedHead<'_>, usize) = match h1::parse_head(buf, hs, max_head) {
-            Ok(Some(x)) => x,
-            Ok(None) => {
-                if st.deadline.is_none() {
-                    st.deadline = Some(TokioInstant::now() + w.header_timeout);
+        let (ph, headers): (ParsedHead<'_>, &[httparse::Header<'_>]) =
+            match h1::parse_head(buf, hs, max_head) {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    if st.deadline.is_none() {
+                        st.deadline = Some(TokioInstant::now() + w.header_timeout);
+                    }
+                    return (pos, Step::More);
                 }
-                return (pos, Step::More);
-            }
-            Err(r) => {
-                // Nothing that fails framing becomes a record; the connection closes.
-                let a = Answer::reject(app, r);
-                w.stats.framing_error(&a);
-                h1::write_answer(out, &a, &date, false, true, false);
-                return (pos, Step::Close);
-            }
-        };
+                Err(r) => {
+                    // Nothing that fails framing becomes a record; the connection closes.
+                    let a = Answer::reject(app, r);
+                    w.stats.framing_error(&a);
+                    h1::write_answer(out, &a, &date, false, true, false);
+                    return (pos, Step::Close);
+                }
+            };
         let (path, query) = routes::split_target(ph.target);
         let head = Head {
             method: ph.method,
             path,
             query,
             target_len: path.len() + query.map_or(0, |q| q.len() + 1),
-            headers: &hs[..n],
+            headers,
         };
         let rest = &buf[ph.len..];
         let body = match ph.framing {
