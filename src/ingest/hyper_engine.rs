@@ -42,7 +42,7 @@ pub fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
         .header_read_timeout(Duration::from_secs(h.idle_timeout_seconds))
         // hyper answers 431 itself beyond these; the handler applies the exact byte limit.
         .max_headers(h.max_headers)
-        .max_buf_size((h.max_uri_bytes + h.max_header_bytes + 1024).max(8192))
+        .max_buf_size(routes::max_head_bytes(h))
         .max_header_size(h.max_uri_bytes + h.max_header_bytes + 1024);
     b
 }

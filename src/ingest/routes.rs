@@ -103,8 +103,14 @@ impl App {
     /// The largest request head an engine buffers before answering 431 (the same bound for
     /// both engines, so they refuse the same heads).
     pub fn max_head_bytes(&self) -> usize {
-        (self.http.max_uri_bytes + self.http.max_header_bytes + 1024).max(8192)
+        max_head_bytes(&self.http)
     }
+}
+
+/// The largest request head either engine buffers before answering 431: target and header
+/// limits plus room for the request line and field syntax.
+pub fn max_head_bytes(h: &crate::config::HttpConfig) -> usize {
+    (h.max_uri_bytes + h.max_header_bytes + 1024).max(8192)
 }
 
 /// Text that fits inline: an `ip:port` or an IP address, formatted once per connection so a
