@@ -965,7 +965,7 @@ impl NatsConfig {
             ));
         }
         for (i, s) in self.stream_subjects.iter().enumerate() {
-            if let Err(problem) = crate::subject::check_pattern(s) {
+            if let Err(problem) = crate::sink::nats::subject::check_pattern(s) {
                 return Err(ConfigError::new(
                     &format!("processor.nats.stream_subjects[{i}]"),
                     format!("{s:?}: {problem}"),
@@ -973,19 +973,20 @@ impl NatsConfig {
                 ));
             }
         }
-        let template = crate::subject::Template::parse(&self.subject).map_err(|problem| {
-            ConfigError::new(
-                "processor.nats.subject",
-                format!("{:?}: {problem}", self.subject),
-                "write dot-separated tokens, each a literal or one of {site}, {path}, {kind}, \
+        let template =
+            crate::sink::nats::subject::Template::parse(&self.subject).map_err(|problem| {
+                ConfigError::new(
+                    "processor.nats.subject",
+                    format!("{:?}: {problem}", self.subject),
+                    "write dot-separated tokens, each a literal or one of {site}, {path}, {kind}, \
                  {method}, {param.NAME}, e.g. \"beacons.{site}\"",
-            )
-        })?;
+                )
+            })?;
         let sample = template.sample();
         if !self
             .stream_subjects
             .iter()
-            .any(|p| crate::subject::matches(p, &sample))
+            .any(|p| crate::sink::nats::subject::matches(p, &sample))
         {
             return Err(ConfigError::new(
                 "processor.nats.subject",

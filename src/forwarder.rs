@@ -8,6 +8,7 @@
 //! the stage is away; the spool's size limit is the only buffer.
 
 use crate::config::ForwardConfig;
+use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::spool::Spool;
@@ -66,19 +67,15 @@ impl Forwarder {
         });
     }
 
-    /// Runs until `close` turns true and everything in the spool is acknowledged. The caller
+    /// Runs until `close` is cancelled and everything in the spool is acknowledged. The caller
     /// bounds that with the shutdown flush deadline; what is left stays in the spool for the
     /// next start.
-    pub async fn run(
-        mut self,
-        mut close: watch::Receiver<bool>,
-        report: watch::Sender<ForwardReport>,
-    ) {
+    pub async fn run(mut self, close: CancellationToken, report: watch::Sender<ForwardReport>) {
         let mut backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);
         let mut last_warn: Option<Instant> = None;
         loop {
-            if *close.borrow() && self.spool.unacked() == 0 {
+            if close.is_cancelled() && self.spool.unacked() == 0 {
                 break;
             }
             match UnixStream::connect(&self.socket_path).await {
@@ -86,7 +83,7 @@ impl Forwarder {
                     metrics::counter!(m::FORWARD_CONNECTS_TOTAL).increment(1);
                     tracing::info!(socket = %self.socket_path.display(), unacked = self.spool.unacked(), "connected to processing stage");
                     let connected = Instant::now();
-                    let end = self.connection(stream, &mut close, &report).await;
+                    let end = self.connection(stream, &close, &report).await;
                     self.spool.checkpoint();
                     // A stage that accepts and drops us at once must not get a reconnect storm.
                     if connected.elapsed() > Duration::from_secs(1) {
@@ -117,7 +114,7 @@ impl Forwarder {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 // Notice a shutdown at once (it may be able to finish now).
-                _ = crate::wait_true(&mut close), if !*close.borrow() => {}
+                _ = close.cancelled(), if !close.is_cancelled() => {}
             }
             backoff = (backoff * 2).min(max_backoff);
         }
@@ -132,7 +129,7 @@ impl Forwarder {
     async fn connection(
         &mut self,
         stream: UnixStream,
-        close: &mut watch::Receiver<bool>,
+        close: &CancellationToken,
         report: &watch::Sender<ForwardReport>,
     ) -> ConnEnd {
         let (mut rd, mut wr) = stream.into_split();
@@ -185,7 +182,7 @@ impl Forwarder {
         let mut batch: Vec<(u64, Bytes)> = Vec::with_capacity(self.cfg.batch_max_records);
         let mut last_progress = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut closing = *close.borrow();
+        let mut closing = close.is_cancelled();
         // Set when a read found nothing readable below `written` (a corrupt tail being
         // skipped): wait for new records or the next tick instead of spinning.
         let mut stalled = false;
@@ -281,7 +278,7 @@ impl Forwarder {
                     // New records after an idle moment: the linger above gives the batch a
                     // moment to fill. They are already answered: no client latency.
                 }
-                _ = crate::wait_true(close), if !closing => closing = true,
+                _ = close.cancelled(), if !closing => closing = true,
                 _ = tick.tick() => {
                     stalled = false;
                     self.spool.checkpoint();

@@ -1,11 +1,8 @@
-//! Metric names (all of them, in one place), the Prometheus recorder, and the admin listener
-//! that serves `/metrics`.
+//! Metric names (all of them, in one place) and the Prometheus recorder; [`crate::admin`]
+//! serves them.
 //!
 //! Names carry their unit (`_seconds`, `_bytes`, `_total`); label values are bounded sets.
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
@@ -133,57 +130,4 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Serves `GET /metrics` on the admin listener until `stop` resolves.
-pub async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    handle: PrometheusHandle,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let upkeep = handle.clone();
-    let upkeep_task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = crate::wait_true(&mut stop) => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(crate::ingest::listener::ACCEPT_PAUSE).await;
-                    continue;
-                }
-            },
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let handle = handle.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(handle.render())))
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
-                    };
-                    Ok::<_, std::convert::Infallible>(resp.expect("static response parts"))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
-    upkeep_task.abort();
 }

@@ -30,6 +30,23 @@ pub struct ChildSpec {
     pub restart_delay: Duration,
 }
 
+impl ChildSpec {
+    /// The embedded processing stage: this executable's `process --watch-stdin`, reading the
+    /// same config file as the collector.
+    pub fn stage(config: &crate::config::Config, config_path: Option<PathBuf>) -> Self {
+        let mut args: Vec<OsString> = vec!["process".into(), "--watch-stdin".into()];
+        if let Some(p) = config_path {
+            args.push("-c".into());
+            args.push(p.into());
+        }
+        Self {
+            program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("beacon-collector")),
+            args,
+            restart_delay: Duration::from_millis(config.processor.restart_delay_ms),
+        }
+    }
+}
+
 impl Supervisor {
     /// Starts the child and watches it.
     pub fn start(spec: ChildSpec) -> Self {

@@ -228,14 +228,14 @@ pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) 
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
-/// Accepts connections until `stop` resolves. A permit from `permits` is taken *before*
+/// Accepts connections until `stop` is cancelled. A permit from `permits` is taken *before*
 /// `accept`, so at the cap connections wait in the kernel's accept queue (bounded by the
 /// backlog) rather than in the process; the permit travels with the connection and is returned
 /// when the connection is dropped. Returns `Err` only for a fatal accept error.
 pub async fn accept_loop<F>(
     listener: TcpListener,
     permits: Arc<Semaphore>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: crate::lifecycle::CancellationToken,
     mut on_conn: F,
 ) -> io::Result<()>
 where
@@ -262,7 +262,7 @@ where
                 }
                 tokio::select! {
                     biased;
-                    _ = crate::wait_true(&mut stop) => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                     p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
                 }
             }
@@ -270,7 +270,7 @@ where
         loop {
             let res = tokio::select! {
                 biased;
-                _ = crate::wait_true(&mut stop) => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 r = listener.accept() => r,
             };
             match res {
@@ -305,7 +305,7 @@ where
                                 suppressed += 1;
                             }
                             tokio::select! {
-                                _ = crate::wait_true(&mut stop) => return Ok(()),
+                                _ = stop.cancelled() => return Ok(()),
                                 _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
                             }
                         }

@@ -23,9 +23,11 @@ pub mod ratelimit;
 pub mod routes;
 pub mod worker;
 
-pub use routes::{App, Phase};
+pub use crate::lifecycle::Phase;
+pub use routes::App;
 
 use crate::config::Config;
+use crate::lifecycle::CancellationToken;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +47,7 @@ pub enum Engine {
 /// The running workers, as `run` drives them through shutdown.
 pub struct Ingest {
     phase: watch::Sender<Phase>,
-    stop_accept: watch::Sender<bool>,
+    stop_accept: CancellationToken,
     exited: mpsc::UnboundedReceiver<worker::WorkerResult>,
     running: usize,
 }
@@ -71,7 +73,7 @@ impl Ingest {
             }
         }
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        let (stop_accept, stop_rx) = watch::channel(false);
+        let stop_accept = CancellationToken::new();
         let (exit_tx, exited) = mpsc::unbounded_channel();
         let hyper = (config.server.engine == Engine::Hyper)
             .then(|| Arc::new(hyper_engine::builder(config)));
@@ -86,7 +88,7 @@ impl Ingest {
                 queue_capacity: config.queue.capacity.div_ceil(n),
                 socket_options: listener::SocketOptions::from_config(&config.server),
                 phase: phase_rx.clone(),
-                stop_accept: stop_rx.clone(),
+                stop_accept: stop_accept.child_token(),
                 idle_timeout: Duration::from_secs(h.idle_timeout_seconds),
                 header_timeout: Duration::from_secs(h.header_timeout_seconds),
                 body_timeout: Duration::from_secs(h.body_timeout_seconds),
@@ -134,7 +136,7 @@ impl Ingest {
 
     /// Stops accepting on every worker.
     pub fn stop_accepting(&self) {
-        let _ = self.stop_accept.send(true);
+        self.stop_accept.cancel();
     }
 
     /// Waits up to `timeout` for every worker to finish (connections drained, last group

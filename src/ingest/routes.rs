@@ -20,19 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// A transparent 1x1 GIF (43 bytes).
 pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
-/// Server lifecycle as seen by connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Normal service.
-    Running,
-    /// SIGTERM received: health check fails, every response says `Connection: close`.
-    Deregistering,
-    /// Accepting stopped; connections finish their request and close.
-    Draining,
-    /// Drain deadline passed: connections are dropped.
-    Abort,
-}
-
 /// State shared by every worker (read-mostly; the rate limiter has its own locks).
 pub struct App {
     /// The `[http]` section.

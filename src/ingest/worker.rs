@@ -8,6 +8,7 @@ use super::h1::DateCache;
 use super::listener::{self, SocketOptions};
 use super::routes::{App, Conn, Stats};
 use super::{native, proxy, Engine, Phase};
+use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::record::ClientIpSource;
 use std::cell::RefCell;
@@ -39,8 +40,8 @@ pub struct Spec {
     pub socket_options: SocketOptions,
     /// Lifecycle, from `run`.
     pub phase: watch::Receiver<Phase>,
-    /// Turns true when accepting must stop.
-    pub stop_accept: watch::Receiver<bool>,
+    /// Cancelled when accepting must stop.
+    pub stop_accept: CancellationToken,
     /// `http.idle_timeout_seconds` and the other deadlines.
     pub idle_timeout: Duration,
     /// `http.header_timeout_seconds`.

@@ -2,11 +2,11 @@
 //! warning when a trouble counter rises, so the collector says what used to be one line in
 //! syslog (or nothing at all).
 
-use crate::kernel::{Limit, ProcRoot};
+use super::kernel::{Limit, ProcRoot};
+use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// Counters that mean trouble when they rise: (netstat key, metric, what it means).
 const TROUBLE: [(&str, &str, &str); 5] = [
@@ -76,14 +76,14 @@ pub fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
     out
 }
 
-/// Samples every `every` until `stop` turns true.
-pub async fn run(proc: ProcRoot, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Samples every `every` until `stop` is cancelled.
+pub async fn run(proc: ProcRoot, every: Duration, stop: CancellationToken) {
     let mut prev = HashMap::new();
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::wait_true(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
         let p = proc.clone();
         let before = std::mem::take(&mut prev);

@@ -8,12 +8,13 @@
 //! cumulative and never run ahead of any sink.
 
 use crate::config::{Config, SinkKind};
+use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::record::RecordRef;
 use crate::sink::files::{self, FileSink};
+use crate::sink::nats::subject::Template;
 use crate::sink::{nats, Batch, Entry, Job};
-use crate::subject::Template;
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::io;
@@ -23,11 +24,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// A failure that stops the processing stage.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    /// The runtime or the signal handlers could not be set up.
+    #[error("starting the processing stage: {0}")]
+    Start(io::Error),
+    /// The admin port could not be bound.
+    #[error(transparent)]
+    Admin(#[from] crate::admin::BindError),
     /// Another processing stage answers on the socket.
     #[error("another processing stage is already listening on {0}")]
     InUse(PathBuf),
@@ -89,6 +96,42 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
     Ok(l)
 }
 
+/// The `process` command: binds the socket and the admin port, runs the stage on its own
+/// runtime until a signal (or, with `watch_stdin`, the parent going away), then removes the
+/// socket file.
+pub fn main(config: Config, watch_stdin: bool) -> Result<(), ProcessError> {
+    // One thread: the stage's work per batch is short (decode, render, append, ACK), and a
+    // second worker only added wake-ups between the two.
+    let rt = crate::lifecycle::runtime(1).map_err(ProcessError::Start)?;
+    let res = rt.block_on(async move {
+        // Installed before anything else can take time: a signal during start-up is not lost.
+        let stop = crate::lifecycle::stage_stop(watch_stdin).map_err(ProcessError::Start)?;
+        let l = bind(&config.forward.socket_path, config.processor.socket_mode)?;
+        let admin = if config.processor.admin_enabled {
+            Some(crate::admin::bind(
+                "processor.admin_listen",
+                config.processor.admin_listen,
+            )?)
+        } else {
+            None
+        };
+        tracing::info!(
+            socket = %config.forward.socket_path.display(),
+            data_dir = %config.processor.data_dir.display(),
+            "processing stage listening"
+        );
+        let socket = config.forward.socket_path.clone();
+        let res = run(config, l, admin, stop).await;
+        let _ = std::fs::remove_file(&socket);
+        res
+    });
+    // Tokio reads stdin on a blocking thread that a runtime drop would wait for, and that read
+    // only returns when the parent closes the pipe: the stage would hang after its work was
+    // done until the supervisor killed it 10 s later. Everything is written; do not wait.
+    rt.shutdown_background();
+    res
+}
+
 /// How long sinks may keep retrying after a stop before giving up on what they hold (it stays
 /// unacknowledged in the collector's spool). The supervisor kills a stage after 10 s.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -109,7 +152,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ProcessError> {
     let pc = config.processor.clone();
-    let (abandon_tx, abandon_rx) = watch::channel(false);
+    let abandon = CancellationToken::new();
     let mut inboxes = Vec::new();
     let mut sink_tasks = tokio::task::JoinSet::new();
     let mut subject = None;
@@ -123,20 +166,20 @@ pub async fn run(
                 subject = Some(Template::parse(&pc.nats.subject).map_err(|problem| {
                     ProcessError::Config(format!("processor.nats.subject: {problem}"))
                 })?);
-                sink_tasks.spawn(nats::run(pc.nats.clone(), rx, abandon_rx.clone()));
+                sink_tasks.spawn(nats::run(pc.nats.clone(), rx, abandon.clone()));
             }
         }
         inboxes.push(tx);
     }
     let sinks = Arc::new(Sinks { inboxes, subject });
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_conns = CancellationToken::new();
     let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
 
-    let (stop_admin_tx, stop_admin_rx) = watch::channel(false);
+    let stop_admin = CancellationToken::new();
     if let Some(l) = admin {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(m::serve_admin(l, m::install(), stop_admin_rx));
+                tokio::spawn(crate::admin::serve(l, m::install(), stop_admin.clone()));
             }
             Err(e) => tracing::warn!(error = %e, "processing stage metrics listener unusable"),
         }
@@ -151,7 +194,7 @@ pub async fn run(
             Some(res) = sink_tasks.join_next() => break Some(res),
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
-                    conns.spawn(connection(stream, sinks.clone(), stop_rx.clone(), seen.clone()));
+                    conns.spawn(connection(stream, sinks.clone(), stop_conns.clone(), seen.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept on processing socket");
@@ -161,13 +204,13 @@ pub async fn run(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     };
-    let _ = stop_admin_tx.send(true);
-    let _ = stop_tx.send(true);
+    stop_admin.cancel();
+    stop_conns.cancel();
     drop(sinks);
     drop(listener);
     if let Some(res) = early {
         conns.shutdown().await;
-        let _ = abandon_tx.send(true);
+        abandon.cancel();
         return match res.expect("sink tasks do not panic") {
             Err(e) => Err(e),
             Ok(()) => Err(ProcessError::Config("a sink stopped unexpectedly".into())),
@@ -176,7 +219,7 @@ pub async fn run(
     tracing::info!("processing stage stopping: finishing pending writes");
     tokio::spawn(async move {
         tokio::time::sleep(STOP_GRACE).await;
-        let _ = abandon_tx.send(true);
+        abandon.cancel();
     });
     while conns.join_next().await.is_some() {}
     let mut result = Ok(());
@@ -237,7 +280,7 @@ fn render(
 async fn connection(
     stream: UnixStream,
     sinks: Arc<Sinks>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     seen: Arc<Mutex<HashMap<u64, u64>>>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
@@ -290,7 +333,7 @@ async fn connection(
     loop {
         let frame = tokio::select! {
             // Stop reading at shutdown; what was read is still written and acknowledged.
-            _ = crate::wait_true(&mut stop) => break,
+            _ = stop.cancelled() => break,
             f = protocol::read_frame(&mut rd) => f,
         };
         let (first_seq, records) = match frame {

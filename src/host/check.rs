@@ -6,8 +6,8 @@
 //! backlogs cut to somaxconn, nofile at 1024, conntrack full with a 5-day timeout, ephemeral
 //! ports exhausted by TIME_WAIT, `tcp_tw_recycle` dropping NAT clients, keepalive at 2 hours.
 
+use super::kernel::ProcRoot;
 use crate::config::Config;
-use crate::kernel::ProcRoot;
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -78,6 +78,89 @@ pub struct Summary {
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read kernel settings under {0}: no sys/ and net/ there (is it a /proc tree?)")]
 pub struct CheckError(pub String);
+
+/// A file `check --emit` generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// /etc/sysctl.d/60-beacon-collector.conf
+    Sysctl,
+    /// /etc/security/limits.d/60-beacon-collector.conf
+    Limits,
+    /// /etc/systemd/system/beacon-collector.service
+    Systemd,
+}
+
+/// The generated file.
+pub fn emit(config: &Config, which: Emit) -> String {
+    match which {
+        Emit::Sysctl => emit_sysctl(config),
+        Emit::Limits => emit_limits(config),
+        Emit::Systemd => emit_systemd(config),
+    }
+}
+
+/// The `check` command: prints the report (a table, coloured when `color`, or JSON) and
+/// returns the exit code: 0 all ok, 1 findings, 2 could not run.
+pub fn command(config: &Config, proc: &ProcRoot, json: bool, color: bool) -> u8 {
+    let report = match run(config, proc) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print!("{}", report.render_table(color));
+    }
+    report.exit_code as u8
+}
+
+/// `check.strict = true` and the self-check at start found failures.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "check.strict = true and the self-check found {0} fail(s); fix them (see the log, or run \
+     `beacon-collector check`) or set check.strict = false"
+)]
+pub struct StrictFailure(pub usize);
+
+/// The self-check at start: runs [`run`] against the live system and logs each warn and fail
+/// with its fix; with `check.strict` a fail stops the start. A check that cannot run (no
+/// `/proc`) is logged and skipped.
+pub fn self_check(config: &Config) -> Result<(), StrictFailure> {
+    let report = match run(config, &ProcRoot::system()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("self-check skipped: {e}");
+            return Ok(());
+        }
+    };
+    for f in &report.findings {
+        match f.severity {
+            Severity::Ok => {}
+            Severity::Warn => {
+                tracing::warn!(key = %f.key, current = %f.current, recommended = %f.recommended, fix = %f.fix, "check: {}", f.why)
+            }
+            Severity::Fail => {
+                tracing::error!(key = %f.key, current = %f.current, recommended = %f.recommended, fix = %f.fix, "check: {}", f.why)
+            }
+        }
+    }
+    tracing::info!(
+        ok = report.summary.ok,
+        warn = report.summary.warn,
+        fail = report.summary.fail,
+        "self-check done (beacon-collector check for the table)"
+    );
+    if config.check.strict && report.summary.fail > 0 {
+        return Err(StrictFailure(report.summary.fail));
+    }
+    Ok(())
+}
 
 /// File descriptors the collector needs beyond one per connection: listeners, spool segments,
 /// data files, logs, the admin listener, the runtime.

@@ -5,11 +5,13 @@
 //! meanwhile the collector's spool holds them. It also makes sure the stream exists with the
 //! configured settings, and reports every difference when it does not.
 
+pub mod subject;
+
 use super::{Batch, Job};
 use crate::config::{NatsConfig, OnMismatch, Retention, Storage};
+use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::processor::ProcessError;
-use crate::wait_true;
 use async_nats::jetstream::context::{
     GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,
 };
@@ -17,7 +19,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream, ErrorCode};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// Longest wait between two attempts (publishing, reaching JetStream).
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -30,7 +32,7 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(
     cfg: NatsConfig,
     mut jobs: mpsc::Receiver<Job>,
-    mut abandon: watch::Receiver<bool>,
+    abandon: CancellationToken,
 ) -> Result<(), ProcessError> {
     let client = connect(&cfg).await?;
     let js = jetstream::ContextBuilder::new()
@@ -47,13 +49,13 @@ pub async fn run(
     });
     tokio::select! {
         res = shared.ensure_stream() => res?,
-        _ = wait_true(&mut abandon) => return Ok(()),
+        _ = abandon.cancelled() => return Ok(()),
     }
     let rechecker = tokio::spawn(recheck(shared.clone()));
 
     let mut confirms = tokio::task::JoinSet::new();
     while let Some(job) = jobs.recv().await {
-        if *abandon.borrow() {
+        if abandon.is_cancelled() {
             shared.given_up.fetch_add(
                 job.batch.records.len() as u64,
                 std::sync::atomic::Ordering::Relaxed,
@@ -65,7 +67,7 @@ pub async fn run(
         metrics::gauge!(m::NATS_PENDING_RECORDS).increment(n as f64);
         let sent = tokio::select! {
             sent = shared.publish(&job.batch, 0..n) => sent,
-            _ = wait_true(&mut abandon) => {
+            _ = abandon.cancelled() => {
                 metrics::gauge!(m::NATS_PENDING_RECORDS).decrement(n as f64);
                 let _ = job.done.send(false);
                 continue;
@@ -302,12 +304,7 @@ fn is_not_found(e: &async_nats::jetstream::context::GetStreamError) -> bool {
 /// Waits for JetStream's answers to a job's publishes and sends the unanswered ones again
 /// (with backoff) until all are stored; then confirms the job. Gives up, unconfirmed, when
 /// the stage is stopping or the collector went away (it resends after reconnecting).
-async fn confirm(
-    shared: Arc<Shared>,
-    mut job: Job,
-    mut sent: Sent,
-    mut abandon: watch::Receiver<bool>,
-) {
+async fn confirm(shared: Arc<Shared>, mut job: Job, mut sent: Sent, abandon: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut failed = std::mem::take(&mut sent.unsent);
@@ -316,13 +313,13 @@ async fn confirm(
         for (i, ack) in sent.acks.drain(..) {
             let answer = tokio::select! {
                 a = ack => a,
-                _ = wait_true(&mut abandon) => Err(PublishError::new(PublishErrorKind::Other)),
+                _ = abandon.cancelled() => Err(PublishError::new(PublishErrorKind::Other)),
             };
             match answer {
                 Ok(a) if a.duplicate => dups += 1,
                 Ok(_) => stored += 1,
                 Err(e) => {
-                    if *abandon.borrow() {
+                    if abandon.is_cancelled() {
                         failed.push(i);
                         continue;
                     }
@@ -344,7 +341,7 @@ async fn confirm(
         }
         let give_up = tokio::select! {
             _ = tokio::time::sleep(backoff) => None,
-            _ = wait_true(&mut abandon) => Some(true),
+            _ = abandon.cancelled() => Some(true),
             _ = job.done.closed() => Some(false),
         };
         if let Some(stopping) = give_up {
@@ -361,7 +358,7 @@ async fn confirm(
         failed.sort_unstable();
         sent = tokio::select! {
             s = shared.publish(&job.batch, failed.iter().copied()) => s,
-            _ = wait_true(&mut abandon) => Sent { acks: Vec::new(), unsent: failed },
+            _ = abandon.cancelled() => Sent { acks: Vec::new(), unsent: failed },
         };
     }
 }

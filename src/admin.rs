@@ -1,0 +1,85 @@
+//! The admin listener (`GET /metrics`), for the collector (`admin.listen`) and the processing
+//! stage (`processor.admin_listen`): bound in one place, served until cancelled.
+
+use crate::lifecycle::CancellationToken;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The admin port could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding {key} {addr}: {source}")]
+pub struct BindError {
+    /// The config key that names the address.
+    pub key: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds the admin listener at `addr` (`key` names it in the error), non-blocking so a
+/// runtime can take it.
+pub fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let err = |source| BindError { key, addr, source };
+    let l = std::net::TcpListener::bind(addr).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok(l)
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    stop: CancellationToken,
+) {
+    let upkeep = handle.clone();
+    let upkeep_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(crate::ingest::listener::ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder()
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(handle.render())))
+                    } else {
+                        Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"see /metrics\n")))
+                    };
+                    Ok::<_, std::convert::Infallible>(resp.expect("static response parts"))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+    upkeep_task.abort();
+}

@@ -1,0 +1,104 @@
+//! Lifecycle: what tells a process to stop (signals, a parent that went away), the kinds of
+//! shutdown, the phases connections go through, and the cancellation token every background
+//! task stops on.
+//!
+//! One token per owner: `run` cancels the forwarder's, the sampler's and the admin
+//! listener's when their turn in the shutdown comes; a child token per accept loop. A task
+//! that takes a token stops when it is cancelled *or* when every clone of it is gone, so a
+//! forgotten sender can never leave a task running forever.
+
+use std::future::Future;
+pub use tokio_util::sync::CancellationToken;
+
+/// How to shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// SIGTERM: deregistration delay with failing health check, drain, flush.
+    Graceful,
+    /// SIGINT: no deregistration delay, a short drain, then flush.
+    Fast,
+}
+
+/// The collector's lifecycle as connections see it; the phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Normal service.
+    Running,
+    /// SIGTERM received: health check fails, every response says `Connection: close`.
+    Deregistering,
+    /// Accepting stopped; connections finish their request and close.
+    Draining,
+    /// Drain deadline passed: connections are dropped.
+    Abort,
+}
+
+/// The collector's signals: SIGTERM → graceful, SIGINT → fast. A second SIGINT (an impatient
+/// operator) exits at once; a repeated SIGTERM (orchestrators resend it) does not cut the
+/// drain short.
+///
+/// The handlers are installed when this is called, not when the future is first polled, so a
+/// signal that arrives during start-up is not lost to the default action (instant death).
+/// Must be called inside a Tokio runtime.
+pub fn collector_signals() -> std::io::Result<impl Future<Output = Shutdown>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let kind = tokio::select! {
+            _ = term.recv() => Shutdown::Graceful,
+            _ = int.recv() => Shutdown::Fast,
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM again: already shutting down"),
+                    _ = int.recv() => {
+                        eprintln!("second SIGINT: exiting without draining");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        });
+        kind
+    })
+}
+
+/// The processing stage's stop: SIGTERM, SIGINT, or (with `watch_stdin`) end of file on
+/// stdin, which is how a stage started by `serve` learns that its collector is gone, even
+/// after a `kill -9`. Installed at once, like [`collector_signals`].
+pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::io::AsyncReadExt;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let stdin_eof = async {
+            if !watch_stdin {
+                return std::future::pending().await;
+            }
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            let why = loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) => break "end of file".to_string(),
+                    Ok(_) => continue,
+                    Err(e) => break e.to_string(),
+                }
+            };
+            tracing::info!(why, "parent went away (stdin closed)");
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = stdin_eof => {}
+        }
+    })
+}
+
+/// Builds a multi-thread runtime with `threads` workers and every driver.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+}

@@ -1,0 +1,250 @@
+//! The collector process: binding its sockets, `run` (workers, forwarder, admin, sampler,
+//! driven through the shutdown phases), and [`main`], the `serve` command around it (self-check,
+//! signals, the embedded processing stage).
+
+use crate::config::{Config, ForwardMode};
+use crate::host::{check, kernel, sampler};
+use crate::ingest::{self, listener, App};
+use crate::lifecycle::{CancellationToken, Phase, Shutdown};
+use crate::{admin, forwarder, metrics, spool, supervisor};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A socket of the collector could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// A beacon listener.
+    #[error(transparent)]
+    Beacon(#[from] listener::ListenError),
+    /// The admin listener.
+    #[error(transparent)]
+    Admin(#[from] admin::BindError),
+}
+
+/// The sockets `run` serves, bound before it starts (so bind errors surface first and tests
+/// can bind port 0 and read the address).
+pub struct Listeners {
+    /// `SO_REUSEPORT` beacon listeners, all on the same address.
+    pub beacon: Vec<std::net::TcpListener>,
+    /// The admin listener, if enabled.
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds everything the config asks for.
+    pub fn bind(config: &Config) -> Result<Self, BindError> {
+        let beacon = match listener::inherited()? {
+            Some(socks) => {
+                tracing::info!(
+                    sockets = socks.len(),
+                    "using the listening sockets passed by the service manager (server.listen, backlog and listeners are its)"
+                );
+                socks
+            }
+            None => listener::bind(&config.server, config.listeners())?,
+        };
+        let admin = if config.admin.enabled {
+            Some(admin::bind("admin.listen", config.admin.listen)?)
+        } else {
+            None
+        };
+        Ok(Self { beacon, admin })
+    }
+
+    /// Address of the beacon listener.
+    pub fn beacon_addr(&self) -> Option<std::net::SocketAddr> {
+        self.beacon.first().and_then(|l| l.local_addr().ok())
+    }
+}
+
+/// What `run` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunReport {
+    /// Beacons answered 2xx.
+    pub accepted: u64,
+    /// Records the processing stage acknowledged during this run (replays from an earlier
+    /// run included).
+    pub acknowledged: u64,
+    /// Records left in the spool at exit (delivered at the next start).
+    pub remaining: u64,
+}
+
+/// Why `run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A listener could not be registered with the runtime.
+    #[error("listener: {0}")]
+    Listener(std::io::Error),
+    /// `accept` failed in a way that makes the listener unusable.
+    #[error("accept: {0}")]
+    Accept(std::io::Error),
+    /// The spool could not be opened or recovered.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// Serves beacons on `listeners` until `shutdown` resolves (or a listener fails), then drains
+/// and flushes as the config says. Requires a Tokio runtime with the time and I/O drivers.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = Shutdown>,
+) -> Result<RunReport, RunError> {
+    let handle = metrics::install();
+    let (spool, recovery) = spool::Spool::open(
+        &config.spool,
+        // After a write failure, stay unhealthy for one Retry-After period.
+        Duration::from_secs(config.queue.retry_after_seconds),
+    )?;
+    tracing::info!(
+        dir = %config.spool.dir.display(),
+        records = recovery.records,
+        unacked = recovery.unacked,
+        corrupt = recovery.corrupt,
+        truncated_bytes = recovery.truncated_bytes,
+        "spool recovered"
+    );
+    let forwarder = forwarder::Forwarder::new(spool.clone(), &config.forward);
+    let beacon_addr = listeners.beacon_addr();
+    let app = Arc::new(App::new(&config, spool.clone()));
+    let close = CancellationToken::new();
+    let (report_tx, report_rx) = watch::channel(forwarder::ForwardReport::default());
+    let mut fwd_task = tokio::spawn(forwarder.run(close.clone(), report_tx));
+
+    // The sampler and the admin listener outlive the drain (the metrics of a shutdown are
+    // worth scraping) and stop last.
+    let stop_admin = CancellationToken::new();
+    if config.check.sample_interval_seconds > 0 {
+        tokio::spawn(sampler::run(
+            kernel::ProcRoot::system(),
+            Duration::from_secs(config.check.sample_interval_seconds),
+            stop_admin.clone(),
+        ));
+    }
+    if let Some(l) = listeners.admin {
+        let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
+        tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "admin listening (/metrics)");
+        tokio::spawn(admin::serve(l, handle, stop_admin.clone()));
+    }
+
+    let mut ingest = ingest::Ingest::start(&config, app.clone(), listeners.beacon)
+        .map_err(RunError::Listener)?;
+    tracing::info!(
+        addr = %beacon_addr.map_or_else(String::new, |a| a.to_string()),
+        workers = config.workers(),
+        engine = ?config.server.engine,
+        "listening"
+    );
+
+    let mut failure = None;
+    let kind = tokio::select! {
+        k = shutdown => k,
+        e = ingest.failed() => {
+            failure = Some(RunError::Accept(e));
+            Shutdown::Fast
+        }
+    };
+
+    let s = &config.shutdown;
+    if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
+        // Flag first, then say so: whoever reads the log line (an operator, a test) finds the
+        // health check already failing.
+        app.set_draining();
+        ingest.set_phase(Phase::Deregistering);
+        tracing::info!(
+            seconds = s.deregistration_delay_seconds,
+            "SIGTERM: failing health checks while still serving"
+        );
+        tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
+    }
+    app.set_draining();
+    tracing::info!("stopping accept; draining connections");
+    ingest.stop_accepting();
+    ingest.set_phase(Phase::Draining);
+    let drain = match kind {
+        Shutdown::Graceful => Duration::from_secs(s.drain_timeout_seconds),
+        Shutdown::Fast => Duration::from_secs(s.drain_timeout_seconds).min(Duration::from_secs(2)),
+    };
+    if !ingest.wait(drain).await {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+        ingest.set_phase(Phase::Abort);
+        ingest.wait(Duration::from_secs(3)).await;
+    }
+
+    // Every connection is gone: nothing more is appended. Hand over what the stage will take.
+    close.cancel();
+    let flush = Duration::from_secs(s.flush_timeout_seconds);
+    if tokio::time::timeout(flush, &mut fwd_task).await.is_err() {
+        fwd_task.abort();
+    }
+    spool.sync_active();
+    spool.checkpoint();
+    stop_admin.cancel();
+    let report = RunReport {
+        accepted: app.accepted.load(Ordering::SeqCst),
+        acknowledged: report_rx.borrow().acked,
+        remaining: spool.unacked(),
+    };
+    if report.remaining > 0 {
+        tracing::warn!(
+            remaining = report.remaining,
+            dir = %config.spool.dir.display(),
+            "processing stage did not take everything within shutdown.flush_timeout_seconds; \
+             the rest stays in the spool and is sent at the next start"
+        );
+    } else {
+        tracing::info!(
+            accepted = report.accepted,
+            acknowledged = report.acknowledged,
+            "shutdown complete: spool empty"
+        );
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
+/// Why the `serve` command stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The runtime or the signal handlers could not be set up.
+    #[error("starting: {0}")]
+    Start(std::io::Error),
+    /// `check.strict` and the self-check failed.
+    #[error(transparent)]
+    Check(#[from] check::StrictFailure),
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// `run` failed.
+    #[error("serve: {0}")]
+    Run(#[from] RunError),
+}
+
+/// The `serve` command: self-check, bind, start the embedded processing stage (unless
+/// `forward.mode = "external"`), serve until SIGTERM/SIGINT, stop the stage last.
+/// `config_path` is handed to the stage so both read the same file.
+pub fn main(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
+    // The ingest workers run on threads of their own; this runtime hosts the forwarder, the
+    // admin listener, the sampler and the supervisor.
+    let rt = crate::lifecycle::runtime(1).map_err(ServeError::Start)?;
+    rt.block_on(async move {
+        let shutdown = crate::lifecycle::collector_signals().map_err(ServeError::Start)?;
+        check::self_check(&config)?;
+        listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH).log();
+        let listeners = Listeners::bind(&config)?;
+        let stage = (config.forward.mode == ForwardMode::Embedded).then(|| {
+            supervisor::Supervisor::start(supervisor::ChildSpec::stage(&config, config_path))
+        });
+        let res = run(config, listeners, shutdown).await;
+        if let Some(s) = stage {
+            s.stop().await;
+        }
+        res.map(|_| ()).map_err(ServeError::from)
+    })
+}
