@@ -7,14 +7,12 @@
 //! answer. Each connection has an ACK task that waits for those answers in order, so ACKs are
 //! cumulative and never run ahead of any sink.
 
-use crate::config::{Config, SinkKind};
+use crate::config::Config;
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::record::RecordRef;
-use crate::sink::files::{self, FileSink};
-use crate::sink::nats::subject::Template;
-use crate::sink::{nats, Batch, Entry, Job};
+use crate::sink::{self, Batch, Entry, Job, SinkError};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::io;
@@ -49,24 +47,12 @@ pub enum ProcessError {
         #[source]
         source: io::Error,
     },
-    /// The configuration does not fit the world (a stream with other settings, say).
-    #[error("{0}")]
-    Config(String),
-    /// The sink could not write (disk full, permissions): nothing more can be acknowledged.
-    #[error("writing {path}: {source}")]
-    Sink {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    /// A sink failed for good.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
 }
 
-pub(crate) fn setup<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> ProcessError + 'a {
+fn setup<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ProcessError + 'a {
     move |source| ProcessError::Setup {
         what,
         path: path.to_path_buf(),
@@ -136,11 +122,9 @@ pub fn main(config: Config, watch_stdin: bool) -> Result<(), ProcessError> {
 /// unacknowledged in the collector's spool). The supervisor kills a stage after 10 s.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-/// The sinks' inboxes, and what every batch must carry for them.
+/// The sinks' inboxes.
 struct Sinks {
     inboxes: Vec<mpsc::Sender<Job>>,
-    /// The NATS subject template, when a NATS sink is configured.
-    subject: Option<Template>,
 }
 
 /// Runs the processing stage until `stop` resolves, then finishes pending writes, closes the
@@ -155,23 +139,12 @@ pub async fn run(
     let abandon = CancellationToken::new();
     let mut inboxes = Vec::new();
     let mut sink_tasks = tokio::task::JoinSet::new();
-    let mut subject = None;
-    for kind in &pc.sinks {
+    for &kind in &pc.sinks {
         let (tx, rx) = mpsc::channel::<Job>(64);
-        match kind {
-            SinkKind::Files => {
-                sink_tasks.spawn(files::run(FileSink::open(&pc)?, rx));
-            }
-            SinkKind::Nats => {
-                subject = Some(Template::parse(&pc.nats.subject).map_err(|problem| {
-                    ProcessError::Config(format!("processor.nats.subject: {problem}"))
-                })?);
-                sink_tasks.spawn(nats::run(pc.nats.clone(), rx, abandon.clone()));
-            }
-        }
+        sink::spawn(kind, &pc, rx, abandon.clone(), &mut sink_tasks)?;
         inboxes.push(tx);
     }
-    let sinks = Arc::new(Sinks { inboxes, subject });
+    let sinks = Arc::new(Sinks { inboxes });
     let stop_conns = CancellationToken::new();
     let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
 
@@ -212,8 +185,8 @@ pub async fn run(
         conns.shutdown().await;
         abandon.cancel();
         return match res.expect("sink tasks do not panic") {
-            Err(e) => Err(e),
-            Ok(()) => Err(ProcessError::Config("a sink stopped unexpectedly".into())),
+            Err(e) => Err(e.into()),
+            Ok(()) => Err(SinkError::Stopped.into()),
         };
     }
     tracing::info!("processing stage stopping: finishing pending writes");
@@ -228,17 +201,11 @@ pub async fn run(
             result = Err(e);
         }
     }
-    result
+    result.map_err(ProcessError::from)
 }
 
-/// Renders a collector batch once for every sink: NDJSON lines, record ids and (for NATS)
-/// subjects. Records at or below `skip_up_to` were already handled for this instance.
-fn render(
-    first_seq: u64,
-    records: &[bytes::Bytes],
-    skip_up_to: u64,
-    subject: Option<&Template>,
-) -> Batch {
+/// Renders a collector batch once for every sink: NDJSON lines and record ids. Records at or below `skip_up_to` were already handled for this instance.
+fn render(first_seq: u64, records: &[bytes::Bytes], skip_up_to: u64) -> Batch {
     let mut lines = Vec::with_capacity(records.iter().map(|r| r.len() * 2).sum());
     let mut entries = Vec::with_capacity(records.len());
     let mut dups = 0u64;
@@ -251,14 +218,10 @@ fn render(
         match RecordRef::decode(rec) {
             Ok(r) => {
                 r.write_ndjson(&mut lines);
-                let mut subj = String::new();
-                if let Some(t) = subject {
-                    t.render(&r, &mut subj);
-                }
                 entries.push(Entry {
                     end: lines.len(),
                     id: r.id,
-                    subject: subj,
+                    record: rec.clone(),
                 });
             }
             Err(e) => {
@@ -364,7 +327,7 @@ async fn connection(
             .get(&instance)
             .copied()
             .unwrap_or(0);
-        let batch = render(first_seq, &records, handled_up_to, sinks.subject.as_ref());
+        let batch = render(first_seq, &records, handled_up_to);
         let mut answers = Vec::with_capacity(sinks.inboxes.len());
         if batch.records.is_empty() {
             let (tx, rx) = oneshot::channel();

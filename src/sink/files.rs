@@ -3,9 +3,9 @@
 //! `processor.fsync`).
 
 use super::Job;
+use super::{setup, SinkError};
 use crate::config::ProcessorConfig;
 use crate::metrics as m;
-use crate::processor::{setup, ProcessError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 /// Writes jobs until every sender is gone, rotating old files once a second. The first write
 /// error ends it: then the stage exits non-zero, the supervisor restarts it, and the collector
 /// resends everything unacknowledged. Never confirm what is not written.
-pub async fn run(mut sink: FileSink, mut jobs: mpsc::Receiver<Job>) -> Result<(), ProcessError> {
+pub async fn run(mut sink: FileSink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkError> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -55,7 +55,7 @@ impl FileSink {
     /// Creates the data directory and finishes files a crashed stage left open: a torn last
     /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
     /// file is renamed to `.ndjson`.
-    pub fn open(cfg: &ProcessorConfig) -> Result<Self, ProcessError> {
+    pub fn open(cfg: &ProcessorConfig) -> Result<Self, SinkError> {
         // Records hold client IPs and page URLs: only the stage's user may read them.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
             .create(&cfg.data_dir)
@@ -65,7 +65,7 @@ impl FileSink {
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().is_some_and(|x| x == "open") {
-                recover_open_file(&p).map_err(|source| ProcessError::Sink {
+                recover_open_file(&p).map_err(|source| SinkError::Write {
                     path: p.clone(),
                     source,
                 })?;
@@ -79,7 +79,7 @@ impl FileSink {
     }
 
     /// Appends whole lines (`records` of them) to the current file.
-    pub fn write(&mut self, lines: &[u8], records: u64) -> Result<(), ProcessError> {
+    pub fn write(&mut self, lines: &[u8], records: u64) -> Result<(), SinkError> {
         if self
             .current
             .as_ref()
@@ -98,7 +98,7 @@ impl FileSink {
                 Ok(())
             }
         });
-        res.map_err(|source| ProcessError::Sink {
+        res.map_err(|source| SinkError::Write {
             path: cur.path.clone(),
             source,
         })?;
@@ -107,7 +107,7 @@ impl FileSink {
         Ok(())
     }
 
-    fn new_file(&mut self) -> Result<Current, ProcessError> {
+    fn new_file(&mut self) -> Result<Current, SinkError> {
         self.counter += 1;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -125,7 +125,7 @@ impl FileSink {
             0o600,
         )
         .open(&path)
-        .map_err(|source| ProcessError::Sink {
+        .map_err(|source| SinkError::Write {
             path: path.clone(),
             source,
         })?;
@@ -137,7 +137,7 @@ impl FileSink {
         })
     }
 
-    fn rotate_if_old(&mut self) -> Result<(), ProcessError> {
+    fn rotate_if_old(&mut self) -> Result<(), SinkError> {
         if self
             .current
             .as_ref()
@@ -148,14 +148,14 @@ impl FileSink {
         Ok(())
     }
 
-    fn rotate(&mut self) -> Result<(), ProcessError> {
+    fn rotate(&mut self) -> Result<(), SinkError> {
         if let Some(cur) = self.current.take() {
             let done = cur.path.with_extension("");
             let res = cur
                 .file
                 .sync_all()
                 .and_then(|()| std::fs::rename(&cur.path, &done));
-            res.map_err(|source| ProcessError::Sink {
+            res.map_err(|source| SinkError::Write {
                 path: cur.path.clone(),
                 source,
             })?;
@@ -166,7 +166,7 @@ impl FileSink {
     }
 
     /// Closes (and renames) the current file.
-    pub fn close(&mut self) -> Result<(), ProcessError> {
+    pub fn close(&mut self) -> Result<(), SinkError> {
         self.rotate()
     }
 }

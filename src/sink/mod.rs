@@ -1,13 +1,25 @@
 //! The processing stage's sinks: where acknowledged records go. A collector batch is rendered
 //! once into a [`Batch`] and handed to every configured sink as a [`Job`]; the stage
 //! acknowledges the batch to the collector only when every sink has said `true`.
+//!
+//! Adding a sink: a module here (its task, its config section type and `validate()`), an arm
+//! in [`SinkKind`], a field for its section in `config::ProcessorConfig`, and an arm in
+//! [`validate`] and [`spawn`] below. `docs/DEVELOPING.md` walks through it.
 
 pub mod files;
+mod kind;
 pub mod nats;
 
+pub use kind::{OnMismatch, SinkKind};
+
+use crate::config::{ConfigError, ProcessorConfig};
+use crate::lifecycle::CancellationToken;
 use bytes::Bytes;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 /// One collector batch, rendered once and shared by every sink.
 #[derive(Debug, Default)]
@@ -18,16 +30,17 @@ pub struct Batch {
     pub records: Vec<Entry>,
 }
 
-/// Where one record is in [`Batch::lines`], and what a broker needs to know about it.
+/// One record of a [`Batch`]: where its line is, its id, and the record itself for a sink
+/// that derives more from it (the NATS subject, say).
 #[derive(Debug)]
 pub struct Entry {
     /// Offset just past this record's `\n`.
     pub end: usize,
-    /// The record id (UUIDv7): the broker's deduplication key, formatted by the sink that
-    /// needs it (the files sink does not).
+    /// The record id (UUIDv7): a broker's deduplication key, formatted by the sink that needs
+    /// it (the files sink does not).
     pub id: [u8; 16],
-    /// The NATS subject (empty when no NATS sink is configured).
-    pub subject: String,
+    /// The encoded record (a slice of the collector's frame, not a copy).
+    pub record: Bytes,
 }
 
 impl Batch {
@@ -46,4 +59,91 @@ pub struct Job {
     pub batch: Arc<Batch>,
     /// The sink's answer.
     pub done: oneshot::Sender<bool>,
+}
+
+/// A sink failed for good: the stage stops (and is restarted by its supervisor); what the sink
+/// did not confirm stays in the collector's spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Setting up (a directory, a credentials file) failed.
+    #[error("{what} {path}: {source}")]
+    Setup {
+        /// The step.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The world does not match the configuration (a stream with other settings, say).
+    #[error("{0}")]
+    Config(String),
+    /// Writing failed (disk full, permissions): nothing more can be acknowledged.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The sink's task ended while the stage still ran.
+    #[error("a sink stopped unexpectedly")]
+    Stopped,
+}
+
+pub(crate) fn setup<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SinkError + 'a {
+    move |source| SinkError::Setup {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Checks the `processor.sinks` list and the section of every sink it names.
+pub fn validate(p: &ProcessorConfig) -> Result<(), ConfigError> {
+    if p.sinks.is_empty() {
+        return Err(ConfigError::new(
+            "processor.sinks",
+            "empty: the stage would acknowledge beacons it sends nowhere",
+            format!("list at least one of {}", SinkKind::NAMES),
+        ));
+    }
+    if (1..p.sinks.len()).any(|i| p.sinks[..i].contains(&p.sinks[i])) {
+        return Err(ConfigError::new(
+            "processor.sinks",
+            "lists a sink twice",
+            "list each sink once, e.g. [\"files\", \"nats\"]",
+        ));
+    }
+    for kind in &p.sinks {
+        match kind {
+            // Its keys are the `[processor]` section's own (checked there).
+            SinkKind::Files => {}
+            SinkKind::Nats => nats::validate(&p.nats)?,
+        }
+    }
+    Ok(())
+}
+
+/// Starts the sink `kind` as a task in `tasks`, taking jobs from `jobs` until every sender is
+/// gone; `abandon` tells a sink still retrying to give up (its records stay spooled).
+pub fn spawn(
+    kind: SinkKind,
+    p: &ProcessorConfig,
+    jobs: mpsc::Receiver<Job>,
+    abandon: CancellationToken,
+    tasks: &mut JoinSet<Result<(), SinkError>>,
+) -> Result<(), SinkError> {
+    match kind {
+        SinkKind::Files => {
+            tasks.spawn(files::run(files::FileSink::open(p)?, jobs));
+        }
+        SinkKind::Nats => nats::spawn(p.nats.clone(), jobs, abandon, tasks)?,
+    }
+    Ok(())
 }

@@ -1,0 +1,167 @@
+//! `[http]`: limits, timeouts, routes and CORS.
+
+use super::error::{positive, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// HTTP behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds an idle keep-alive connection is kept open. Must be above
+    /// `lb_idle_timeout_seconds`, or the load balancer reuses a connection the collector is
+    /// closing and the client gets a 502.
+    pub idle_timeout_seconds: u64,
+    /// The idle timeout of the load balancer in front (ELB/ALB default 60). Only used to check
+    /// `idle_timeout_seconds`.
+    pub lb_idle_timeout_seconds: u64,
+    /// Seconds from the first byte of a request to the end of its headers (slowloris guard).
+    pub header_timeout_seconds: u64,
+    /// Seconds allowed to receive a request body once the headers are in.
+    pub body_timeout_seconds: u64,
+    /// Largest request body accepted (64 KiB is the browsers' sendBeacon quota). Larger: 413.
+    pub max_body_bytes: usize,
+    /// Longest request target (path and query). Longer: 414.
+    pub max_uri_bytes: usize,
+    /// Largest total size of the request headers (names and values). Larger: 431.
+    pub max_header_bytes: usize,
+    /// Most request headers. More: 431.
+    pub max_headers: usize,
+    /// Most query or form parameters in one beacon. More: 400.
+    pub max_params: usize,
+    /// Longest decoded parameter name. Longer: 400.
+    pub max_param_name_bytes: usize,
+    /// Longest decoded parameter value. Longer: 400.
+    pub max_param_value_bytes: usize,
+    /// Path of the beacon endpoint (GET, HEAD, POST, OPTIONS). Answered with 204.
+    pub beacon_path: String,
+    /// Path answered with a 43-byte transparent 1x1 GIF (for `<img>` beacons). Empty disables.
+    pub gif_path: String,
+    /// Path of the load balancer health check. 200 while serving, 503 while draining.
+    pub health_path: String,
+    /// Origins allowed by CORS. `["*"]` allows any. Credentials are never allowed.
+    pub allowed_origins: Vec<String>,
+    /// Seconds browsers may cache a CORS preflight answer.
+    pub cors_max_age_seconds: u64,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
+    /// When a connection comes from one of them, the client is the right-most hop that is not.
+    pub trusted_proxies: Vec<crate::ingest::forwarded_for::Cidr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: 75,
+            lb_idle_timeout_seconds: 60,
+            header_timeout_seconds: 10,
+            body_timeout_seconds: 10,
+            max_body_bytes: 64 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+            max_params: 256,
+            max_param_name_bytes: 256,
+            max_param_value_bytes: 8 * 1024,
+            beacon_path: "/beacon".into(),
+            gif_path: "/beacon.gif".into(),
+            health_path: "/healthz".into(),
+            allowed_origins: vec!["*".into()],
+            cors_max_age_seconds: 86_400,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks what serde cannot: ranges and the relations between this section's keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = self;
+        positive("http.idle_timeout_seconds", h.idle_timeout_seconds)?;
+        if h.idle_timeout_seconds <= h.lb_idle_timeout_seconds {
+            return Err(ConfigError::new(
+                "http.idle_timeout_seconds",
+                format!(
+                    "{} s is not above http.lb_idle_timeout_seconds ({} s): the load balancer would \
+                     reuse connections the collector is closing, and clients get 502s",
+                    h.idle_timeout_seconds, h.lb_idle_timeout_seconds
+                ),
+                format!(
+                    "set http.idle_timeout_seconds to at least {} (e.g. 75 with the 60 s ELB/ALB default), \
+                     or lower the load balancer's idle timeout",
+                    h.lb_idle_timeout_seconds + 5
+                ),
+            ));
+        }
+        positive("http.header_timeout_seconds", h.header_timeout_seconds)?;
+        positive("http.body_timeout_seconds", h.body_timeout_seconds)?;
+        positive("http.max_body_bytes", h.max_body_bytes as u64)?;
+        if h.max_uri_bytes < 64 {
+            return Err(ConfigError::new(
+                "http.max_uri_bytes",
+                format!("{} is too small for any beacon", h.max_uri_bytes),
+                "use at least 64 (default 8192)",
+            ));
+        }
+        if h.max_header_bytes < 1024 {
+            return Err(ConfigError::new(
+                "http.max_header_bytes",
+                format!("{} is too small for browser headers", h.max_header_bytes),
+                "use at least 1024 (default 16384)",
+            ));
+        }
+        if h.max_headers < 8 {
+            return Err(ConfigError::new(
+                "http.max_headers",
+                format!("{} is too few for browser requests", h.max_headers),
+                "use at least 8 (default 64)",
+            ));
+        }
+        positive("http.max_params", h.max_params as u64)?;
+        positive("http.max_param_name_bytes", h.max_param_name_bytes as u64)?;
+        positive("http.max_param_value_bytes", h.max_param_value_bytes as u64)?;
+        for (key, path, may_be_empty) in [
+            ("http.beacon_path", &h.beacon_path, false),
+            ("http.gif_path", &h.gif_path, true),
+            ("http.health_path", &h.health_path, false),
+        ] {
+            if path.is_empty() && may_be_empty {
+                continue;
+            }
+            if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{path:?} is not an absolute URL path"),
+                    "use a path starting with '/' without query or spaces, e.g. \"/beacon\"",
+                ));
+            }
+        }
+        if h.beacon_path == h.health_path
+            || h.gif_path == h.beacon_path
+            || h.gif_path == h.health_path
+        {
+            return Err(ConfigError::new(
+                "http.gif_path",
+                "beacon_path, gif_path and health_path must differ",
+                "give each route its own path",
+            ));
+        }
+        if h.allowed_origins.is_empty() {
+            return Err(ConfigError::new(
+                "http.allowed_origins",
+                "empty list: no browser could send a cross-origin beacon",
+                "use [\"*\"] for any origin, or list origins like \"https://www.example.com\"",
+            ));
+        }
+        for o in &h.allowed_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.ends_with('/')
+            {
+                return Err(ConfigError::new(
+                    "http.allowed_origins",
+                    format!("{o:?} is not an origin"),
+                    "write origins as scheme://host[:port] without a trailing slash, or \"*\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

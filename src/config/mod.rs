@@ -1,0 +1,296 @@
+//! Configuration: the TOML schema, its defaults, parsing with key paths, and `validate()`.
+//!
+//! One file per section, each with its struct, defaults and `validate()`; the rules that span
+//! sections are in [`Config::validate`]. Every field carries a doc comment (it is the
+//! reference) and its unit in its name. Parsing never panics; every failure is a
+//! [`ConfigError`] naming the key, the problem and the fix, which the binary turns into exit
+//! code 64 (`EX_USAGE`).
+
+mod admin;
+mod check;
+mod error;
+mod forward;
+mod http;
+mod log;
+mod processor;
+mod queue;
+mod rate_limit;
+mod server;
+mod shutdown;
+mod spool;
+
+pub use admin::AdminConfig;
+pub use check::CheckConfig;
+pub use error::ConfigError;
+pub use forward::{ForwardConfig, ForwardMode};
+pub use http::HttpConfig;
+pub use log::{LogConfig, LogFormat};
+pub use processor::ProcessorConfig;
+pub use queue::QueueConfig;
+pub use rate_limit::RateLimitConfig;
+pub use server::ServerConfig;
+pub use shutdown::ShutdownConfig;
+pub use spool::{AckAfter, SpoolConfig};
+// Sink sections live with their sinks; named here too so `config::` reaches every section.
+pub use crate::sink::nats::{NatsConfig, Retention, Storage};
+pub use crate::sink::{OnMismatch, SinkKind};
+
+pub(crate) use error::positive;
+use error::{path_error, toml_error};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+/// The shipped, annotated default configuration. A test parses it, so it cannot rot.
+pub const DEFAULT_TOML: &str = include_str!("../../config/collector.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The public TCP listener and its per-socket options.
+    pub server: ServerConfig,
+    /// HTTP limits, timeouts and routes.
+    pub http: HttpConfig,
+    /// Requests waiting for the spool writer.
+    pub queue: QueueConfig,
+    /// Per-client rate limit (off by default).
+    pub rate_limit: RateLimitConfig,
+    /// The durable local spool every accepted beacon is written to before it is answered.
+    pub spool: SpoolConfig,
+    /// How the collector reaches the processing stage.
+    pub forward: ForwardConfig,
+    /// The bundled processing stage (`beacon-collector process`).
+    pub processor: ProcessorConfig,
+    /// SIGTERM behaviour: deregistration delay, drain and flush deadlines.
+    pub shutdown: ShutdownConfig,
+    /// The admin listener (Prometheus `/metrics`).
+    pub admin: AdminConfig,
+    /// The kernel/limits self-check at start and the kernel counter sampler while serving.
+    pub check: CheckConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Parses TOML text and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            path_error(&key, &msg)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "-c",
+                format!("cannot read {}: {e}", path.display()),
+                "pass the path of a readable TOML file, or omit -c for the built-in defaults",
+            )
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Ingest workers after resolving 0 to the CPU count.
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Listening sockets after resolving 0 to the worker count.
+    pub fn listeners(&self) -> usize {
+        match self.server.listeners {
+            0 => self.workers(),
+            n => n,
+        }
+    }
+
+    /// Checks values serde cannot: ranges and the relations between keys.
+    /// Checks values serde cannot: each section, then the rules between sections.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.rate_limit.validate()?;
+        self.server.validate()?;
+        self.http.validate()?;
+        self.queue.validate()?;
+        self.spool.validate()?;
+        self.forward.validate()?;
+        self.processor.validate()?;
+        crate::sink::validate(&self.processor)?;
+        self.shutdown.validate()?;
+        if self.admin.enabled
+            && self.processor.admin_enabled
+            && self.admin.listen == self.processor.admin_listen
+        {
+            return Err(ConfigError::new(
+                "processor.admin_listen",
+                "same address as admin.listen",
+                "give the processing stage its own metrics port (default 127.0.0.1:9103)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Useful durations.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.http.idle_timeout_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_default_parses_and_matches_builtin() {
+        let shipped = Config::from_toml(DEFAULT_TOML).expect("config/collector.toml is valid");
+        let builtin = Config::default();
+        builtin.validate().expect("built-in defaults are valid");
+        // The shipped file documents the built-in defaults: they must not drift apart.
+        assert_eq!(
+            toml::to_string(&shipped).unwrap(),
+            toml::to_string(&builtin).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let e = Config::from_toml("[http]\nidle_timout_seconds = 80\n").unwrap_err();
+        assert_eq!(e.key, "http.idle_timout_seconds");
+        assert_eq!(e.problem, "unknown key");
+        assert!(e.fix.contains("idle_timeout_seconds"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let e = Config::from_toml("[server]\nbacklog = \"lots\"\n").unwrap_err();
+        assert_eq!(e.key, "server.backlog");
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_lb_idle_timeout() {
+        let e = Config::from_toml("[http]\nidle_timeout_seconds = 60\n").unwrap_err();
+        assert_eq!(e.key, "http.idle_timeout_seconds");
+        assert!(e.problem.contains("502"), "{e}");
+        Config::from_toml("[http]\nidle_timeout_seconds = 61\n").unwrap();
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = Config::from_toml("[http]\n\nidle_timeout_seconds = = 3\n").unwrap_err();
+        assert!(e.key.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_value_lists_choices() {
+        let e = Config::from_toml("[forward]\nmode = \"sideways\"\n").unwrap_err();
+        assert_eq!(e.key, "forward.mode");
+        assert!(e.fix.contains("embedded"), "{e}");
+    }
+
+    #[test]
+    fn bad_origin_rejected() {
+        let e = Config::from_toml("[http]\nallowed_origins = [\"example.com\"]\n").unwrap_err();
+        assert_eq!(e.key, "http.allowed_origins");
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        let c = Config::from_toml(
+            "[server]\nproxy_protocol = \"v2\"\n[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.proxy_protocol, crate::ingest::proxy::Mode::V2);
+        assert_eq!(c.http.trusted_proxies.len(), 2);
+        let e = Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n")
+            .unwrap_err();
+        assert!(e.key.starts_with("http.trusted_proxies"), "{e:?}");
+        assert!(e.problem.contains("host bits"), "{e:?}");
+        for (toml, key) in [
+            (
+                "[rate_limit]\nper_client_per_second = 0.0\n",
+                "rate_limit.per_client_per_second",
+            ),
+            ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
+            ("[rate_limit]\ntable_slots = 10\n", "rate_limit.table_slots"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err();
+            assert_eq!(e.key, key, "{toml}");
+        }
+        let e = Config::from_toml("[server]\nproxy_protocol = \"v3\"\n").unwrap_err();
+        assert_eq!(e.key, "server.proxy_protocol");
+        assert!(e.problem.contains("v3"), "{e:?}");
+    }
+
+    #[test]
+    fn nats_settings_are_checked_when_the_sink_is_on() {
+        // Not checked while the sink is off: a half-written [processor.nats] does no harm.
+        Config::from_toml("[processor.nats]\nsubject = \"x.{nope}\"\n").unwrap();
+        let on = "[processor]\nsinks = [\"files\", \"nats\"]\n[processor.nats]\n";
+        let c = Config::from_toml(&format!("{on}replicas = 3\n")).unwrap();
+        assert_eq!(c.processor.sinks, vec![SinkKind::Files, SinkKind::Nats]);
+        for (toml, key, problem) in [
+            (
+                "subject = \"beacons.{nope}\"\n",
+                "processor.nats.subject",
+                "unknown placeholder",
+            ),
+            (
+                "subject = \"other.{site}\"\n",
+                "processor.nats.subject",
+                "not captured by processor.nats.stream_subjects",
+            ),
+            (
+                "servers = [\"nats://a:4222\", \"nats://b:port\"]\n",
+                "processor.nats.servers[1]",
+                "not a server URL",
+            ),
+            ("servers = []\n", "processor.nats.servers", "empty"),
+            (
+                "stream = \"BEA.CONS\"\n",
+                "processor.nats.stream",
+                "not a stream name",
+            ),
+            (
+                "stream_subjects = [\"beacons.>.x\"]\n",
+                "processor.nats.stream_subjects[0]",
+                "last token",
+            ),
+            ("replicas = 7\n", "processor.nats.replicas", "outside"),
+            (
+                "retention = \"forever\"\n",
+                "processor.nats.retention",
+                "forever",
+            ),
+            ("max_inflight = 0\n", "processor.nats.max_inflight", ""),
+            (
+                "publish_timeout_ms = 10\n",
+                "processor.nats.publish_timeout_ms",
+                "",
+            ),
+            (
+                "max_age_seconds = 60\n",
+                "processor.nats.max_age_seconds",
+                "shorter than",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{on}{toml}")).unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+            assert!(e.problem.contains(problem), "{toml}: {e}");
+        }
+        let e = Config::from_toml("[processor]\nsinks = []\n").unwrap_err();
+        assert_eq!(e.key, "processor.sinks");
+        let e = Config::from_toml("[processor]\nsinks = [\"nats\", \"nats\"]\n").unwrap_err();
+        assert!(e.problem.contains("twice"), "{e}");
+        let e = Config::from_toml("[processor]\nsinks = [\"kafka\"]\n").unwrap_err();
+        assert!(e.key.starts_with("processor.sinks"), "{e}");
+    }
+}

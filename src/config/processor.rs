@@ -1,0 +1,89 @@
+//! `[processor]`: the bundled processing stage and which sinks it feeds (each sink owns its
+//! own section, e.g. `[processor.nats]`).
+
+use super::error::{positive, ConfigError};
+use crate::sink::{nats::NatsConfig, SinkKind};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The bundled processing stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Where records go: `"files"` (NDJSON in `data_dir`) and/or `"nats"` (a JetStream stream,
+    /// `[processor.nats]`). A batch is acknowledged to the collector only once every sink has
+    /// it, so the collector's spool keeps whatever any sink has not confirmed.
+    pub sinks: Vec<SinkKind>,
+    /// Directory the NDJSON files are written to (created if missing).
+    pub data_dir: PathBuf,
+    /// File name prefix: `<prefix>-<UTC time>-<n>.ndjson`.
+    pub file_prefix: String,
+    /// Rotate the current file when it reaches this size.
+    pub rotate_bytes: u64,
+    /// Rotate the current file when it is this old, even if idle.
+    pub rotate_seconds: u64,
+    /// Permission bits of the listening socket file (`0o660`: owner and group may connect).
+    pub socket_mode: u32,
+    /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
+    pub fsync: bool,
+    /// Serve the processing stage's own Prometheus `/metrics` (records written, duplicates
+    /// dropped, corrupt records, rotations).
+    pub admin_enabled: bool,
+    /// Address of the processing stage's metrics listener.
+    pub admin_listen: SocketAddr,
+    /// Milliseconds the supervisor waits before restarting a processing stage that exited;
+    /// doubles per quick failure up to 10 s.
+    pub restart_delay_ms: u64,
+    /// The NATS JetStream sink (used when `sinks` lists `"nats"`).
+    pub nats: NatsConfig,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            sinks: vec![SinkKind::Files],
+            data_dir: PathBuf::from("data"),
+            file_prefix: "beacons".into(),
+            rotate_bytes: 128 * 1024 * 1024,
+            rotate_seconds: 3600,
+            socket_mode: 0o660,
+            fsync: false,
+            admin_enabled: true,
+            admin_listen: "127.0.0.1:9103".parse().expect("static address"),
+            restart_delay_ms: 200,
+            nats: NatsConfig::default(),
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// Checks what serde cannot: ranges and the relations between this section's keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = self;
+        if p.file_prefix.is_empty() || p.file_prefix.contains('/') {
+            return Err(ConfigError::new(
+                "processor.file_prefix",
+                "empty or contains '/'",
+                "use a plain name such as \"beacons\"",
+            ));
+        }
+        if p.rotate_bytes < 4096 {
+            return Err(ConfigError::new(
+                "processor.rotate_bytes",
+                "below 4096",
+                "use at least 4096 (default 134217728)",
+            ));
+        }
+        positive("processor.rotate_seconds", p.rotate_seconds)?;
+        if p.socket_mode > 0o777 {
+            return Err(ConfigError::new(
+                "processor.socket_mode",
+                format!("{:#o} is not a permission mode", p.socket_mode),
+                "write it as a TOML octal integer, e.g. 0o660",
+            ));
+        }
+
+        Ok(())
+    }
+}

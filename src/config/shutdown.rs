@@ -1,0 +1,39 @@
+//! `[shutdown]`: deregistration delay, drain and flush deadlines.
+
+use super::error::{positive, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// Shutdown on SIGTERM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds `/healthz` answers 503 while still serving, so the load balancer deregisters the
+    /// collector before it stops accepting (ALB default deregistration delay: 300 s, health
+    /// check interval x unhealthy threshold is what actually matters).
+    pub deregistration_delay_seconds: u64,
+    /// Seconds open connections get to finish after accepting stops.
+    pub drain_timeout_seconds: u64,
+    /// Seconds the forwarder gets to hand every accepted beacon to the processing stage and
+    /// see it acknowledged.
+    pub flush_timeout_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            deregistration_delay_seconds: 15,
+            drain_timeout_seconds: 20,
+            flush_timeout_seconds: 30,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// Checks what serde cannot: ranges and the relations between this section's keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = self;
+        positive("shutdown.drain_timeout_seconds", s.drain_timeout_seconds)?;
+        positive("shutdown.flush_timeout_seconds", s.flush_timeout_seconds)?;
+        Ok(())
+    }
+}
