@@ -161,6 +161,46 @@ mod tests {
         );
     }
 
+    /// The prose cannot drift either: every key the code has is written out in the shipped
+    /// file under its section, in a commented block saying what it does; and the file
+    /// sets no key the code does not have (parsing above refuses unknown keys).
+    #[test]
+    fn shipped_default_documents_every_key() {
+        fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        leaves(&key, v, out);
+                    }
+                }
+                _ => out.push(prefix.to_string()),
+            }
+        }
+        let mut keys = Vec::new();
+        leaves("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
+        let mut documented = std::collections::HashMap::new();
+        let mut section = String::new();
+        let mut comment_above = false;
+        for line in DEFAULT_TOML.lines().map(str::trim) {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s.to_string();
+                comment_above = false;
+            } else if line.starts_with('#') {
+                comment_above = true;
+            } else if let Some((k, _)) = line.split_once('=') {
+                // A comment may describe a block of related keys (no blank line between).
+                documented.insert(format!("{section}.{}", k.trim()), comment_above);
+            } else if line.is_empty() {
+                comment_above = false;
+            }
+        }
+        let missing: Vec<_> = keys.iter().filter(|k| !documented.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "keys the shipped config does not show: {missing:?}");
+        let bare: Vec<_> = documented.iter().filter(|(_, c)| !**c).map(|(k, _)| k).collect();
+        assert!(bare.is_empty(), "keys without a comment above them: {bare:?}");
+    }
+
     #[test]
     fn unknown_key_is_named_with_its_path() {
         let e = Config::from_toml("[http]\nidle_timout_seconds = 80\n").unwrap_err();
