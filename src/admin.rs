@@ -33,7 +33,7 @@ pub fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: std::sync::Arc<tokio::net::TcpListener>,
     handle: PrometheusHandle,
     stop: CancellationToken,
 ) {

@@ -12,19 +12,13 @@ use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::spool::Spool;
+use crate::tasks::AbortOnDrop;
 use bytes::{Bytes, BytesMut};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
-
-/// What the forwarder reports while it runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ForwardReport {
-    /// Records acknowledged by the processing stage since this forwarder started.
-    pub acked: u64,
-}
 
 /// The forwarder task's state.
 pub struct Forwarder {
@@ -34,7 +28,6 @@ pub struct Forwarder {
     linger: Duration,
     /// Highest sequence number sent on any connection of this process (for counting resends).
     last_sent: u64,
-    acked_at_start: u64,
 }
 
 enum ConnEnd {
@@ -54,23 +47,13 @@ impl Forwarder {
             linger: Duration::from_millis(cfg.linger_ms),
             cfg: cfg.clone(),
             last_sent: acked,
-            acked_at_start: acked,
         }
-    }
-
-    fn report(&self, report: &watch::Sender<ForwardReport>) {
-        let acked = self.spool.acked() - self.acked_at_start;
-        report.send_if_modified(|r| {
-            let changed = r.acked != acked;
-            r.acked = acked;
-            changed
-        });
     }
 
     /// Runs until `close` is cancelled and everything in the spool is acknowledged. The caller
     /// bounds that with the shutdown flush deadline; what is left stays in the spool for the
     /// next start.
-    pub async fn run(mut self, close: CancellationToken, report: watch::Sender<ForwardReport>) {
+    pub async fn run(mut self, close: CancellationToken) {
         let mut backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);
         let mut last_warn: Option<Instant> = None;
@@ -83,7 +66,7 @@ impl Forwarder {
                     metrics::counter!(m::FORWARD_CONNECTS_TOTAL).increment(1);
                     tracing::info!(socket = %self.socket_path.display(), unacked = self.spool.unacked(), "connected to processing stage");
                     let connected = Instant::now();
-                    let end = self.connection(stream, &close, &report).await;
+                    let end = self.connection(stream, &close).await;
                     self.spool.checkpoint();
                     // A stage that accepts and drops us at once must not get a reconnect storm.
                     if connected.elapsed() > Duration::from_secs(1) {
@@ -119,19 +102,13 @@ impl Forwarder {
             backoff = (backoff * 2).min(max_backoff);
         }
         self.spool.checkpoint();
-        self.report(&report);
         tracing::info!(
-            acked = self.spool.acked() - self.acked_at_start,
+            acked_up_to = self.spool.acked(),
             "forwarder finished: the spool is empty"
         );
     }
 
-    async fn connection(
-        &mut self,
-        stream: UnixStream,
-        close: &CancellationToken,
-        report: &watch::Sender<ForwardReport>,
-    ) -> ConnEnd {
+    async fn connection(&mut self, stream: UnixStream, close: &CancellationToken) -> ConnEnd {
         let (mut rd, mut wr) = stream.into_split();
         // The reader runs in its own task so that reading a frame is never cancelled half-way
         // by the select below; it publishes the latest cumulative ACK. Dropping its sender
@@ -219,11 +196,13 @@ impl Forwarder {
                         acked = seq.min(sent);
                         self.spool.ack(acked);
                         last_progress = Instant::now();
-                        self.report(report);
                     }
                 }
                 () = tokio::time::sleep_until((last_send + self.linger).into()), if lingering && position <= written && !stalled => {}
                 _ = std::future::ready(()), if can_send => {
+                    if crate::fault::fires(crate::fault::Point::ForwarderPanic, self.spool.dir()) {
+                        panic!("fault point ForwarderPanic");
+                    }
                     last_send = Instant::now();
                     if inflight == 0 {
                         last_progress = Instant::now();
@@ -302,13 +281,5 @@ async fn write(
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("write_error"),
         Err(_) => Err("write_timeout"),
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -31,7 +31,9 @@
 //! - [`protocol`]: the frame format between collector and processing stage.
 //! - [`processor`], [`sink`]: the bundled processing stage and its sinks (rotated NDJSON
 //!   files, NATS JetStream); each sink owns its config section and checks.
-//! - [`supervisor`]: runs the embedded processing stage as a child and restarts it.
+//! - [`supervisor`]: runs the embedded processing stage as a child and restarts it;
+//!   [`tasks`]: restarts a background task (forwarder, sampler, admin) that died, and fails
+//!   health while the forwarder is down; [`fault`]: fault points for the tests that prove it.
 //! - [`metrics`]: metric names and the Prometheus recorder; [`admin`] serves them.
 //! - [`host`]: reading `/proc`, the self-check against the config with its generated
 //!   sysctl/limits/systemd files, and kernel counters as metrics.
@@ -45,6 +47,8 @@
 
 pub mod admin;
 pub mod config;
+#[doc(hidden)]
+pub mod fault;
 pub mod forwarder;
 pub mod host;
 pub mod ingest;
@@ -58,6 +62,7 @@ pub mod server;
 pub mod sink;
 pub mod spool;
 pub mod supervisor;
+pub mod tasks;
 pub mod time;
 
 pub use lifecycle::Shutdown;

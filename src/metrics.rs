@@ -58,6 +58,8 @@ pub const FORWARD_RESENT_RECORDS_TOTAL: &str = "beacon_forward_resent_records_to
 pub const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
 /// Connections to the processing stage lost or abandoned, by `reason`.
 pub const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
+/// Background tasks (forwarder, sampler, admin) that died and were restarted, by `task`.
+pub const TASK_RESTARTS_TOTAL: &str = "beacon_task_restarts_total";
 /// Restarts of the embedded processing stage.
 pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.

@@ -6,13 +6,12 @@ use crate::config::{Config, ForwardMode};
 use crate::host::{check, kernel, sampler};
 use crate::ingest::{self, listener, App};
 use crate::lifecycle::{CancellationToken, Phase, Shutdown};
-use crate::{admin, forwarder, metrics, spool, supervisor};
+use crate::{admin, forwarder, metrics, spool, supervisor, tasks};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// A socket of the collector could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -108,27 +107,43 @@ pub async fn run(
         truncated_bytes = recovery.truncated_bytes,
         "spool recovered"
     );
-    let forwarder = forwarder::Forwarder::new(spool.clone(), &config.forward);
+    let acked_at_start = spool.acked();
     let beacon_addr = listeners.beacon_addr();
     let app = Arc::new(App::new(&config, spool.clone()));
     let close = CancellationToken::new();
-    let (report_tx, report_rx) = watch::channel(forwarder::ForwardReport::default());
-    let mut fwd_task = tokio::spawn(forwarder.run(close.clone(), report_tx));
+    let mut fwd_task = tokio::spawn(tasks::supervise(
+        "forwarder",
+        close.clone(),
+        Some(app.forwarder_up.clone()),
+        {
+            let (spool, cfg, close) = (spool.clone(), config.forward.clone(), close.clone());
+            move || forwarder::Forwarder::new(spool.clone(), &cfg).run(close.clone())
+        },
+    ));
 
     // The sampler and the admin listener outlive the drain (the metrics of a shutdown are
     // worth scraping) and stop last.
     let stop_admin = CancellationToken::new();
     if config.check.sample_interval_seconds > 0 {
-        tokio::spawn(sampler::run(
-            kernel::ProcRoot::system(),
-            Duration::from_secs(config.check.sample_interval_seconds),
+        let every = Duration::from_secs(config.check.sample_interval_seconds);
+        let stop = stop_admin.clone();
+        tokio::spawn(tasks::supervise(
+            "sampler",
             stop_admin.clone(),
+            None,
+            move || sampler::run(kernel::ProcRoot::system(), every, stop.clone()),
         ));
     }
     if let Some(l) = listeners.admin {
         let l = tokio::net::TcpListener::from_std(l).map_err(RunError::Listener)?;
         tracing::info!(addr = %l.local_addr().map_err(RunError::Listener)?, "admin listening (/metrics)");
-        tokio::spawn(admin::serve(l, handle, stop_admin.clone()));
+        let (l, stop) = (Arc::new(l), stop_admin.clone());
+        tokio::spawn(tasks::supervise(
+            "admin",
+            stop_admin.clone(),
+            None,
+            move || admin::serve(l.clone(), handle.clone(), stop.clone()),
+        ));
     }
 
     let mut ingest = ingest::Ingest::start(&config, app.clone(), listeners.beacon)
@@ -186,7 +201,7 @@ pub async fn run(
     stop_admin.cancel();
     let report = RunReport {
         accepted: app.accepted.load(Ordering::SeqCst),
-        acknowledged: report_rx.borrow().acked,
+        acknowledged: spool.acked() - acked_at_start,
         remaining: spool.unacked(),
     };
     if report.remaining > 0 {

@@ -170,7 +170,11 @@ mod tests {
             match v {
                 toml::Value::Table(t) => {
                     for (k, v) in t {
-                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
                         leaves(&key, v, out);
                     }
                 }
@@ -178,7 +182,11 @@ mod tests {
             }
         }
         let mut keys = Vec::new();
-        leaves("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
+        leaves(
+            "",
+            &toml::Value::try_from(Config::default()).unwrap(),
+            &mut keys,
+        );
         let mut documented = std::collections::HashMap::new();
         let mut section = String::new();
         let mut comment_above = false;
@@ -195,10 +203,23 @@ mod tests {
                 comment_above = false;
             }
         }
-        let missing: Vec<_> = keys.iter().filter(|k| !documented.contains_key(*k)).collect();
-        assert!(missing.is_empty(), "keys the shipped config does not show: {missing:?}");
-        let bare: Vec<_> = documented.iter().filter(|(_, c)| !**c).map(|(k, _)| k).collect();
-        assert!(bare.is_empty(), "keys without a comment above them: {bare:?}");
+        let missing: Vec<_> = keys
+            .iter()
+            .filter(|k| !documented.contains_key(*k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "keys the shipped config does not show: {missing:?}"
+        );
+        let bare: Vec<_> = documented
+            .iter()
+            .filter(|(_, c)| !**c)
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            bare.is_empty(),
+            "keys without a comment above them: {bare:?}"
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct App {
     /// when they stop.
     pub accepted: AtomicU64,
     draining: AtomicBool,
+    /// False while the forwarder is down (died, not yet restarted and settled): the health
+    /// check fails so the load balancer moves traffic while the spool holds what arrives.
+    pub forwarder_up: std::sync::Arc<AtomicBool>,
 }
 
 impl App {
@@ -64,6 +67,7 @@ impl App {
             }),
             accepted: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            forwarder_up: std::sync::Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -781,6 +785,8 @@ fn health(app: &App, method: &str) -> Answer {
     } else if !app.spool.healthy() {
         // Spool above its high-water mark or failing writes: send traffic elsewhere.
         Answer::plain(503, "spool full or failing\n")
+    } else if !app.forwarder_up.load(Ordering::Relaxed) {
+        Answer::plain(503, "forwarder restarting\n")
     } else {
         Answer::plain(200, "ok\n")
     }

@@ -152,7 +152,11 @@ pub async fn run(
     if let Some(l) = admin {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(crate::admin::serve(l, m::install(), stop_admin.clone()));
+                tokio::spawn(crate::admin::serve(
+                    Arc::new(l),
+                    m::install(),
+                    stop_admin.clone(),
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "processing stage metrics listener unusable"),
         }

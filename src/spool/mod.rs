@@ -294,6 +294,11 @@ impl Spool {
             && self.shared.failed_until.load(Ordering::Relaxed) <= unix_secs()
     }
 
+    /// The spool's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.shared.dir
+    }
+
     /// The instance id sent in HELLO (persisted, so the stage can drop replays after a
     /// collector restart).
     pub fn instance(&self) -> u64 {

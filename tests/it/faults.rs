@@ -156,3 +156,60 @@ fn disk_full_answers_503_never_204_then_recovers() {
     assert_eq!(report.remaining, 0);
     assert_no_loss(&c.processor.data_dir, &keys);
 }
+
+/// A forwarder that dies (a panic, made by a fault point) fails `/healthz` so the load balancer
+/// moves traffic, is restarted, health comes back, and every 204'd beacon still arrives.
+#[test]
+fn dead_forwarder_fails_health_is_restarted_and_loses_nothing() {
+    use beacon_collector::fault::{self, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let load = Load::start(srv.addr, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(srv.addr, "/healthz").status, 200);
+    fault::arm(Point::ForwarderPanic, &c.spool.dir);
+
+    let wait_for = |status: u16, within: Duration| {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let r = get(srv.addr, "/healthz");
+            if r.status == status {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/healthz never answered {status} (last {})",
+                r.status
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let down = wait_for(503, Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&down.body),
+        "forwarder restarting\n"
+    );
+    wait_for(200, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (keys, other) = load.stop();
+    let r = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(
+        r.remaining, 0,
+        "the restarted forwarder delivered everything"
+    );
+    let scrape = beacon_collector::metrics::install().render();
+    assert!(
+        scrape.contains("beacon_task_restarts_total{task=\"forwarder\"}"),
+        "restart counted"
+    );
+    report(
+        "forwarder panic",
+        &keys,
+        other,
+        assert_no_loss(&c.processor.data_dir, &keys),
+    );
+}
