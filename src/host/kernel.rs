@@ -170,6 +170,60 @@ fn parse_header_value_pairs(text: &str) -> HashMap<String, u64> {
     out
 }
 
+/// A kernel counter (`/proc/net/netstat`) that means trouble when it is above zero or rising:
+/// the self-check reports it since boot, the sampler exports it and logs when it rises.
+#[derive(Debug, Clone, Copy)]
+pub struct TroubleCounter {
+    /// `TcpExt.<name>`.
+    pub key: &'static str,
+    /// The metric the sampler exports it as (none: checked at start only).
+    pub metric: Option<&'static str>,
+    /// What a rise means.
+    pub means: &'static str,
+    /// What to do.
+    pub fix: &'static str,
+}
+
+/// The one list of trouble counters.
+pub const TROUBLE_COUNTERS: [TroubleCounter; 6] = [
+    TroubleCounter {
+        key: "TcpExt.ListenOverflows",
+        metric: Some(crate::metrics::KERNEL_LISTEN_OVERFLOWS_TOTAL),
+        means: "accept queues overflowed: connections were dropped because a listener's backlog was full",
+        fix: "raise net.core.somaxconn and server.backlog; check that the server keeps up (CPU, server.max_connections)",
+    },
+    TroubleCounter {
+        key: "TcpExt.ListenDrops",
+        metric: Some(crate::metrics::KERNEL_LISTEN_DROPS_TOTAL),
+        means: "SYNs to listening sockets were dropped (overflows, memory, or errors)",
+        fix: "as for ListenOverflows; also check tcp_max_syn_backlog",
+    },
+    TroubleCounter {
+        key: "TcpExt.SyncookiesSent",
+        metric: Some(crate::metrics::KERNEL_SYNCOOKIES_SENT_TOTAL),
+        means: "the SYN queue overflowed and SYN cookies were sent",
+        fix: "raise net.ipv4.tcp_max_syn_backlog and net.core.somaxconn",
+    },
+    TroubleCounter {
+        key: "TcpExt.SyncookiesFailed",
+        metric: Some(crate::metrics::KERNEL_SYNCOOKIES_FAILED_TOTAL),
+        means: "invalid SYN cookies were received: often the footprint of tcp_tw_recycle/NAT problems or floods",
+        fix: "make sure tcp_tw_recycle is off; look for SYN floods",
+    },
+    TroubleCounter {
+        key: "TcpExt.TCPRcvCollapsed",
+        metric: None,
+        means: "receive queues were collapsed to save memory (low socket buffers or memory pressure)",
+        fix: "check net.core.rmem_max and net.ipv4.tcp_mem",
+    },
+    TroubleCounter {
+        key: "TcpExt.TCPBacklogDrop",
+        metric: Some(crate::metrics::KERNEL_TCP_BACKLOG_DROPS_TOTAL),
+        means: "packets were dropped because a socket's backlog was full while the process held it",
+        fix: "the server is not keeping up: check CPU and worker threads",
+    },
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,20 +2,11 @@
 //! warning when a trouble counter rises, so the collector says what used to be one line in
 //! syslog (or nothing at all).
 
-use super::kernel::{Limit, ProcRoot};
+use super::kernel::{Limit, ProcRoot, TROUBLE_COUNTERS};
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use std::collections::HashMap;
 use std::time::Duration;
-
-/// Counters that mean trouble when they rise: (netstat key, metric, what it means).
-const TROUBLE: [(&str, &str, &str); 5] = [
-    ("TcpExt.ListenOverflows", m::KERNEL_LISTEN_OVERFLOWS_TOTAL, "accept queue overflowed: connections dropped (raise net.core.somaxconn and server.backlog)"),
-    ("TcpExt.ListenDrops", m::KERNEL_LISTEN_DROPS_TOTAL, "SYNs to a listening socket dropped"),
-    ("TcpExt.SyncookiesSent", m::KERNEL_SYNCOOKIES_SENT_TOTAL, "SYN queue overflowed: SYN cookies sent (raise net.ipv4.tcp_max_syn_backlog)"),
-    ("TcpExt.SyncookiesFailed", m::KERNEL_SYNCOOKIES_FAILED_TOTAL, "invalid SYN cookies received (tcp_tw_recycle/NAT trouble or a flood)"),
-    ("TcpExt.TCPBacklogDrop", m::KERNEL_TCP_BACKLOG_DROPS_TOTAL, "packets dropped on busy sockets: the server is not keeping up"),
-];
 
 /// What one sample saw.
 #[derive(Debug, Default)]
@@ -30,8 +21,11 @@ pub struct Sample {
 pub fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
     let netstat = proc.netstat();
     let mut out = Sample::default();
-    for (key, metric, what) in TROUBLE {
-        let Some(&v) = netstat.get(key) else { continue };
+    for c in TROUBLE_COUNTERS {
+        let (Some(metric), Some(&v)) = (c.metric, netstat.get(c.key)) else {
+            continue;
+        };
+        let key = c.key;
         metrics::counter!(metric).absolute(v);
         if let Some(&before) = prev.get(key) {
             if v > before {
@@ -39,7 +33,9 @@ pub fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
                     counter = key,
                     increase = v - before,
                     total = v,
-                    "kernel: {what}"
+                    fix = c.fix,
+                    "kernel: {}",
+                    c.means
                 );
                 out.risen.push((key, v - before));
             }
