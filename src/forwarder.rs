@@ -109,36 +109,8 @@ impl Forwarder {
     }
 
     async fn connection(&mut self, stream: UnixStream, close: &CancellationToken) -> ConnEnd {
-        let (mut rd, mut wr) = stream.into_split();
-        // The reader runs in its own task so that reading a frame is never cancelled half-way
-        // by the select below; it publishes the latest cumulative ACK. Dropping its sender
-        // (EOF, error, protocol violation) tells us the connection is gone.
-        let (ack_tx, mut ack_rx) = watch::channel(0u64);
-        let reader_task = tokio::spawn(async move {
-            loop {
-                match protocol::read_frame(&mut rd).await {
-                    Ok(Some(Frame::Ack { seq })) => {
-                        ack_tx.send_if_modified(|cur| {
-                            let newer = seq > *cur;
-                            if newer {
-                                *cur = seq;
-                            }
-                            newer
-                        });
-                    }
-                    Ok(Some(other)) => {
-                        tracing::error!(frame = ?other, "processing stage sent an unexpected frame");
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading from processing stage");
-                        return;
-                    }
-                }
-            }
-        });
-        let _reader_guard = AbortOnDrop(reader_task);
+        let (rd, mut wr) = stream.into_split();
+        let (mut ack_rx, _reader_guard) = ack_reader(rd);
         let io_timeout = Duration::from_secs(self.cfg.ack_timeout_seconds);
 
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -224,25 +196,7 @@ impl Forwarder {
                         stalled = true;
                         continue;
                     }
-                    // One BATCH frame per run of consecutive sequence numbers (a corrupt,
-                    // skipped record leaves a gap).
-                    let mut start = 0;
-                    for i in 1..=batch.len() {
-                        if i == batch.len() || batch[i].0 != batch[i - 1].0 + 1 {
-                            protocol::encode_batch(batch[start].0, batch[start..i].iter().map(|(_, b)| b), &mut buf);
-                            start = i;
-                        }
-                    }
-                    let first = batch[0].0;
-                    let last = batch[batch.len() - 1].0;
-                    if first <= self.last_sent {
-                        let resent = self.last_sent.min(last) - first + 1;
-                        metrics::counter!(m::FORWARD_RESENT_RECORDS_TOTAL).increment(resent);
-                    }
-                    metrics::counter!(m::FORWARD_SENT_RECORDS_TOTAL).increment(batch.len() as u64);
-                    batch.clear();
-                    sent = last;
-                    self.last_sent = self.last_sent.max(last);
+                    sent = self.frame(&mut batch, &mut buf);
                     if let Err(reason) = write(&mut wr, &mut buf, io_timeout).await {
                         return ConnEnd::Lost(reason);
                     }
@@ -268,6 +222,61 @@ impl Forwarder {
             }
         }
     }
+
+    /// Encodes `batch` (emptied) into `buf` as BATCH frames, one per run of consecutive
+    /// sequence numbers (a corrupt, skipped record leaves a gap), counts sends and resends, and
+    /// returns the last sequence number sent.
+    fn frame(&mut self, batch: &mut Vec<(u64, Bytes)>, buf: &mut BytesMut) -> u64 {
+        let mut start = 0;
+        for i in 1..=batch.len() {
+            if i == batch.len() || batch[i].0 != batch[i - 1].0 + 1 {
+                protocol::encode_batch(batch[start].0, batch[start..i].iter().map(|(_, b)| b), buf);
+                start = i;
+            }
+        }
+        let first = batch[0].0;
+        let last = batch[batch.len() - 1].0;
+        if first <= self.last_sent {
+            let resent = self.last_sent.min(last) - first + 1;
+            metrics::counter!(m::FORWARD_RESENT_RECORDS_TOTAL).increment(resent);
+        }
+        metrics::counter!(m::FORWARD_SENT_RECORDS_TOTAL).increment(batch.len() as u64);
+        batch.clear();
+        self.last_sent = self.last_sent.max(last);
+        last
+    }
+}
+
+/// Reads ACKs in a task of its own, so that reading a frame is never cancelled half-way by
+/// the connection's select; publishes the latest cumulative ACK. The sender dropped (EOF,
+/// error, protocol violation) means the connection is gone. The task ends with the guard.
+fn ack_reader(mut rd: tokio::net::unix::OwnedReadHalf) -> (watch::Receiver<u64>, AbortOnDrop<()>) {
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            match protocol::read_frame(&mut rd).await {
+                Ok(Some(Frame::Ack { seq })) => {
+                    ack_tx.send_if_modified(|cur| {
+                        let newer = seq > *cur;
+                        if newer {
+                            *cur = seq;
+                        }
+                        newer
+                    });
+                }
+                Ok(Some(other)) => {
+                    tracing::error!(frame = ?other, "processing stage sent an unexpected frame");
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading from processing stage");
+                    return;
+                }
+            }
+        }
+    });
+    (ack_rx, AbortOnDrop(reader_task))
 }
 
 async fn write(

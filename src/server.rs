@@ -164,35 +164,11 @@ pub async fn run(
         }
     };
 
-    let s = &config.shutdown;
-    if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
-        // Flag first, then say so: whoever reads the log line (an operator, a test) finds the
-        // health check already failing.
-        app.set_draining();
-        ingest.set_phase(Phase::Deregistering);
-        tracing::info!(
-            seconds = s.deregistration_delay_seconds,
-            "SIGTERM: failing health checks while still serving"
-        );
-        tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
-    }
-    app.set_draining();
-    tracing::info!("stopping accept; draining connections");
-    ingest.stop_accepting();
-    ingest.set_phase(Phase::Draining);
-    let drain = match kind {
-        Shutdown::Graceful => Duration::from_secs(s.drain_timeout_seconds),
-        Shutdown::Fast => Duration::from_secs(s.drain_timeout_seconds).min(Duration::from_secs(2)),
-    };
-    if !ingest.wait(drain).await {
-        tracing::warn!("drain deadline passed; closing remaining connections");
-        ingest.set_phase(Phase::Abort);
-        ingest.wait(Duration::from_secs(3)).await;
-    }
+    stop_serving(kind, &config.shutdown, &app, &mut ingest).await;
 
     // Every connection is gone: nothing more is appended. Hand over what the stage will take.
     close.cancel();
-    let flush = Duration::from_secs(s.flush_timeout_seconds);
+    let flush = Duration::from_secs(config.shutdown.flush_timeout_seconds);
     if tokio::time::timeout(flush, &mut fwd_task).await.is_err() {
         fwd_task.abort();
     }
@@ -221,6 +197,40 @@ pub async fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+/// The ingest half of a shutdown: deregistration delay with a failing health check (graceful
+/// only), stop accepting, drain connections, and drop what is left at the deadline.
+async fn stop_serving(
+    kind: Shutdown,
+    s: &crate::config::ShutdownConfig,
+    app: &App,
+    ingest: &mut ingest::Ingest,
+) {
+    if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
+        // Flag first, then say so: whoever reads the log line (an operator, a test) finds the
+        // health check already failing.
+        app.set_draining();
+        ingest.set_phase(Phase::Deregistering);
+        tracing::info!(
+            seconds = s.deregistration_delay_seconds,
+            "SIGTERM: failing health checks while still serving"
+        );
+        tokio::time::sleep(Duration::from_secs(s.deregistration_delay_seconds)).await;
+    }
+    app.set_draining();
+    tracing::info!("stopping accept; draining connections");
+    ingest.stop_accepting();
+    ingest.set_phase(Phase::Draining);
+    let drain = match kind {
+        Shutdown::Graceful => Duration::from_secs(s.drain_timeout_seconds),
+        Shutdown::Fast => Duration::from_secs(s.drain_timeout_seconds).min(Duration::from_secs(2)),
+    };
+    if !ingest.wait(drain).await {
+        tracing::warn!("drain deadline passed; closing remaining connections");
+        ingest.set_phase(Phase::Abort);
+        ingest.wait(Duration::from_secs(3)).await;
     }
 }
 

@@ -152,6 +152,38 @@ pub fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult
         })
 }
 
+/// The worker's own tasks: counters flushed to the registry once a second, and the lifecycle
+/// phase passed on to the connections waiting for it.
+fn housekeeping(
+    w: &Rc<Worker>,
+    phase: watch::Receiver<Phase>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let stats_task = {
+        let w = w.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                w.stats.flush(&w.app);
+            }
+        })
+    };
+    let phase_task = {
+        let w = w.clone();
+        let mut rx = phase;
+        tokio::task::spawn_local(async move {
+            while rx.changed().await.is_ok() {
+                w.phase_now.set(*rx.borrow_and_update());
+                for waker in w.phase_waiters.borrow_mut().take_all() {
+                    waker.wake();
+                }
+            }
+        })
+    };
+    (stats_task, phase_task)
+}
+
 async fn run(spec: Spec) -> WorkerResult {
     let committer = Committer::new(spec.app.spool.clone(), spec.queue_capacity);
     let w = Rc::new(Worker {
@@ -170,29 +202,7 @@ async fn run(spec: Spec) -> WorkerResult {
         open: metrics::gauge!(m::CONNECTIONS_OPEN),
     });
     let flusher = tokio::task::spawn_local(committer.clone().run());
-    let stats_task = {
-        let w = w.clone();
-        tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                w.stats.flush(&w.app);
-            }
-        })
-    };
-    let phase_task = {
-        let w = w.clone();
-        let mut rx = spec.phase.clone();
-        tokio::task::spawn_local(async move {
-            while rx.changed().await.is_ok() {
-                w.phase_now.set(*rx.borrow_and_update());
-                for waker in w.phase_waiters.borrow_mut().take_all() {
-                    waker.wake();
-                }
-            }
-        })
-    };
+    let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone());
     let permits = Arc::new(Semaphore::new(spec.max_connections.max(1)));
     let mut accepts = tokio::task::JoinSet::new();
     for l in spec.listeners {
@@ -221,26 +231,7 @@ async fn run(spec: Spec) -> WorkerResult {
                     tokio::task::spawn_local(native::run(stream, peer, permit, w));
                     return;
                 }
-                let fut = async move {
-                    // Held for the connection's life: returned when the task ends.
-                    let _permit = permit;
-                    let mut stream = stream;
-                    let conn = if w.app.proxy == proxy::Mode::Off {
-                        Conn::new(peer, peer.ip(), ClientIpSource::Peer)
-                    } else {
-                        let header_timeout = w.header_timeout;
-                        match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await
-                        {
-                            Some(c) => c,
-                            None => return,
-                        }
-                    };
-                    w.open.increment(1.0);
-                    let b = hyper.expect("hyper builder for the hyper engine");
-                    super::hyper_engine::serve(stream, conn, w.clone(), b).await;
-                    w.open.decrement(1.0);
-                };
-                tokio::task::spawn_local(fut);
+                spawn_hyper(stream, peer, permit, w, hyper);
             },
         ));
     }
@@ -279,6 +270,35 @@ async fn run(spec: Spec) -> WorkerResult {
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A connection on the hyper engine: the PROXY header first (when expected), then hyper.
+fn spawn_hyper(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    w: Rc<Worker>,
+    hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+) {
+    let fut = async move {
+        // Held for the connection's life: returned when the task ends.
+        let _permit = permit;
+        let mut stream = stream;
+        let conn = if w.app.proxy == proxy::Mode::Off {
+            Conn::new(peer, peer.ip(), ClientIpSource::Peer)
+        } else {
+            let header_timeout = w.header_timeout;
+            match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await {
+                Some(c) => c,
+                None => return,
+            }
+        };
+        w.open.increment(1.0);
+        let b = hyper.expect("hyper builder for the hyper engine");
+        super::hyper_engine::serve(stream, conn, w.clone(), b).await;
+        w.open.decrement(1.0);
+    };
+    tokio::task::spawn_local(fut);
 }
 
 /// Reads the PROXY header (when the listener expects one) off a fresh connection.
