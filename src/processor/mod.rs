@@ -12,7 +12,7 @@ use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::protocol::{self, Frame};
 use crate::record::RecordRef;
-use crate::sink::{self, Batch, Entry, Job, SinkError};
+use crate::sink::{self, setup, Batch, Entry, Job, SetupError, SinkError};
 use bytes::BytesMut;
 use std::collections::HashMap;
 use std::io;
@@ -36,28 +36,12 @@ pub enum ProcessError {
     /// Another processing stage answers on the socket.
     #[error("another processing stage is already listening on {0}")]
     InUse(PathBuf),
-    /// Setting up the socket or data directory failed.
-    #[error("{what} {path}: {source}")]
-    Setup {
-        /// The step.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    /// Setting up the socket failed.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// A sink failed for good.
     #[error(transparent)]
     Sink(#[from] SinkError),
-}
-
-fn setup<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ProcessError + 'a {
-    move |source| ProcessError::Setup {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// Binds the unix socket, replacing a stale socket file left by a crashed stage but refusing
@@ -73,7 +57,7 @@ pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
                 tracing::info!(socket = %path.display(), "removing stale socket file");
                 std::fs::remove_file(path).map_err(setup("remove stale socket", path))?;
             }
-            Err(e) => return Err(setup("probe existing socket", path)(e)),
+            Err(e) => return Err(setup("probe existing socket", path)(e).into()),
         }
     }
     let l = UnixListener::bind(path).map_err(setup("bind", path))?;

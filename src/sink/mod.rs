@@ -66,16 +66,8 @@ pub struct Job {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// Setting up (a directory, a credentials file) failed.
-    #[error("{what} {path}: {source}")]
-    Setup {
-        /// The step.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Setup(#[from] SetupError),
     /// The world does not match the configuration (a stream with other settings, say).
     #[error("{0}")]
     Config(String),
@@ -93,11 +85,26 @@ pub enum SinkError {
     Stopped,
 }
 
+/// A step of setting up a path (a directory, a socket, a credentials file) failed: for the
+/// sinks and the stage's own socket.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {path}: {source}")]
+pub struct SetupError {
+    /// The step.
+    pub what: &'static str,
+    /// The path involved.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+/// `map_err` for a setup step on `path`.
 pub(crate) fn setup<'a>(
     what: &'static str,
     path: &'a Path,
-) -> impl FnOnce(io::Error) -> SinkError + 'a {
-    move |source| SinkError::Setup {
+) -> impl FnOnce(io::Error) -> SetupError + 'a {
+    move |source| SetupError {
         what,
         path: path.to_path_buf(),
         source,

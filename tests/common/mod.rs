@@ -1,7 +1,6 @@
 //! Test harness: a real collector (`run()` in-process, or the real binary) on port 0, a real
 //! processing stage (the real binary) on a unix socket in a temp dir, a tiny raw HTTP client,
 //! and a reader for the NDJSON output.
-#![allow(dead_code)]
 
 use beacon_collector::config::{Config, ForwardMode};
 use beacon_collector::{Listeners, RunError, RunReport, Shutdown};
@@ -15,6 +14,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_beacon-collector");
 
 /// A config for tests: loopback port 0, no admin listener, external stage in `dir`, short
 /// shutdown phases.
+/// Sends `sig` to the process `pid` (one of this test's children).
+pub fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a valid signal number has no memory effects; the pid is a child
+    // this test started and has not reaped.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -42,7 +50,6 @@ pub fn write_config(dir: &Path, c: &Config) -> PathBuf {
 /// The real processing stage binary.
 pub struct Stage {
     pub child: Child,
-    socket: PathBuf,
 }
 
 impl Stage {
@@ -65,7 +72,7 @@ impl Stage {
         wait_until(Duration::from_secs(10), || {
             std::os::unix::net::UnixStream::connect(&socket).is_ok()
         });
-        Stage { child, socket }
+        Stage { child }
     }
 
     /// The last `lines` lines the stages started in `dir` logged.
@@ -81,9 +88,7 @@ impl Stage {
     }
 
     pub fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        kill(self.child.id(), sig);
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -355,9 +360,7 @@ impl Binary {
     }
 
     pub fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+        kill(self.child.id(), sig);
     }
 
     pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {

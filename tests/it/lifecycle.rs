@@ -103,9 +103,7 @@ fn embedded_stage_killed_is_restarted_and_nothing_is_lost() {
     wait_until(Duration::from_secs(10), || {
         records(&c.processor.data_dir).len() >= 100
     });
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
+    kill(pid as u32, libc::SIGKILL);
     for _ in 0..100 {
         ok += usize::from(conn.request(BEACON).is_some_and(|r| r.status == 204));
     }

@@ -125,9 +125,7 @@ impl Nats {
 
     fn signal(&mut self, sig: i32) {
         if let Some(mut c) = self.child.take() {
-            unsafe {
-                libc::kill(c.id() as i32, sig);
-            }
+            kill(c.id(), sig);
             let _ = c.wait();
         }
     }

@@ -57,9 +57,7 @@ fn python_reference_consumer_decodes_and_acknowledges() {
         (report.accepted, report.acknowledged, report.remaining),
         (4, 4, 0)
     );
-    unsafe {
-        libc::kill(py.id() as i32, libc::SIGTERM);
-    }
+    kill(py.id(), libc::SIGTERM);
     let _ = py.wait();
 
     let text = std::fs::read_to_string(&out).unwrap();
