@@ -16,6 +16,8 @@ mod faults;
 mod forwarding;
 #[path = "it/haproxy.rs"]
 mod haproxy;
+#[path = "it/house.rs"]
+mod house;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/limits.rs"]
