@@ -379,25 +379,18 @@ fn json_value(out: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
+/// Appends standard base64 (RFC 4648, padded) of `b` to `out`, in place.
 fn base64(out: &mut Vec<u8>, b: &[u8]) {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        out.push(T[(n >> 18) as usize & 63]);
-        out.push(T[(n >> 12) as usize & 63]);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63]
-        } else {
-            b'='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63]
-        } else {
-            b'='
-        });
-    }
+    use base64::Engine as _;
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(b.len(), true).expect("a beacon value is small"),
+        0,
+    );
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(b, &mut out[start..])
+        .expect("sized by encoded_len");
+    out.truncate(start + n);
 }
 
 /// A new UUIDv7: 48 bits of Unix milliseconds, then 74 random bits.
