@@ -6,15 +6,14 @@
 //! forged. So the header is read at all only when the connection comes from a trusted proxy,
 //! and then from the right.
 
+use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// An address range, `192.0.2.0/24`, `2001:db8::/32` or a single address.
+/// An address range, `192.0.2.0/24`, `2001:db8::/32` or a single address: an [`IpNet`] that
+/// refuses host bits (a typo, not a range) and matches IPv4-mapped IPv6 peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Cidr {
-    net: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl TryFrom<String> for Cidr {
     type Error = String;
@@ -25,61 +24,33 @@ impl TryFrom<String> for Cidr {
                 "{s:?} is not an IP address or CIDR range (e.g. \"10.0.0.0/8\", \"2001:db8::/32\")"
             )
         };
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip, Some(p)),
-            None => (s.as_str(), None),
+        let t = s.trim();
+        let net = if t.contains('/') {
+            t.parse::<IpNet>().map_err(|_| bad())?
+        } else {
+            IpNet::from(t.parse::<IpAddr>().map_err(|_| bad())?)
         };
-        let net: IpAddr = ip.trim().parse().map_err(|_| bad())?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(bad)?,
-            None => max,
-        };
-        let c = Cidr { net, prefix };
-        if c.masked(net) != net {
+        if net.trunc() != net {
             return Err(format!(
-                "{s:?} has host bits set; write the network address, e.g. \"{}/{prefix}\"",
-                c.masked(net)
+                "{s:?} has host bits set; write the network address, e.g. \"{}\"",
+                net.trunc()
             ));
         }
-        Ok(c)
+        Ok(Cidr(net))
     }
 }
 
 impl From<Cidr> for String {
     fn from(c: Cidr) -> String {
-        format!("{}/{}", c.net, c.prefix)
+        c.0.to_string()
     }
 }
 
 impl Cidr {
-    fn masked(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(v) => {
-                let m = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V4((u32::from(v) & m).into())
-            }
-            IpAddr::V6(v) => {
-                let m = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(v) & m).into())
-            }
-        }
-    }
-
     /// Whether `ip` is in the range. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a
     /// dual-stack listener reports for IPv4 peers) match IPv4 ranges.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        ip.is_ipv4() == self.net.is_ipv4() && self.masked(ip) == self.net
+        self.0.contains(&canonical(ip))
     }
 }
 
