@@ -6,6 +6,11 @@
 //! is closed. Guessing (falling back to the TCP peer) would let any client that reaches the
 //! port directly pass its own address off as a proxied one, or silently record the load
 //! balancer's address for every beacon.
+//!
+//! Hand-written rather than the `ppp` or `proxy-header` crates: those parse a buffer they are
+//! given, and the hard part here is reading exactly the header's bytes off the socket (v1 up to
+//! its CRLF, v2 its 16 bytes then the length they announce) under a deadline, so not one byte
+//! of the HTTP request behind it is consumed; the parse itself is short and fuzzed in the tests.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;

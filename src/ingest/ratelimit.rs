@@ -7,6 +7,10 @@
 //! has refilled (it was idle), otherwise both share one bucket. Sharing can only limit a client
 //! earlier than its own bucket would, never let anyone exceed the rate; with 65,536 slots it
 //! needs tens of thousands of clients sending at the limit at once.
+//!
+//! Hand-written rather than `governor`: its keyed limiter keeps a map entry per client that
+//! grows with every distinct address until it is swept, which is the memory an address-spraying
+//! sender controls; the fixed table is bounded by construction and costs one lock per check.
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
