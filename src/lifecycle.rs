@@ -95,6 +95,33 @@ pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>
     })
 }
 
+/// Tells the service manager (systemd with `Type=notify`) what state the process is in, over
+/// the datagram socket named by `NOTIFY_SOCKET`; nothing at all without one (a terminal, the
+/// tests' in-process servers). A failure to notify is logged, never fatal: the collector
+/// serves either way, and systemd's start timeout reports a missing READY.
+pub fn notify(state: Notify, status: &str) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let s = match state {
+        Notify::Ready => NotifyState::Ready,
+        Notify::Stopping => NotifyState::Stopping,
+    };
+    if let Err(e) = sd_notify::notify(false, &[s, NotifyState::Status(status)]) {
+        tracing::warn!(error = %e, "could not notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// What [`notify`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// Listening and serving (`READY=1`).
+    Ready,
+    /// Shutting down (`STOPPING=1`).
+    Stopping,
+}
+
 /// Builds a multi-thread runtime with `threads` workers and every driver.
 pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

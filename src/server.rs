@@ -154,6 +154,7 @@ pub async fn run(
         engine = ?config.server.engine,
         "listening"
     );
+    crate::lifecycle::notify(crate::lifecycle::Notify::Ready, "serving beacons");
 
     let mut failure = None;
     let kind = tokio::select! {
@@ -208,6 +209,10 @@ async fn stop_serving(
     app: &App,
     ingest: &mut ingest::Ingest,
 ) {
+    crate::lifecycle::notify(
+        crate::lifecycle::Notify::Stopping,
+        "draining: health check failing, then connections, then the spool",
+    );
     if kind == Shutdown::Graceful && s.deregistration_delay_seconds > 0 {
         // Flag first, then say so: whoever reads the log line (an operator, a test) finds the
         // health check already failing.

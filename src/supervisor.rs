@@ -110,6 +110,8 @@ impl Supervisor {
 fn spawn(spec: &ChildSpec) -> std::io::Result<Child> {
     Command::new(&spec.program)
         .args(&spec.args)
+        // The stage is not the service: only the collector talks to systemd.
+        .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())

@@ -111,7 +111,9 @@ pub fn emit_systemd(config: &Config) -> String {
          Wants=network-online.target\n\
          \n\
          [Service]\n\
-         Type=exec\n\
+         # READY once listening, STOPPING at SIGTERM (sd_notify); only the collector may say so.\n\
+         Type=notify\n\
+         NotifyAccess=main\n\
          ExecStartPre=/usr/local/bin/beacon-collector config validate -c /etc/beacon-collector/collector.toml\n\
          ExecStart=/usr/local/bin/beacon-collector serve -c /etc/beacon-collector/collector.toml --log-format json\n\
          # SIGTERM to the collector only: it fails /healthz for the deregistration delay, drains,\n\
