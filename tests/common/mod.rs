@@ -330,6 +330,25 @@ impl Binary {
         Binary { child, log }
     }
 
+    /// The real `serve` binary on `c` (written into `dir`, which is also its working
+    /// directory), logging JSON. Starting it again on the same `dir` and config is a restart.
+    pub fn serve(dir: &Path, c: &Config) -> Binary {
+        let cfg = write_config(dir, c);
+        Binary::start(
+            dir,
+            &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
+        )
+    }
+
+    /// Waits for the "listening" line and returns the beacon address it names.
+    pub fn listening(&self) -> SocketAddr {
+        self.wait_for("listening", Duration::from_secs(10))["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Waits for the first JSON log line whose message starts with `msg` and returns it.
     pub fn wait_for(&self, msg: &str, limit: Duration) -> serde_json::Value {
         self.wait_for_nth(msg, 1, limit)

@@ -232,12 +232,8 @@ fn strict_check_refuses_to_start_on_a_fail_and_lenient_logs_it() {
     assert!(err.contains("RLIMIT_NOFILE"), "{err}");
 
     c.check.strict = false;
-    let cfg = write_config(dir.path(), &c);
-    let mut bin = Binary::start(
-        dir.path(),
-        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
-    );
-    bin.wait_for("listening", Duration::from_secs(10));
+    let mut bin = Binary::serve(dir.path(), &c);
+    bin.listening();
     let logged = bin
         .log
         .lock()

@@ -70,25 +70,15 @@ fn collector_killed_with_sigkill_then_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let c = test_config(dir.path());
     let stage = Stage::start(dir.path(), &c);
-    let cfg = write_config(dir.path(), &c);
-    let args = ["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()];
-    let bin = Binary::start(dir.path(), &args);
-    let addr = bin.wait_for("listening", Duration::from_secs(10))["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let bin = Binary::serve(dir.path(), &c);
+    let addr = bin.listening();
     let load = Load::start(addr, 4);
     std::thread::sleep(Duration::from_millis(800));
     drop(bin); // SIGKILL, no drain, no flush
-    let mut bin = Binary::start(dir.path(), &args);
+    let mut bin = Binary::serve(dir.path(), &c);
     let rec = bin.wait_for("spool recovered", Duration::from_secs(10));
     eprintln!("recovery after kill -9: {rec}");
-    let addr2 = bin.wait_for("listening", Duration::from_secs(10))["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr2 = bin.listening();
     *load.addr.lock().unwrap() = addr2;
     std::thread::sleep(Duration::from_millis(800));
     let (keys, other) = load.stop();

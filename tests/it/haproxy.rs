@@ -69,13 +69,9 @@ fn start_collector(dir: &std::path::Path, dereg: u64) -> (Binary, SocketAddr, Co
     c.forward.mode = ForwardMode::Embedded;
     c.server.proxy_protocol = Mode::V2;
     c.shutdown.deregistration_delay_seconds = dereg;
-    let cfg = write_config(dir, &c);
-    let bin = Binary::start(
-        dir,
-        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
-    );
-    let l = bin.wait_for("listening", Duration::from_secs(10));
-    (bin, l["addr"].as_str().unwrap().parse().unwrap(), c)
+    let bin = Binary::serve(dir, &c);
+    let addr = bin.listening();
+    (bin, addr, c)
 }
 
 /// What a continuously sending client saw.

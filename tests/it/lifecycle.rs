@@ -14,13 +14,8 @@ fn start_serve(
     dir: &std::path::Path,
     c: &beacon_collector::config::Config,
 ) -> (Binary, SocketAddr) {
-    let cfg = write_config(dir, c);
-    let bin = Binary::start(
-        dir,
-        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
-    );
-    let l = bin.wait_for("listening", Duration::from_secs(10));
-    let addr: SocketAddr = l["addr"].as_str().unwrap().parse().unwrap();
+    let bin = Binary::serve(dir, c);
+    let addr = bin.listening();
     (bin, addr)
 }
 
@@ -132,11 +127,7 @@ fn backlog_above_somaxconn_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
     c.server.backlog = somaxconn as u32 + 1;
-    let cfg = write_config(dir.path(), &c);
-    let mut bin = Binary::start(
-        dir.path(),
-        &["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()],
-    );
+    let mut bin = Binary::serve(dir.path(), &c);
     let w = bin.wait_for(
         "listen backlog is silently truncated",
         Duration::from_secs(10),

@@ -419,25 +419,15 @@ fn replay_after_a_crash_is_stored_once() {
     c.processor.admin_enabled = true;
     c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut stage = Stage::start(dir.path(), &c);
-    let cfg = write_config(dir.path(), &c);
-    let args = ["serve", "--log-format", "json", "-c", cfg.to_str().unwrap()];
-    let bin = Binary::start(dir.path(), &args);
-    let addr = bin.wait_for("listening", Duration::from_secs(10))["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let bin = Binary::serve(dir.path(), &c);
+    let addr = bin.listening();
     let load = Load::start(addr, 4);
     std::thread::sleep(Duration::from_millis(1200));
     drop(bin); // SIGKILL: the spool's checkpoint is up to a second old
     stage.kill9();
     let stage = Stage::start(dir.path(), &c);
-    let mut bin = Binary::start(dir.path(), &args);
-    let addr2 = bin.wait_for("listening", Duration::from_secs(10))["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut bin = Binary::serve(dir.path(), &c);
+    let addr2 = bin.listening();
     *load.addr.lock().unwrap() = addr2;
     std::thread::sleep(Duration::from_millis(800));
     let (keys, other) = load.stop();
