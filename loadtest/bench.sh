@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (issue 5): beacon-collector with its processing stage, and nginx (`return 204` +
+# The benchmark: beacon-collector with its processing stage, and nginx (`return 204` +
 # JSON access log) for comparison, on loopback, through one fixed scenario matrix driven by
 # beacon-loadgen:
 #   fleet    10,000 idle keep-alive browsers, one beacon each every 15 s ±20 %  (seed 002)

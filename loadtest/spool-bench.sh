@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 3 measurement: the whole pipeline (HTTP -> spool -> forwarder -> processing stage ->
+# What durability costs: the whole pipeline (HTTP -> spool -> forwarder -> processing stage ->
 # files) under wrk, with spool.ack_after = "write" and "fsync", in the same sitting. With
 # BASELINE_BIN set to a binary built before the spool existed (in-memory queue), it is measured
 # the same way for comparison:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 2 measurement: wrk against GET /beacon?... on loopback, for
+# Raw speed against nginx: wrk against GET /beacon?... on loopback, for
 #   1. beacon-collector with its embedded processing stage writing NDJSON files, and
 #   2. nginx answering `return 204` with a buffered JSON access_log (the nginx + log-shipper
 #      tier this replaces),

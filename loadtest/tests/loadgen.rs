@@ -347,9 +347,28 @@ fn bad_options_are_refused() {
 // --- the JSON report against loadtest/schema.json --------------------------------------------
 
 /// The subset of JSON Schema the checked-in schema uses: type (one or a list), enum, minimum,
-/// required, properties, additionalProperties (false or a schema).
+/// required, properties, additionalProperties (false or a schema). A keyword outside it fails
+/// the test instead of being ignored: a schema that says `maximum` must not pass unchecked.
 fn validate(schema: &serde_json::Value, v: &serde_json::Value, at: &str, errs: &mut Vec<String>) {
     use serde_json::Value;
+    const KNOWN: [&str; 10] = [
+        "type",
+        "enum",
+        "minimum",
+        "required",
+        "properties",
+        "additionalProperties",
+        "description",
+        "title",
+        "$id",
+        "$schema",
+    ];
+    for k in schema.as_object().expect("a schema is an object").keys() {
+        assert!(
+            KNOWN.contains(&k.as_str()),
+            "schema keyword {k:?} at {at} is not checked by this validator: teach it, or drop it"
+        );
+    }
     if let Some(t) = schema.get("type") {
         let types: Vec<&str> = match t {
             Value::String(s) => vec![s.as_str()],
