@@ -8,7 +8,7 @@
 
 mod admin;
 mod check;
-mod error;
+pub mod error;
 mod forward;
 mod http;
 mod log;
@@ -32,10 +32,9 @@ pub use server::ServerConfig;
 pub use shutdown::ShutdownConfig;
 pub use spool::{AckAfter, SpoolConfig};
 // Sink sections live with their sinks; named here too so `config::` reaches every section.
-pub use crate::sink::nats::{NatsConfig, Retention, Storage};
-pub use crate::sink::{OnMismatch, SinkKind};
+pub use crate::sink::kind::{OnMismatch, SinkKind};
+pub use crate::sink::nats::config::{NatsConfig, Retention, Storage};
 
-pub(crate) use error::positive;
 use error::{path_error, toml_error};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -124,7 +123,6 @@ impl Config {
         self.spool.validate()?;
         self.forward.validate()?;
         self.processor.validate()?;
-        crate::sink::validate(&self.processor)?;
         self.shutdown.validate()?;
         if self.admin.enabled
             && self.processor.admin_enabled

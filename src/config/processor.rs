@@ -2,7 +2,8 @@
 //! own section, e.g. `[processor.nats]`).
 
 use super::error::{positive, ConfigError};
-use crate::sink::{nats::NatsConfig, SinkKind};
+use crate::sink::kind::SinkKind;
+use crate::sink::nats::config::NatsConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -84,6 +85,32 @@ impl ProcessorConfig {
             ));
         }
 
+        self.validate_sinks()
+    }
+
+    /// The `sinks` list, and the section of every sink it names.
+    fn validate_sinks(&self) -> Result<(), ConfigError> {
+        if self.sinks.is_empty() {
+            return Err(ConfigError::new(
+                "processor.sinks",
+                "empty: the stage would acknowledge beacons it sends nowhere",
+                format!("list at least one of {}", SinkKind::NAMES),
+            ));
+        }
+        if (1..self.sinks.len()).any(|i| self.sinks[..i].contains(&self.sinks[i])) {
+            return Err(ConfigError::new(
+                "processor.sinks",
+                "lists a sink twice",
+                "list each sink once, e.g. [\"files\", \"nats\"]",
+            ));
+        }
+        for kind in &self.sinks {
+            match kind {
+                // Its keys are this section's own (checked above).
+                SinkKind::Files => {}
+                SinkKind::Nats => self.nats.validate_for_sink()?,
+            }
+        }
         Ok(())
     }
 }

@@ -10,15 +10,17 @@
 //! Body reads get their own deadline in the handler.
 
 use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
-use super::worker::Worker;
-use super::Phase;
+use super::shared::{proxy_client, Worker};
+use super::{proxy, Phase};
 use crate::config::Config;
+use crate::record::ClientIpSource;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -333,4 +335,33 @@ fn to_response(a: &Answer, draining: bool) -> Resp {
         hs.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+/// A connection on the hyper engine: the PROXY header first (when expected), then hyper.
+pub fn spawn(
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    w: Rc<Worker>,
+    hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+) {
+    let fut = async move {
+        // Held for the connection's life: returned when the task ends.
+        let _permit = permit;
+        let mut stream = stream;
+        let conn = if w.app.proxy == proxy::Mode::Off {
+            Conn::new(peer, peer.ip(), ClientIpSource::Peer)
+        } else {
+            let header_timeout = w.header_timeout;
+            match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await {
+                Some(c) => c,
+                None => return,
+            }
+        };
+        w.open.increment(1.0);
+        let b = hyper.expect("hyper builder for the hyper engine");
+        super::hyper_engine::serve(stream, conn, w.clone(), b).await;
+        w.open.decrement(1.0);
+    };
+    tokio::task::spawn_local(fut);
 }

@@ -3,7 +3,8 @@
 //! - [`listener`]: socket2 listeners (`SO_REUSEPORT`, backlog vs somaxconn), per-socket TCP
 //!   options, the accept loop with connection permits and error classification.
 //! - [`worker`]: thread-per-core workers, each a current-thread runtime owning its listener,
-//!   connections, timers, scratch buffers, counters and commit group.
+//!   connections, timers, scratch buffers, counters and commit group; [`shared`]: what its
+//!   connections share (the worker state, the PROXY-header step).
 //! - [`native`] (default) and [`hyper_engine`]: the two HTTP/1.1 connection engines; [`h1`] is
 //!   the native engine's framing on httparse.
 //! - [`routes`]: what a request means, for both engines: routes, limits, CORS, rejection →
@@ -21,6 +22,7 @@ pub mod native;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod shared;
 pub mod worker;
 
 pub use crate::lifecycle::Phase;

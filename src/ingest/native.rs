@@ -10,7 +10,7 @@
 use super::commit::Ticket;
 use super::h1::{self, Chunked, Framing, ParsedHead};
 use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
-use super::worker::Worker;
+use super::shared::{proxy_client, Worker};
 use super::Phase;
 use crate::record::Kind;
 use std::future::Future;
@@ -87,14 +87,7 @@ pub async fn run(
         Conn::new(peer, peer.ip(), crate::record::ClientIpSource::Peer)
     } else {
         let timeout = w.header_timeout;
-        match Box::pin(super::worker::proxy_client(
-            &w.app,
-            &mut stream,
-            peer,
-            timeout,
-        ))
-        .await
-        {
+        match Box::pin(proxy_client(&w.app, &mut stream, peer, timeout)).await {
             Some(c) => c,
             None => return,
         }

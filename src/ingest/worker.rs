@@ -6,17 +6,15 @@
 use super::commit::Committer;
 use super::h1::DateCache;
 use super::listener::{self, SocketOptions};
-use super::routes::{App, Conn, Stats};
-use super::{native, proxy, Engine, Phase};
+use super::routes::{App, Stats};
+use super::shared::{Waiters, Worker};
+use super::{native, Engine, Phase};
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
-use crate::record::ClientIpSource;
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
 /// Scratch read buffer per worker: a read takes whatever the socket has up to this.
@@ -50,89 +48,6 @@ pub struct Spec {
     pub body_timeout: Duration,
     /// The hyper builder, for `engine = "hyper"`.
     pub hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
-}
-
-/// A worker's own state, shared by its connection tasks (one thread: `Rc`, `RefCell`).
-pub struct Worker {
-    /// Shared request state.
-    pub app: Arc<App>,
-    /// This worker's group commit.
-    pub committer: Rc<Committer>,
-    /// This worker's counters.
-    pub stats: Stats,
-    /// Where reads land first (borrowed only between awaits).
-    pub scratch: RefCell<Vec<u8>>,
-    /// Where answers are formatted (borrowed only between awaits).
-    pub out: RefCell<Vec<u8>>,
-    /// The `Date` header, formatted once a second.
-    pub date: RefCell<DateCache>,
-    /// Lifecycle, from `run` (for the hyper engine's connections).
-    pub phase: watch::Receiver<Phase>,
-    /// Lifecycle as this worker last saw it, with the connections waiting for it to change:
-    /// a worker-local broadcast, so a connection's wait costs no lock or atomic.
-    pub phase_now: std::cell::Cell<Phase>,
-    phase_waiters: RefCell<Waiters>,
-    /// Idle keep-alive timeout.
-    pub idle_timeout: Duration,
-    /// Slowloris deadline from a request's first byte.
-    pub header_timeout: Duration,
-    /// Deadline for a body once its head is in.
-    pub body_timeout: Duration,
-    /// `beacon_connections_open`, held so a connection does no registry lookup.
-    pub open: metrics::Gauge,
-}
-
-/// Connections waiting for the phase to change: a slot each, reused.
-#[derive(Default)]
-struct Waiters {
-    slots: Vec<Option<std::task::Waker>>,
-    free: Vec<usize>,
-}
-
-impl Waiters {
-    fn take_all(&mut self) -> Vec<std::task::Waker> {
-        self.slots.iter_mut().filter_map(Option::take).collect()
-    }
-}
-
-/// A connection's place in its worker's phase broadcast; released when dropped.
-pub struct PhaseSlot {
-    w: Rc<Worker>,
-    slot: usize,
-}
-
-impl Worker {
-    /// A slot for a connection to wait on phase changes with.
-    pub fn phase_slot(self: &Rc<Self>) -> PhaseSlot {
-        let mut ws = self.phase_waiters.borrow_mut();
-        let slot = ws.free.pop().unwrap_or_else(|| {
-            ws.slots.push(None);
-            ws.slots.len() - 1
-        });
-        PhaseSlot {
-            w: self.clone(),
-            slot,
-        }
-    }
-}
-
-impl PhaseSlot {
-    /// Wakes this task at the next phase change (call when about to return `Pending`).
-    pub fn register(&self, cx: &std::task::Context<'_>) {
-        let mut ws = self.w.phase_waiters.borrow_mut();
-        let entry = &mut ws.slots[self.slot];
-        if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            *entry = Some(cx.waker().clone());
-        }
-    }
-}
-
-impl Drop for PhaseSlot {
-    fn drop(&mut self) {
-        let mut ws = self.w.phase_waiters.borrow_mut();
-        ws.slots[self.slot] = None;
-        ws.free.push(self.slot);
-    }
 }
 
 /// Why a worker stopped early.
@@ -174,10 +89,7 @@ fn housekeeping(
         let mut rx = phase;
         tokio::task::spawn_local(async move {
             while rx.changed().await.is_ok() {
-                w.phase_now.set(*rx.borrow_and_update());
-                for waker in w.phase_waiters.borrow_mut().take_all() {
-                    waker.wake();
-                }
+                w.set_phase(*rx.borrow_and_update());
             }
         })
     };
@@ -231,7 +143,7 @@ async fn run(spec: Spec) -> WorkerResult {
                     tokio::task::spawn_local(native::run(stream, peer, permit, w));
                     return;
                 }
-                spawn_hyper(stream, peer, permit, w, hyper);
+                super::hyper_engine::spawn(stream, peer, permit, w, hyper);
             },
         ));
     }
@@ -270,65 +182,4 @@ async fn run(spec: Spec) -> WorkerResult {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-/// A connection on the hyper engine: the PROXY header first (when expected), then hyper.
-fn spawn_hyper(
-    stream: TcpStream,
-    peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    w: Rc<Worker>,
-    hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
-) {
-    let fut = async move {
-        // Held for the connection's life: returned when the task ends.
-        let _permit = permit;
-        let mut stream = stream;
-        let conn = if w.app.proxy == proxy::Mode::Off {
-            Conn::new(peer, peer.ip(), ClientIpSource::Peer)
-        } else {
-            let header_timeout = w.header_timeout;
-            match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await {
-                Some(c) => c,
-                None => return,
-            }
-        };
-        w.open.increment(1.0);
-        let b = hyper.expect("hyper builder for the hyper engine");
-        super::hyper_engine::serve(stream, conn, w.clone(), b).await;
-        w.open.decrement(1.0);
-    };
-    tokio::task::spawn_local(fut);
-}
-
-/// Reads the PROXY header (when the listener expects one) off a fresh connection.
-pub async fn proxy_client(
-    app: &App,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    timeout: Duration,
-) -> Option<Conn> {
-    let (client, source) = match app.proxy {
-        proxy::Mode::Off => (peer.ip(), ClientIpSource::Peer),
-        mode => match proxy::read_header(stream, mode, timeout).await {
-            Ok(h) => {
-                let source = if h.version == 1 {
-                    ClientIpSource::ProxyV1
-                } else {
-                    ClientIpSource::ProxyV2
-                };
-                metrics::counter!(m::PROXY_HEADERS_TOTAL, "version" => if h.version == 1 { "1" } else { "2" }).increment(1);
-                // LOCAL / UNKNOWN: the proxy's own connection (health checks).
-                h.source
-                    .map_or((peer.ip(), ClientIpSource::Peer), |a| (a.ip(), source))
-            }
-            Err(e) => {
-                metrics::counter!(m::PROXY_HEADER_ERRORS_TOTAL, "reason" => e.reason())
-                    .increment(1);
-                tracing::debug!(%peer, error = %e, "closing connection without a valid PROXY header");
-                return None;
-            }
-        },
-    };
-    Some(Conn::new(peer, client, source))
 }

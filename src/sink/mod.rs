@@ -3,16 +3,16 @@
 //! acknowledges the batch to the collector only when every sink has said `true`.
 //!
 //! Adding a sink: a module here (its task, its config section type and `validate()`), an arm
-//! in [`SinkKind`], a field for its section in `config::ProcessorConfig`, and an arm in
-//! [`validate`] and [`spawn`] below. `docs/DEVELOPING.md` walks through it.
+//! in [`SinkKind`], a field for its section and a `validate` arm in `config::ProcessorConfig`,
+//! and an arm in [`spawn`] below. `docs/DEVELOPING.md` walks through it.
 
 pub mod files;
-mod kind;
+pub mod kind;
 pub mod nats;
 
 pub use kind::{OnMismatch, SinkKind};
 
-use crate::config::{ConfigError, ProcessorConfig};
+use crate::config::ProcessorConfig;
 use crate::lifecycle::CancellationToken;
 use bytes::Bytes;
 use std::io;
@@ -109,32 +109,6 @@ pub(crate) fn setup<'a>(
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Checks the `processor.sinks` list and the section of every sink it names.
-pub fn validate(p: &ProcessorConfig) -> Result<(), ConfigError> {
-    if p.sinks.is_empty() {
-        return Err(ConfigError::new(
-            "processor.sinks",
-            "empty: the stage would acknowledge beacons it sends nowhere",
-            format!("list at least one of {}", SinkKind::NAMES),
-        ));
-    }
-    if (1..p.sinks.len()).any(|i| p.sinks[..i].contains(&p.sinks[i])) {
-        return Err(ConfigError::new(
-            "processor.sinks",
-            "lists a sink twice",
-            "list each sink once, e.g. [\"files\", \"nats\"]",
-        ));
-    }
-    for kind in &p.sinks {
-        match kind {
-            // Its keys are the `[processor]` section's own (checked there).
-            SinkKind::Files => {}
-            SinkKind::Nats => nats::validate(&p.nats)?,
-        }
-    }
-    Ok(())
 }
 
 /// Starts the sink `kind` as a task in `tasks`, taking jobs from `jobs` until every sender is

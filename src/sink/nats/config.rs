@@ -1,7 +1,7 @@
 //! `[processor.nats]`: the NATS JetStream sink's settings and their checks.
 
-use crate::config::{positive, ConfigError};
-use crate::sink::OnMismatch;
+use crate::config::error::{positive, ConfigError};
+use crate::sink::kind::OnMismatch;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -100,6 +100,19 @@ impl Default for NatsConfig {
 }
 
 impl NatsConfig {
+    /// Checks the section when `processor.sinks` lists `"nats"`: refused outright in a build
+    /// without the client.
+    pub fn validate_for_sink(&self) -> Result<(), ConfigError> {
+        if !cfg!(feature = "nats") {
+            return Err(ConfigError::new(
+                "processor.sinks",
+                "lists \"nats\" but this build has no NATS client",
+                "rebuild with the default features (cargo build --features nats), or remove \"nats\"",
+            ));
+        }
+        self.validate()
+    }
+
     /// Checks the section (only when `processor.sinks` lists `"nats"`).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.servers.is_empty() {

@@ -10,7 +10,7 @@
 //! always built, so a config file means the same with or without the client; the client
 //! (`jetstream.rs`, async-nats) is behind the default-on `nats` cargo feature.
 
-mod config;
+pub mod config;
 #[cfg(feature = "nats")]
 mod jetstream;
 pub mod subject;
@@ -18,22 +18,9 @@ pub mod subject;
 pub use config::{NatsConfig, Retention, Storage};
 
 use super::{Job, SinkError};
-use crate::config::ConfigError;
 use crate::lifecycle::CancellationToken;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-
-/// Checks `[processor.nats]` (when `processor.sinks` lists `"nats"`).
-pub fn validate(cfg: &NatsConfig) -> Result<(), ConfigError> {
-    if !cfg!(feature = "nats") {
-        return Err(ConfigError::new(
-            "processor.sinks",
-            "lists \"nats\" but this build has no NATS client",
-            "rebuild with the default features (cargo build --features nats), or remove \"nats\"",
-        ));
-    }
-    cfg.validate()
-}
 
 /// Starts the NATS sink as a task in `tasks`.
 pub fn spawn(

@@ -1,0 +1,141 @@
+//! What the connections of one worker share: the [`Worker`] state (scratch buffers, counters,
+//! commit group, deadlines, the worker-local phase broadcast) and the first step of every
+//! connection, reading the PROXY header. Both engines and the worker loop read it; it reads
+//! neither of them.
+
+use super::commit::Committer;
+use super::h1::DateCache;
+use super::routes::{App, Conn, Stats};
+use super::{proxy, Phase};
+use crate::metrics as m;
+use crate::record::ClientIpSource;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// A worker's own state, shared by its connection tasks (one thread: `Rc`, `RefCell`).
+pub struct Worker {
+    /// Shared request state.
+    pub app: Arc<App>,
+    /// This worker's group commit.
+    pub committer: Rc<Committer>,
+    /// This worker's counters.
+    pub stats: Stats,
+    /// Where reads land first (borrowed only between awaits).
+    pub scratch: RefCell<Vec<u8>>,
+    /// Where answers are formatted (borrowed only between awaits).
+    pub out: RefCell<Vec<u8>>,
+    /// The `Date` header, formatted once a second.
+    pub date: RefCell<DateCache>,
+    /// Lifecycle, from `run` (for the hyper engine's connections).
+    pub phase: watch::Receiver<Phase>,
+    /// Lifecycle as this worker last saw it, with the connections waiting for it to change:
+    /// a worker-local broadcast, so a connection's wait costs no lock or atomic.
+    pub phase_now: std::cell::Cell<Phase>,
+    pub(super) phase_waiters: RefCell<Waiters>,
+    /// Idle keep-alive timeout.
+    pub idle_timeout: Duration,
+    /// Slowloris deadline from a request's first byte.
+    pub header_timeout: Duration,
+    /// Deadline for a body once its head is in.
+    pub body_timeout: Duration,
+    /// `beacon_connections_open`, held so a connection does no registry lookup.
+    pub open: metrics::Gauge,
+}
+
+/// Connections waiting for the phase to change: a slot each, reused.
+#[derive(Default)]
+pub struct Waiters {
+    slots: Vec<Option<std::task::Waker>>,
+    free: Vec<usize>,
+}
+
+impl Waiters {
+    pub(super) fn take_all(&mut self) -> Vec<std::task::Waker> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+}
+
+/// A connection's place in its worker's phase broadcast; released when dropped.
+pub struct PhaseSlot {
+    w: Rc<Worker>,
+    slot: usize,
+}
+
+impl Worker {
+    /// The new lifecycle phase: stored, and every waiting connection woken to read it.
+    pub fn set_phase(&self, p: Phase) {
+        self.phase_now.set(p);
+        for waker in self.phase_waiters.borrow_mut().take_all() {
+            waker.wake();
+        }
+    }
+
+    /// A slot for a connection to wait on phase changes with.
+    pub fn phase_slot(self: &Rc<Self>) -> PhaseSlot {
+        let mut ws = self.phase_waiters.borrow_mut();
+        let slot = ws.free.pop().unwrap_or_else(|| {
+            ws.slots.push(None);
+            ws.slots.len() - 1
+        });
+        PhaseSlot {
+            w: self.clone(),
+            slot,
+        }
+    }
+}
+
+impl PhaseSlot {
+    /// Wakes this task at the next phase change (call when about to return `Pending`).
+    pub fn register(&self, cx: &std::task::Context<'_>) {
+        let mut ws = self.w.phase_waiters.borrow_mut();
+        let entry = &mut ws.slots[self.slot];
+        if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *entry = Some(cx.waker().clone());
+        }
+    }
+}
+
+impl Drop for PhaseSlot {
+    fn drop(&mut self) {
+        let mut ws = self.w.phase_waiters.borrow_mut();
+        ws.slots[self.slot] = None;
+        ws.free.push(self.slot);
+    }
+}
+
+/// Reads the PROXY header (when the listener expects one) off a fresh connection.
+pub async fn proxy_client(
+    app: &App,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<Conn> {
+    let (client, source) = match app.proxy {
+        proxy::Mode::Off => (peer.ip(), ClientIpSource::Peer),
+        mode => match proxy::read_header(stream, mode, timeout).await {
+            Ok(h) => {
+                let source = if h.version == 1 {
+                    ClientIpSource::ProxyV1
+                } else {
+                    ClientIpSource::ProxyV2
+                };
+                metrics::counter!(m::PROXY_HEADERS_TOTAL, "version" => if h.version == 1 { "1" } else { "2" }).increment(1);
+                // LOCAL / UNKNOWN: the proxy's own connection (health checks).
+                h.source
+                    .map_or((peer.ip(), ClientIpSource::Peer), |a| (a.ip(), source))
+            }
+            Err(e) => {
+                metrics::counter!(m::PROXY_HEADER_ERRORS_TOTAL, "reason" => e.reason())
+                    .increment(1);
+                tracing::debug!(%peer, error = %e, "closing connection without a valid PROXY header");
+                return None;
+            }
+        },
+    };
+    Some(Conn::new(peer, client, source))
+}
