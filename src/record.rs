@@ -394,6 +394,10 @@ fn base64(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// A new UUIDv7: 48 bits of Unix milliseconds, then 74 random bits.
+///
+/// Not the `uuid` crate: nothing here allocates (the id is 16 bytes in the record and written
+/// as hex straight into the NDJSON line), the request's receive time is already at hand where
+/// `Uuid::now_v7` would read the clock again, and its random bits would pull in a second RNG.
 pub fn new_id(now_us: u64) -> [u8; 16] {
     let ms = now_us / 1000;
     let hi = fastrand::u64(..);
