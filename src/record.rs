@@ -742,6 +742,21 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_uuid_v7_with_the_receive_time() {
+        let us = 1_700_000_000_123_456;
+        let a = new_id(us);
+        let b = new_id(us);
+        assert_ne!(a, b, "random bits differ");
+        let ms = u64::from_be_bytes([0, 0, a[0], a[1], a[2], a[3], a[4], a[5]]);
+        assert_eq!(ms, us / 1000);
+        assert_eq!(a[6] >> 4, 7, "version 7");
+        assert_eq!(a[8] >> 6, 0b10, "RFC 9562 variant");
+        let text = format_uuid(&a);
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "7");
+    }
+
+    #[test]
     fn base64_matches_rfc4648() {
         for (i, o) in [
             ("", ""),
