@@ -305,10 +305,10 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// Whether a stored JSON body can go into the line as it is: what [`compact_json`] would
+/// return for it unchanged (a record from an older or foreign producer may not be).
 fn is_compact_json(b: &[u8]) -> bool {
-    !b.contains(&b'\n')
-        && !b.contains(&b'\r')
-        && serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+    compact_json(b, MAX_JSON_DEPTH).is_ok_and(|c| c == b)
 }
 
 fn put_bytes(out: &mut BytesMut, b: &[u8]) {
@@ -528,23 +528,47 @@ fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// Why a JSON body cannot be stored as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonError {
+    /// Not JSON (grammar), or not UTF-8 (RFC 8259 §8.1: JSON text is UTF-8).
+    Invalid,
+    /// Nested deeper than the limit: readers stop at their recursion limits (serde_json 128,
+    /// jq 10000 with a warning, Python's `json` at its stack).
+    TooDeep,
+}
+
+/// The deepest nesting any stored JSON body may have, whatever `http.max_json_depth` says:
+/// with the record object around it a line stays under serde_json's limit of 128.
+pub const MAX_JSON_DEPTH: usize = 100;
+
 /// Validates JSON and returns it with insignificant whitespace removed (so it fits on one
-/// NDJSON line). Numbers, strings and key order are kept byte for byte. `None` if invalid.
-pub fn compact_json(input: &[u8]) -> Option<Vec<u8>> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(input).ok()?;
+/// NDJSON line), for every reader: the input must be UTF-8 and nested at most `max_depth`
+/// deep; an escaped lone surrogate (`\ud800` without its pair, which serde_json refuses and
+/// other readers turn into garbage) becomes `\ufffd`, the replacement character, in place.
+/// Numbers, other strings and key order are kept byte for byte.
+pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError> {
+    std::str::from_utf8(input).map_err(|_| JsonError::Invalid)?;
+    let max_depth = max_depth.min(MAX_JSON_DEPTH);
     let mut out = Vec::with_capacity(input.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in input {
+    let (mut in_string, mut depth, mut i) = (false, 0usize, 0usize);
+    while i < input.len() {
+        let b = input[i];
         if in_string {
-            out.push(b);
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+            match b {
+                b'\\' if input.get(i + 1) == Some(&b'u') => {
+                    i += surrogate_safe_escape(&input[i..], &mut out);
+                    continue;
+                }
+                b'\\' => {
+                    out.extend_from_slice(&input[i..(i + 2).min(input.len())]);
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
             }
+            out.push(b);
         } else {
             match b {
                 b' ' | b'\t' | b'\n' | b'\r' => {}
@@ -552,11 +576,57 @@ pub fn compact_json(input: &[u8]) -> Option<Vec<u8>> {
                     in_string = true;
                     out.push(b);
                 }
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max_depth {
+                        return Err(JsonError::TooDeep);
+                    }
+                    out.push(b);
+                }
+                b']' | b'}' => {
+                    depth = depth.saturating_sub(1);
+                    out.push(b);
+                }
                 _ => out.push(b),
             }
         }
+        i += 1;
     }
-    Some(out)
+    // The grammar, on the compacted text (shorter; the same JSON). Nesting is bounded above,
+    // so serde_json's own recursion limit is never what refuses it.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&out).map_err(|_| JsonError::Invalid)?;
+    Ok(out)
+}
+
+/// Copies one `\uXXXX` escape (or a surrogate pair of them) from the start of `s`, writing
+/// `\ufffd` for a lone surrogate; returns the bytes consumed. Malformed escapes are copied
+/// as they are (the grammar check refuses them afterwards).
+fn surrogate_safe_escape(s: &[u8], out: &mut Vec<u8>) -> usize {
+    let unit = |at: usize| -> Option<u16> {
+        let h = s.get(at..at + 6)?;
+        if h[0] != b'\\' || h[1] != b'u' {
+            return None;
+        }
+        u16::from_str_radix(std::str::from_utf8(&h[2..]).ok()?, 16).ok()
+    };
+    match unit(0) {
+        Some(0xD800..=0xDBFF) if matches!(unit(6), Some(0xDC00..=0xDFFF)) => {
+            out.extend_from_slice(&s[..12]);
+            12
+        }
+        Some(0xD800..=0xDFFF) => {
+            out.extend_from_slice(b"\\ufffd");
+            6
+        }
+        Some(_) => {
+            out.extend_from_slice(&s[..6]);
+            6
+        }
+        None => {
+            out.extend_from_slice(&s[..2]);
+            2
+        }
+    }
 }
 
 #[cfg(test)]
@@ -735,10 +805,35 @@ mod tests {
 
     #[test]
     fn json_compaction_keeps_values() {
-        let c = compact_json(b" { \"a b\" : [1, 2.50e3 ,\n\"x\\\" y\"] }\n").unwrap();
+        let c = compact_json(b" { \"a b\" : [1, 2.50e3 ,\n\"x\\\" y\"] }\n", 64).unwrap();
         assert_eq!(c, br#"{"a b":[1,2.50e3,"x\" y"]}"#);
-        assert!(compact_json(b"{\"a\":").is_none());
-        assert!(compact_json(b"").is_none());
+        assert_eq!(compact_json(b"{\"a\":", 64), Err(JsonError::Invalid));
+        assert_eq!(compact_json(b"", 64), Err(JsonError::Invalid));
+    }
+
+    #[test]
+    fn compact_json_bounds_depth_and_keeps_every_line_readable() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        assert!(compact_json(&deep(64), 64).is_ok());
+        assert_eq!(compact_json(&deep(65), 64), Err(JsonError::TooDeep));
+        assert_eq!(compact_json(&deep(30_000), 64), Err(JsonError::TooDeep));
+        assert_eq!(
+            compact_json(&deep(MAX_JSON_DEPTH + 1), 10_000),
+            Err(JsonError::TooDeep),
+            "capped whatever the config says"
+        );
+        // Brackets inside strings are not nesting.
+        assert!(compact_json(format!("[\"{}\"]", "[".repeat(500)).as_bytes(), 2).is_ok());
+        // Not UTF-8: not JSON.
+        assert_eq!(
+            compact_json(b"{\"a\":\"\xff\"}", 64),
+            Err(JsonError::Invalid)
+        );
+        // Lone surrogates become U+FFFD; a real pair stays.
+        let c = compact_json(br#"["\ud800","\udc00x","\ud83d\ude00","\uD800\u0041"]"#, 64).unwrap();
+        assert_eq!(c, br#"["\ufffd","\ufffdx","\ud83d\ude00","\ufffd\u0041"]"#);
+        let v: Vec<String> = serde_json::from_slice(&c).unwrap();
+        assert_eq!(v[2], "\u{1F600}");
     }
 
     #[test]

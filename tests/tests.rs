@@ -28,6 +28,8 @@ mod nats;
 mod proxy;
 #[path = "it/python.rs"]
 mod python;
+#[path = "it/readable.rs"]
+mod readable;
 #[path = "it/restart.rs"]
 mod restart;
 #[path = "it/timeouts.rs"]

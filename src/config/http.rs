@@ -32,6 +32,10 @@ pub struct HttpConfig {
     pub max_param_name_bytes: usize,
     /// Longest decoded parameter value. Longer: 400.
     pub max_param_value_bytes: usize,
+    /// Deepest nesting of a JSON body (arrays and objects). Deeper: 400 `json_too_deep`.
+    /// At most 100, so every stored line stays readable by serde_json (limit 128), jq and
+    /// Python.
+    pub max_json_depth: usize,
     /// Path of the beacon endpoint (GET, HEAD, POST, OPTIONS). Answered with 204.
     pub beacon_path: String,
     /// Path answered with a 43-byte transparent 1x1 GIF (for `<img>` beacons). Empty disables.
@@ -61,6 +65,7 @@ impl Default for HttpConfig {
             max_params: 256,
             max_param_name_bytes: 256,
             max_param_value_bytes: 8 * 1024,
+            max_json_depth: 64,
             beacon_path: "/beacon".into(),
             gif_path: "/beacon.gif".into(),
             health_path: "/healthz".into(),
@@ -118,6 +123,17 @@ impl HttpConfig {
         positive("http.max_params", h.max_params as u64)?;
         positive("http.max_param_name_bytes", h.max_param_name_bytes as u64)?;
         positive("http.max_param_value_bytes", h.max_param_value_bytes as u64)?;
+        if !(1..=crate::record::MAX_JSON_DEPTH).contains(&h.max_json_depth) {
+            return Err(ConfigError::new(
+                "http.max_json_depth",
+                format!(
+                    "{} is outside 1..={}",
+                    h.max_json_depth,
+                    crate::record::MAX_JSON_DEPTH
+                ),
+                "use 64 (the default) or less: deeper JSON stops common readers",
+            ));
+        }
         for (key, path, may_be_empty) in [
             ("http.beacon_path", &h.beacon_path, false),
             ("http.gif_path", &h.gif_path, true),

@@ -280,8 +280,10 @@ pub enum Reject {
     BodyTooLarge,
     /// A parameter limit.
     Param(ParamError),
-    /// A JSON body that is not JSON.
+    /// A JSON body that is not JSON (or not UTF-8).
     InvalidJson,
+    /// A JSON body nested deeper than `http.max_json_depth`.
+    JsonTooDeep,
     /// A body media type we do not take.
     UnsupportedMediaType,
     /// The body did not arrive within `body_timeout_seconds`.
@@ -304,7 +306,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 18] = [
+    pub const ALL: [Reject; 19] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -314,6 +316,7 @@ impl Reject {
         Reject::Param(ParamError::NameTooLong),
         Reject::Param(ParamError::ValueTooLong),
         Reject::InvalidJson,
+        Reject::JsonTooDeep,
         Reject::UnsupportedMediaType,
         Reject::BodyTimeout,
         Reject::BodyError,
@@ -333,7 +336,7 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
             Reject::BodyTooLarge => 413,
-            Reject::Param(_) | Reject::InvalidJson | Reject::BodyError => 400,
+            Reject::Param(_) | Reject::InvalidJson | Reject::JsonTooDeep | Reject::BodyError => 400,
             Reject::UnsupportedMediaType => 415,
             Reject::BodyTimeout => 408,
             Reject::OriginNotAllowed => 403,
@@ -356,6 +359,7 @@ impl Reject {
             Reject::Param(ParamError::NameTooLong) => "param_name_too_long",
             Reject::Param(ParamError::ValueTooLong) => "param_value_too_long",
             Reject::InvalidJson => "invalid_json",
+            Reject::JsonTooDeep => "json_too_deep",
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyError => "body_error",
@@ -710,15 +714,20 @@ pub fn build_record<'a>(
             }
             Kind::Json => {
                 kind = Kind::Json;
-                payload = Cow::Owned(record::compact_json(body).ok_or(Reject::InvalidJson)?);
+                payload = Cow::Owned(record::compact_json(body, app.http.max_json_depth).map_err(
+                    |e| match e {
+                        record::JsonError::Invalid => Reject::InvalidJson,
+                        record::JsonError::TooDeep => Reject::JsonTooDeep,
+                    },
+                )?);
             }
             _ => {
                 // sendBeacon(url, string) sends text/plain; many tags put JSON in it to avoid a
                 // CORS preflight. Keep it as JSON when it is JSON, else as the exact text.
                 let first = body.iter().find(|b| !b.is_ascii_whitespace());
                 match first
-                    .and_then(|b| matches!(b, b'{' | b'[').then(|| record::compact_json(body)))
-                    .flatten()
+                    .filter(|b| matches!(b, b'{' | b'['))
+                    .and_then(|_| record::compact_json(body, app.http.max_json_depth).ok())
                 {
                     Some(json) => {
                         kind = Kind::Json;

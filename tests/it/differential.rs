@@ -155,9 +155,7 @@ impl Pair {
     }
 }
 
-/// Records read leniently: a mutated JSON body can still produce an NDJSON line that is not
-/// UTF-8 (the known `compact_json` gap, issue "Every beacon a browser sends is kept"); both
-/// engines' lines go through the same lossy reading, so the comparison stays exact otherwise.
+/// Records, read strictly: every line must be UTF-8 JSON, whatever the mutated request was.
 fn raw_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let mut paths: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| rd.map(|e| e.unwrap().path()).collect())
@@ -167,8 +165,9 @@ fn raw_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     for p in paths {
         let bytes = std::fs::read(&p).unwrap();
         for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let text = String::from_utf8_lossy(line);
-            out.push(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{p:?}: {e}: {text}")));
+            let text = std::str::from_utf8(line)
+                .unwrap_or_else(|e| panic!("{p:?}: a line that is not UTF-8 ({e}): {line:?}"));
+            out.push(serde_json::from_str(text).unwrap_or_else(|e| panic!("{p:?}: {e}: {text}")));
         }
     }
     out
