@@ -42,8 +42,13 @@ pub struct HttpConfig {
     pub gif_path: String,
     /// Path of the load balancer health check. 200 while serving, 503 while draining.
     pub health_path: String,
-    /// Origins allowed by CORS. `["*"]` allows any. Credentials are never allowed.
+    /// Origins allowed by CORS. `["*"]` allows any.
     pub allowed_origins: Vec<String>,
+    /// Answer CORS with `Access-Control-Allow-Credentials: true` (and the exact origin) for the
+    /// listed origins. `sendBeacon` sends a Blob of a non-safelisted type (`application/json`)
+    /// with credentials, so its preflight fails without this. Only with explicit origins,
+    /// never with `*`. The collector never reads cookies either way.
+    pub cors_allow_credentials: bool,
     /// Seconds browsers may cache a CORS preflight answer.
     pub cors_max_age_seconds: u64,
     /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
@@ -70,6 +75,7 @@ impl Default for HttpConfig {
             gif_path: "/beacon.gif".into(),
             health_path: "/healthz".into(),
             allowed_origins: vec!["*".into()],
+            cors_allow_credentials: false,
             cors_max_age_seconds: 86_400,
             trusted_proxies: Vec::new(),
         }
@@ -165,6 +171,15 @@ impl HttpConfig {
                 "http.allowed_origins",
                 "empty list: no browser could send a cross-origin beacon",
                 "use [\"*\"] for any origin, or list origins like \"https://www.example.com\"",
+            ));
+        }
+        if h.cors_allow_credentials && h.allowed_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::new(
+                "http.cors_allow_credentials",
+                "true with allowed_origins = [\"*\"]: browsers refuse credentials for any origin, \
+                 and allowing every site's credentialed requests is what CORS exists to stop",
+                "list the origins that send JSON beacons, e.g. allowed_origins = \
+                 [\"https://www.example.com\"], or set cors_allow_credentials = false",
             ));
         }
         for o in &h.allowed_origins {

@@ -259,6 +259,12 @@ mod tests {
     fn bad_origin_rejected() {
         let e = Config::from_toml("[http]\nallowed_origins = [\"example.com\"]\n").unwrap_err();
         assert_eq!(e.key, "http.allowed_origins");
+        let e = Config::from_toml("[http]\ncors_allow_credentials = true\n").unwrap_err();
+        assert_eq!(e.key, "http.cors_allow_credentials", "never with *");
+        Config::from_toml(
+            "[http]\ncors_allow_credentials = true\nallowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
     }
 
     #[test]

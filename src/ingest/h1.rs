@@ -522,6 +522,11 @@ pub fn write_answer(
             header(b"access-control-allow-origin", o);
             header(b"vary", b"Origin");
         }
+        Some(Cors::Credentialed(o)) => {
+            header(b"access-control-allow-origin", o);
+            header(b"access-control-allow-credentials", b"true");
+            header(b"vary", b"Origin");
+        }
         None => {}
     }
     if let (Some(p), Some(_)) = (a.preflight, &a.cors) {

@@ -310,6 +310,16 @@ fn to_response(a: &Answer, draining: bool) -> Resp {
             }
             hs.append(header::VARY, HeaderValue::from_static("Origin"));
         }
+        Some(Cors::Credentialed(o)) => {
+            if let Ok(v) = HeaderValue::from_bytes(o) {
+                hs.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                hs.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
+            hs.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         None => {}
     }
     if let (Some(p), Some(_)) = (a.preflight, &a.cors) {

@@ -454,6 +454,8 @@ pub enum Cors {
     Any,
     /// The origin echoed, with `Vary: Origin`.
     Origin(Vec<u8>),
+    /// The origin echoed, with `Vary: Origin` and `Access-Control-Allow-Credentials: true`.
+    Credentialed(Vec<u8>),
 }
 
 /// Preflight extras.
@@ -606,6 +608,7 @@ pub fn before_body<'a>(
             return Next::Answer(Answer::reject(app, Reject::OriginNotAllowed));
         }
         Some(_) if app.any_origin => Some(Cors::Any),
+        Some(o) if app.http.cors_allow_credentials => Some(Cors::Credentialed(o.to_vec())),
         Some(o) => Some(Cors::Origin(o.to_vec())),
         None => None,
     };

@@ -1,6 +1,7 @@
 //! Beacons of every shape arrive in the NDJSON output with the right fields.
 
 use crate::common::*;
+use beacon_collector::ingest::Engine;
 use beacon_collector::Shutdown;
 
 #[test]
@@ -164,6 +165,65 @@ fn cors_preflight_and_origin_allow_list() {
         r.header("access-control-allow-origin"),
         Some("https://shop.example")
     );
+}
+
+/// `sendBeacon` with an `application/json` Blob is credentialed: with
+/// `http.cors_allow_credentials` both engines answer its preflight and the beacon with the exact
+/// origin and `Access-Control-Allow-Credentials: true`, and the JSON arrives.
+#[test]
+fn credentialed_cors_for_json_blobs_on_both_engines() {
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.http.allowed_origins = vec!["https://shop.example".into()];
+        c.http.cors_allow_credentials = true;
+        let _stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let a = srv.addr;
+        let pre = req(
+            a,
+            "OPTIONS /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\r\n",
+        );
+        assert_eq!(pre.status, 204, "{engine:?}");
+        assert_eq!(
+            pre.header("access-control-allow-origin"),
+            Some("https://shop.example")
+        );
+        assert_eq!(
+            pre.header("access-control-allow-credentials"),
+            Some("true"),
+            "{engine:?}"
+        );
+        assert_eq!(
+            pre.header("access-control-allow-headers"),
+            Some("content-type")
+        );
+        let body = br#"{"k":"blob","t_done":12}"#;
+        let raw = format!(
+            "POST /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://shop.example\r\nCookie: s=1\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+            body.len(),
+            std::str::from_utf8(body).unwrap()
+        );
+        let r = req(a, &raw);
+        assert_eq!(r.status, 204, "{engine:?}");
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        // A foreign origin still gets nothing.
+        let bad = req(
+            a,
+            "OPTIONS /beacon HTTP/1.1\r\nHost: t\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: POST\r\n\r\n",
+        );
+        assert_eq!(bad.status, 403);
+        assert!(bad.header("access-control-allow-credentials").is_none());
+        srv.shutdown(Shutdown::Graceful).unwrap();
+        let recs = records(&c.processor.data_dir);
+        assert!(
+            recs.iter().any(|r| r["json"]["k"] == "blob"),
+            "{engine:?}: the JSON blob arrived"
+        );
+    }
 }
 
 #[test]
