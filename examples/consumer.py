@@ -22,7 +22,7 @@ import threading
 HELLO, BATCH, ACK = 0x01, 0x02, 0x03
 VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
-KINDS = {0: "query", 1: "form", 2: "json", 3: "text"}
+KINDS = {0: "query", 1: "form", 2: "json", 3: "text", 4: "multipart"}
 ABSENT = 0xFFFFFFFF
 
 

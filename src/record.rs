@@ -25,6 +25,19 @@ pub enum Kind {
     Json = 2,
     /// `POST` with a `text/plain` body that is not JSON, kept as it came.
     Text = 3,
+    /// `POST` with `multipart/form-data` (`sendBeacon` with `FormData`): fields as parameters.
+    Multipart = 4,
+}
+
+impl Kind {
+    /// Every kind, in code order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Query,
+        Kind::Form,
+        Kind::Json,
+        Kind::Text,
+        Kind::Multipart,
+    ];
 }
 
 impl Kind {
@@ -34,6 +47,7 @@ impl Kind {
             1 => Kind::Form,
             2 => Kind::Json,
             3 => Kind::Text,
+            4 => Kind::Multipart,
             _ => return None,
         })
     }
@@ -45,6 +59,7 @@ impl Kind {
             Kind::Form => "form",
             Kind::Json => "json",
             Kind::Text => "text",
+            Kind::Multipart => "multipart",
         }
     }
 }
@@ -299,7 +314,7 @@ impl<'a> RecordRef<'a> {
                 out.extend_from_slice(b",\"body\":");
                 json_value(out, &self.body);
             }
-            Kind::Query | Kind::Form => {}
+            Kind::Query | Kind::Form | Kind::Multipart => {}
         }
         out.extend_from_slice(b"}\n");
     }

@@ -18,6 +18,7 @@ pub mod forwarded_for;
 pub mod h1;
 pub mod hyper_engine;
 pub mod listener;
+pub mod multipart;
 pub mod native;
 pub mod proxy;
 pub mod ratelimit;

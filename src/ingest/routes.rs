@@ -284,6 +284,8 @@ pub enum Reject {
     InvalidJson,
     /// A JSON body nested deeper than `http.max_json_depth`.
     JsonTooDeep,
+    /// A `multipart/form-data` body that is not framed as RFC 7578 says.
+    InvalidMultipart,
     /// A body media type we do not take.
     UnsupportedMediaType,
     /// The body did not arrive within `body_timeout_seconds`.
@@ -306,7 +308,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 19] = [
+    pub const ALL: [Reject; 20] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -317,6 +319,7 @@ impl Reject {
         Reject::Param(ParamError::ValueTooLong),
         Reject::InvalidJson,
         Reject::JsonTooDeep,
+        Reject::InvalidMultipart,
         Reject::UnsupportedMediaType,
         Reject::BodyTimeout,
         Reject::BodyError,
@@ -336,7 +339,11 @@ impl Reject {
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
             Reject::BodyTooLarge => 413,
-            Reject::Param(_) | Reject::InvalidJson | Reject::JsonTooDeep | Reject::BodyError => 400,
+            Reject::Param(_)
+            | Reject::InvalidJson
+            | Reject::JsonTooDeep
+            | Reject::InvalidMultipart
+            | Reject::BodyError => 400,
             Reject::UnsupportedMediaType => 415,
             Reject::BodyTimeout => 408,
             Reject::OriginNotAllowed => 403,
@@ -360,6 +367,7 @@ impl Reject {
             Reject::Param(ParamError::ValueTooLong) => "param_value_too_long",
             Reject::InvalidJson => "invalid_json",
             Reject::JsonTooDeep => "json_too_deep",
+            Reject::InvalidMultipart => "invalid_multipart",
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyError => "body_error",
@@ -671,6 +679,7 @@ pub fn before_body<'a>(
                 None | Some(b"text/plain") => Kind::Text,
                 Some(b"application/x-www-form-urlencoded") => Kind::Form,
                 Some(b"application/json") => Kind::Json,
+                Some(b"multipart/form-data") => Kind::Multipart,
                 Some(_) => return refuse(Reject::UnsupportedMediaType),
             },
         );
@@ -714,6 +723,19 @@ pub fn build_record<'a>(
                 kind = Kind::Form;
                 record::parse_urlencoded(body, &app.limits, &mut plan.params)
                     .map_err(Reject::Param)?;
+            }
+            Kind::Multipart => {
+                kind = Kind::Multipart;
+                let b = head
+                    .header("content-type")
+                    .and_then(super::multipart::boundary)
+                    .ok_or(Reject::InvalidMultipart)?;
+                super::multipart::parse(body, b, &app.limits, &mut plan.params).map_err(
+                    |e| match e {
+                        super::multipart::MultipartError::Malformed => Reject::InvalidMultipart,
+                        super::multipart::MultipartError::Param(p) => Reject::Param(p),
+                    },
+                )?;
             }
             Kind::Json => {
                 kind = Kind::Json;
@@ -830,7 +852,7 @@ pub fn media_type(v: &[u8]) -> Vec<u8> {
 pub struct Stats {
     requests: [[std::cell::Cell<u64>; STATUSES.len()]; 4],
     rejected: [std::cell::Cell<u64>; Reject::ALL.len()],
-    accepted: [std::cell::Cell<u64>; 4],
+    accepted: [std::cell::Cell<u64>; Kind::ALL.len()],
     body_bytes: std::cell::Cell<u64>,
     forwarded_invalid: std::cell::Cell<u64>,
     /// Header deadlines that closed a connection.
@@ -884,7 +906,7 @@ impl Stats {
                     .increment(n);
             }
         }
-        for kind in [Kind::Query, Kind::Form, Kind::Json, Kind::Text] {
+        for kind in Kind::ALL {
             let n = take(&self.accepted[kind as usize]);
             if n > 0 {
                 app.accepted.fetch_add(n, Ordering::Relaxed);

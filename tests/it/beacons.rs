@@ -167,6 +167,55 @@ fn cors_preflight_and_origin_allow_list() {
     );
 }
 
+/// `sendBeacon(url, formData)` and `curl -F` send multipart/form-data: the fields arrive as
+/// parameters (kind "multipart"), a file part as its name, type and size.
+#[test]
+fn multipart_form_data_fields_arrive_as_params() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let body = "------WebKitFormBoundary7MA4YWxk\r\n\
+        Content-Disposition: form-data; name=\"k\"\r\n\r\nmp\r\n\
+        ------WebKitFormBoundary7MA4YWxk\r\n\
+        Content-Disposition: form-data; name=\"t_done\"\r\n\r\n1234\r\n\
+        ------WebKitFormBoundary7MA4YWxk\r\n\
+        Content-Disposition: form-data; name=\"shot\"; filename=\"s.png\"\r\n\
+        Content-Type: image/png\r\n\r\n\x01\x02\x03\r\n\
+        ------WebKitFormBoundary7MA4YWxk--\r\n";
+    let ct = "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxk";
+    assert_eq!(
+        post(srv.addr, "/beacon?src=fd", ct, body.as_bytes()).status,
+        204
+    );
+    assert_eq!(post(srv.addr, "/beacon", ct, b"not multipart").status, 400);
+    assert_eq!(
+        post(srv.addr, "/beacon", "multipart/form-data", body.as_bytes()).status,
+        400
+    );
+    srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    let recs = records(&c.processor.data_dir);
+    let r = recs
+        .iter()
+        .find(|r| r["kind"] == "multipart")
+        .expect("a multipart record");
+    let params: Vec<(String, String)> = r["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().into(), p[1].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(params[0], ("src".into(), "fd".into()));
+    assert_eq!(params[1], ("k".into(), "mp".into()));
+    assert_eq!(params[2], ("t_done".into(), "1234".into()));
+    assert_eq!(params[3].0, "shot");
+    assert_eq!(
+        params[3].1,
+        r#"{"filename":"s.png","content_type":"image/png","bytes":3}"#
+    );
+}
+
 /// `sendBeacon` with an `application/json` Blob is credentialed: with
 /// `http.cors_allow_credentials` both engines answer its preflight and the beacon with the exact
 /// origin and `Access-Control-Allow-Credentials: true`, and the JSON arrives.
