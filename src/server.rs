@@ -44,7 +44,12 @@ impl Listeners {
                 );
                 socks
             }
-            None => listener::bind(&config.server, config.listeners())?,
+            None => {
+                if !config.server.share_port {
+                    listener::refuse_shared_port(config.server.listen)?;
+                }
+                listener::bind(&config.server, config.listeners())?
+            }
         };
         let admin = if config.admin.enabled {
             Some(admin::bind("admin.listen", config.admin.listen)?)

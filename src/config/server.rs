@@ -38,6 +38,11 @@ pub struct ServerConfig {
     /// the connection (otherwise `tcp_retries2` keeps a dead peer for up to ~15 minutes).
     /// 0 leaves the kernel default.
     pub tcp_user_timeout_seconds: u64,
+    /// Bind even when another socket already listens on `listen` (`SO_REUSEPORT` lets it,
+    /// and the kernel then splits connections between the two). Off: the collector refuses
+    /// to start and says who holds the port. On for a deliberate hand-over: start the new
+    /// collector, then SIGTERM the old one. Sockets from the service manager are never checked.
+    pub share_port: bool,
     /// PROXY protocol on this listener: `off`, `v1`, `v2` or `any`. When on, a connection
     /// without a valid header is closed (never guessed); the header's source is the client.
     pub proxy_protocol: crate::ingest::proxy::Mode,
@@ -57,6 +62,7 @@ impl Default for ServerConfig {
             tcp_keepalive_probes: 4,
             tcp_keepalive_jitter_percent: 10,
             tcp_user_timeout_seconds: 30,
+            share_port: false,
             proxy_protocol: crate::ingest::proxy::Mode::Off,
         }
     }

@@ -75,6 +75,48 @@ impl ProcRoot {
         std::fs::read_to_string(self.root.join(rel)).ok()
     }
 
+    /// The process listening on TCP `port` (any address), as (pid, command name): from the
+    /// LISTEN sockets in `net/tcp` and `net/tcp6`, then the process whose descriptors hold one.
+    /// `None` when nothing listens or the owner is not visible to this user.
+    pub fn listener_of(&self, port: u16) -> Option<(u32, String)> {
+        let want = format!(":{port:04X}");
+        let mut inodes = Vec::new();
+        for table in ["net/tcp", "net/tcp6"] {
+            for line in self.read(table).unwrap_or_default().lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // sl local_address rem_address st ... inode (field 9); 0A is LISTEN.
+                if f.len() > 9 && f[3] == "0A" && f[1].ends_with(&want) {
+                    inodes.push(format!("socket:[{}]", f[9]));
+                }
+            }
+        }
+        if inodes.is_empty() {
+            return None;
+        }
+        for entry in std::fs::read_dir(&self.root).ok()?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                    let comm = self.read(&format!("{pid}/comm")).unwrap_or_default();
+                    return Some((pid, comm.trim().to_string()));
+                }
+            }
+        }
+        None
+    }
+
     /// A sysctl by its dotted name, e.g. `net.core.somaxconn`, trimmed.
     pub fn sysctl(&self, name: &str) -> Option<String> {
         self.read(&format!("sys/{}", name.replace('.', "/")))

@@ -125,6 +125,57 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Lis
     Ok(s.into())
 }
 
+/// Refuses a port another socket is already listening on. With `SO_REUSEPORT` a second
+/// collector (or any process of the same user that set it) would bind the same port without an
+/// error and the kernel would split new connections between the two, each with its own spool
+/// and data directory. A probe socket without `SO_REUSEPORT` finds out: its bind fails while
+/// anyone listens there. Skipped for port 0, and by the caller for sockets from the service
+/// manager or with `server.share_port` (a deliberate hand-over).
+pub fn refuse_shared_port(addr: SocketAddr) -> Result<(), ListenError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let Ok(probe) = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+    else {
+        return Ok(()); // the real bind reports it
+    };
+    // TIME_WAIT sockets of an earlier run must not count as "listening".
+    let _ = probe.set_reuse_address(true);
+    if addr.is_ipv6() {
+        let _ = probe.set_only_v6(false);
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let who = crate::host::kernel::ProcRoot::system()
+                .listener_of(addr.port())
+                .map_or_else(
+                    || {
+                        format!(
+                            "another process (as root: ss -ltnp 'sport = :{}')",
+                            addr.port()
+                        )
+                    },
+                    |(pid, comm)| format!("{comm} (pid {pid})"),
+                );
+            Err(ListenError {
+                addr,
+                step: "refusing to share the port",
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{who} is already listening on port {}; with SO_REUSEPORT both would \
+                         take connections, each into its own spool. Stop it, choose another \
+                         server.listen, or set server.share_port = true for a deliberate \
+                         hand-over (start the new collector, then SIGTERM the old one)",
+                        addr.port()
+                    ),
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Per-connection TCP options from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketOptions {

@@ -170,3 +170,29 @@ fn graceful_shutdown_serves_then_closes_keep_alive_connections_on_both_engines()
         assert_eq!(records(&c.processor.data_dir).len(), 2, "{engine:?}");
     }
 }
+
+/// A second collector on a port another one listens on is refused, naming who holds it
+/// (SO_REUSEPORT would otherwise split connections between two spools); `share_port` allows
+/// a deliberate hand-over.
+#[test]
+fn second_collector_on_a_held_port_is_refused_unless_shared() {
+    let d1 = tempfile::tempdir().unwrap();
+    let first = Server::start(test_config(d1.path()));
+    let d2 = tempfile::tempdir().unwrap();
+    let mut c = test_config(d2.path());
+    c.server.listen = first.addr;
+    let err = match beacon_collector::Listeners::bind(&c) {
+        Ok(_) => panic!("bound a port another collector listens on"),
+        Err(e) => format!("{:#}", anyhow::Error::new(e)),
+    };
+    assert!(err.contains("already listening"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {err}"
+    );
+    assert!(err.contains("server.share_port"), "says the fix: {err}");
+    c.server.share_port = true;
+    let shared = beacon_collector::Listeners::bind(&c).expect("shared on purpose");
+    drop(shared);
+    first.shutdown(Shutdown::Fast).unwrap();
+}
