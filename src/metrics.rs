@@ -60,6 +60,8 @@ pub const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
 pub const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
 /// Background tasks (forwarder, sampler, admin) that died and were restarted, by `task`.
 pub const TASK_RESTARTS_TOTAL: &str = "beacon_task_restarts_total";
+/// Keep-alive connections closed because they reached `http.max_connection_age_seconds`.
+pub const CONNECTIONS_AGED_OUT_TOTAL: &str = "beacon_connections_aged_out_total";
 /// Restarts of the embedded processing stage.
 pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.

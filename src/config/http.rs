@@ -36,6 +36,12 @@ pub struct HttpConfig {
     /// At most 100, so every stored line stays readable by serde_json (limit 128), jq and
     /// Python.
     pub max_json_depth: usize,
+    /// Seconds a keep-alive connection may live (0: no limit). Past it (each connection's
+    /// limit spread ±10 %), the next answer says `Connection: close` and an idle connection is
+    /// closed. Behind an L4 load balancer (NLB, HAProxy in TCP mode) a browser pinging every
+    /// 15 s otherwise stays on one collector for as long as the page is open, so a collector
+    /// added to the fleet gets no existing client.
+    pub max_connection_age_seconds: u64,
     /// Path of the beacon endpoint (GET, HEAD, POST, OPTIONS). Answered with 204.
     pub beacon_path: String,
     /// Path answered with a 43-byte transparent 1x1 GIF (for `<img>` beacons). Empty disables.
@@ -71,6 +77,7 @@ impl Default for HttpConfig {
             max_param_name_bytes: 256,
             max_param_value_bytes: 8 * 1024,
             max_json_depth: 64,
+            max_connection_age_seconds: 0,
             beacon_path: "/beacon".into(),
             gif_path: "/beacon.gif".into(),
             health_path: "/healthz".into(),

@@ -160,6 +160,7 @@ pub async fn serve(
     tokio::pin!(conn);
     let mut deadline: Option<(tokio::time::Instant, u64)> = None;
     let mut graceful = false;
+    let expires = w.connection_expiry();
     loop {
         let cur = *phase.borrow();
         if cur >= Phase::Draining && !graceful {
@@ -192,6 +193,13 @@ pub async fn serve(
                     tracing::debug!("request headers not complete within header_timeout_seconds; closing");
                     break;
                 }
+            }
+            // Past its age: hyper answers an in-flight request with `connection: close` and
+            // closes an idle connection, as for a drain.
+            _ = async { tokio::time::sleep_until(expires.expect("guarded")).await }, if expires.is_some() && !graceful => {
+                conn.as_mut().graceful_shutdown();
+                graceful = true;
+                w.aged_out();
             }
             r = phase.changed() => {
                 if r.is_err() {

@@ -93,6 +93,8 @@ impl Ingest {
                 phase: phase_rx.clone(),
                 stop_accept: stop_accept.child_token(),
                 idle_timeout: Duration::from_secs(h.idle_timeout_seconds),
+                max_age: (h.max_connection_age_seconds > 0)
+                    .then(|| Duration::from_secs(h.max_connection_age_seconds)),
                 header_timeout: Duration::from_secs(h.header_timeout_seconds),
                 body_timeout: Duration::from_secs(h.body_timeout_seconds),
                 hyper: hyper.clone(),

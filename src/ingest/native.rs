@@ -67,6 +67,8 @@ struct State {
     continued: bool,
     /// The pending request's head is complete (its deadline is the body deadline).
     head_done: bool,
+    /// Past `http.max_connection_age_seconds`: the next answer closes the connection.
+    aged: bool,
 }
 
 /// A connection's whole task: the PROXY header when the listener expects one, then requests
@@ -104,7 +106,9 @@ pub async fn run(
         head_charged: false,
         continued: false,
         head_done: false,
+        aged: false,
     };
+    let expires = w.connection_expiry();
     let mut last_active = TokioInstant::now();
     let timer = tokio::time::sleep_until(last_active + w.idle_timeout);
     tokio::pin!(timer);
@@ -115,7 +119,8 @@ pub async fn run(
             break;
         }
         if !process_pending {
-            let want = st.deadline.unwrap_or(last_active + w.idle_timeout);
+            let idle = last_active + w.idle_timeout;
+            let want = st.deadline.unwrap_or(expires.map_or(idle, |e| idle.min(e)));
             if want < timer.deadline() {
                 timer.as_mut().reset(want);
             }
@@ -142,7 +147,8 @@ pub async fn run(
                 Wake::Phase => continue,
                 Wake::Error => break,
                 Wake::Timer => {
-                    let want = st.deadline.unwrap_or(last_active + w.idle_timeout);
+                    let idle = last_active + w.idle_timeout;
+                    let want = st.deadline.unwrap_or(expires.map_or(idle, |e| idle.min(e)));
                     if TokioInstant::now() < want {
                         // Activity moved the deadline: re-arm, no wake-up per request.
                         timer.as_mut().reset(want);
@@ -157,10 +163,16 @@ pub async fn run(
                         w.stats
                             .header_timeouts
                             .set(w.stats.header_timeouts.get() + 1);
+                    } else if expires.is_some_and(|e| e < idle) {
+                        // Idle past its age: closed between requests.
+                        st.aged = true;
                     }
                     break;
                 }
             }
+        }
+        if expires.is_some_and(|e| TokioInstant::now() >= e) {
+            st.aged = true;
         }
         let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {
             Ok(Some(step)) => step,
@@ -202,6 +214,9 @@ pub async fn run(
             }
         }
     }
+    if st.aged {
+        w.aged_out();
+    }
 }
 
 /// Decrements the open-connections gauge however the task ends.
@@ -231,7 +246,7 @@ fn answer_commit(
 ) -> Result<bool, ()> {
     let a = routes::after_commit(&w.app, &w.stats, c.route, c.kind, c.cors, res);
     w.stats.answered(c.route, &a, c.started);
-    let close = c.close || a.close || w.app.is_draining();
+    let close = c.close || a.close || st.aged || w.app.is_draining();
     let mut out = w.out.borrow_mut();
     out.clear();
     let date = *w.date.borrow_mut().get();
@@ -429,7 +444,8 @@ fn process(
                     Body::Decoded(_, used, true) => Some(*used),
                     _ => None,
                 };
-                let close = a.close || !ph.keep_alive || used.is_none() || app.is_draining();
+                let close =
+                    a.close || !ph.keep_alive || used.is_none() || st.aged || app.is_draining();
                 w.stats.answered(Route::of(app, path), &a, started);
                 h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
                 if close {
@@ -481,7 +497,7 @@ fn process(
         let pushed = w.committer.push(|group| {
             routes::build_record(app, &w.stats, conn, &head, plan, body_bytes, group)
         });
-        let close = close_after || !ph.keep_alive;
+        let close = close_after || !ph.keep_alive || st.aged;
         match pushed {
             Ok((kind, ticket)) => {
                 st.reset();
@@ -503,7 +519,7 @@ fn process(
             Err(r) => {
                 let mut a = Answer::reject(app, r);
                 a.cors = cors;
-                let close = close || a.close || app.is_draining();
+                let close = close || a.close || st.aged || app.is_draining();
                 w.stats.answered(route, &a, started);
                 h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
                 if close {

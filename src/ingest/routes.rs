@@ -857,6 +857,8 @@ pub struct Stats {
     forwarded_invalid: std::cell::Cell<u64>,
     /// Header deadlines that closed a connection.
     pub header_timeouts: std::cell::Cell<u64>,
+    /// Connections closed because they reached `http.max_connection_age_seconds`.
+    pub aged_out: std::cell::Cell<u64>,
     /// Connections accepted.
     pub connections: std::cell::Cell<u64>,
     /// Request durations (seconds) by route since the last flush, capped per flush.
@@ -924,6 +926,10 @@ impl Stats {
         let n = take(&self.header_timeouts);
         if n > 0 {
             metrics::counter!(m::HEADER_TIMEOUTS_TOTAL).increment(n);
+        }
+        let n = take(&self.aged_out);
+        if n > 0 {
+            metrics::counter!(m::CONNECTIONS_AGED_OUT_TOTAL).increment(n);
         }
         let n = take(&self.connections);
         if n > 0 {

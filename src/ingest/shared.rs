@@ -39,6 +39,8 @@ pub struct Worker {
     pub(super) phase_waiters: RefCell<Waiters>,
     /// Idle keep-alive timeout.
     pub idle_timeout: Duration,
+    /// `http.max_connection_age_seconds`, when set.
+    pub max_age: Option<Duration>,
     /// Slowloris deadline from a request's first byte.
     pub header_timeout: Duration,
     /// Deadline for a body once its head is in.
@@ -67,6 +69,18 @@ pub struct PhaseSlot {
 }
 
 impl Worker {
+    /// When a connection accepted now must stop being kept alive: the configured age spread
+    /// ±10 % so the connections of one burst do not all reconnect at once.
+    pub fn connection_expiry(&self) -> Option<tokio::time::Instant> {
+        self.max_age
+            .map(|a| tokio::time::Instant::now() + a.mul_f64(0.9 + 0.2 * fastrand::f64()))
+    }
+
+    /// Counts a connection closed because it reached its age.
+    pub fn aged_out(&self) {
+        self.stats.aged_out.set(self.stats.aged_out.get() + 1);
+    }
+
     /// The new lifecycle phase: stored, and every waiting connection woken to read it.
     pub fn set_phase(&self, p: Phase) {
         self.phase_now.set(p);

@@ -42,6 +42,8 @@ pub struct Spec {
     pub stop_accept: CancellationToken,
     /// `http.idle_timeout_seconds` and the other deadlines.
     pub idle_timeout: Duration,
+    /// `http.max_connection_age_seconds`, when set.
+    pub max_age: Option<Duration>,
     /// `http.header_timeout_seconds`.
     pub header_timeout: Duration,
     /// `http.body_timeout_seconds`.
@@ -109,6 +111,7 @@ async fn run(spec: Spec) -> WorkerResult {
         phase_now: std::cell::Cell::new(*spec.phase.borrow()),
         phase_waiters: RefCell::new(Waiters::default()),
         idle_timeout: spec.idle_timeout,
+        max_age: spec.max_age,
         header_timeout: spec.header_timeout,
         body_timeout: spec.body_timeout,
         open: metrics::gauge!(m::CONNECTIONS_OPEN),

@@ -99,3 +99,55 @@ fn idle_timeout(engine: Engine) {
         "{engine:?}: closed well after the idle timeout: {t:?}"
     );
 }
+
+/// `http.max_connection_age_seconds`: past it (±10 %) the next answer says `Connection:
+/// close` and the connection closes; an idle connection past it is closed between requests;
+/// both counted. On both engines.
+#[test]
+fn connections_past_their_age_are_closed_between_requests() {
+    for engine in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.http.max_connection_age_seconds = 1;
+        let _stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c);
+        let before = aged_out_total();
+
+        // Busy: a request in progress when the age passes is answered, with Connection:
+        // close, and the connection closes.
+        let mut busy = Conn::open(srv.addr);
+        let r = busy.request(BEACON).expect("an answer");
+        assert_eq!(r.status, 204);
+        assert_ne!(r.header("connection"), Some("close"), "{engine:?}: young");
+        let mut idle = Conn::open(srv.addr);
+        assert_eq!(idle.request(BEACON).expect("an answer").status, 204);
+        std::thread::sleep(Duration::from_millis(300));
+        busy.send(b"POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nhello");
+        std::thread::sleep(Duration::from_millis(1100));
+        busy.send(b"world");
+        let r = busy.read(false).expect("an answer past the age");
+        assert_eq!(r.status, 204, "{engine:?}");
+        assert_eq!(r.header("connection"), Some("close"), "{engine:?}: aged");
+        assert!(busy.closed_within(Duration::from_secs(2)), "{engine:?}");
+
+        // Idle: closed at its age, long before the 75 s idle timeout.
+        let t = Instant::now();
+        assert!(idle.closed_within(Duration::from_secs(3)), "{engine:?}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        // Counters are added once a second.
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(aged_out_total() >= before + 2, "{engine:?}: counted");
+        srv.shutdown(beacon_collector::Shutdown::Fast).unwrap();
+    }
+}
+
+fn aged_out_total() -> u64 {
+    beacon_collector::metrics::install()
+        .render()
+        .lines()
+        .find(|l| l.starts_with("beacon_connections_aged_out_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
