@@ -23,6 +23,28 @@ impl ConfigError {
     }
 }
 
+/// `key` holds a mode for files of beacons: read and write for the owner, nothing for others
+/// (they hold client IPs and page URLs), no execute bits (directories get them from
+/// [`dir_mode`]).
+pub(crate) fn file_mode(key: &str, v: u32) -> Result<(), ConfigError> {
+    if v > 0o777 || v & 0o600 != 0o600 || v & 0o111 != 0 || v & 0o007 != 0 {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{v:#o} is not a mode for beacon files (owner read+write, nothing for others, \
+                 no execute bits)"
+            ),
+            "use 0o640 (group may read: a log shipper in the group) or 0o600 (owner only)",
+        ));
+    }
+    Ok(())
+}
+
+/// The mode of a directory holding files of mode `file`: search (x) wherever read is allowed.
+pub fn dir_mode(file: u32) -> u32 {
+    file | ((file & 0o444) >> 2)
+}
+
 /// `key` must be above zero.
 pub(crate) fn positive(key: &str, v: u64) -> Result<(), ConfigError> {
     if v == 0 {

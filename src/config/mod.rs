@@ -35,6 +35,7 @@ pub use spool::{AckAfter, SpoolConfig};
 pub use crate::sink::kind::{OnMismatch, SinkKind};
 pub use crate::sink::nats::config::{NatsConfig, Retention, Storage};
 
+pub use error::dir_mode;
 use error::{path_error, toml_error};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -259,6 +260,12 @@ mod tests {
     fn bad_origin_rejected() {
         let e = Config::from_toml("[http]\nallowed_origins = [\"example.com\"]\n").unwrap_err();
         assert_eq!(e.key, "http.allowed_origins");
+        for bad in ["0o644\n", "0o400\n", "0o750\n", "0o1640\n"] {
+            let e = Config::from_toml(&format!("[spool]\nfile_mode = {bad}")).unwrap_err();
+            assert_eq!(e.key, "spool.file_mode", "{bad}");
+        }
+        assert_eq!(dir_mode(0o640), 0o750);
+        assert_eq!(dir_mode(0o600), 0o700);
         let e = Config::from_toml("[http]\ncors_allow_credentials = true\n").unwrap_err();
         assert_eq!(e.key, "http.cors_allow_credentials", "never with *");
         Config::from_toml(

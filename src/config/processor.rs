@@ -26,6 +26,9 @@ pub struct ProcessorConfig {
     pub rotate_seconds: u64,
     /// Permission bits of the listening socket file (`0o660`: owner and group may connect).
     pub socket_mode: u32,
+    /// Mode of the NDJSON files the stage writes; `data_dir` gets the matching search bits
+    /// (0o640 → 0o750), so a log shipper in the group can read them. The umask applies too.
+    pub file_mode: u32,
     /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
     pub fsync: bool,
     /// Serve the processing stage's own Prometheus `/metrics` (records written, duplicates
@@ -49,6 +52,7 @@ impl Default for ProcessorConfig {
             rotate_bytes: 128 * 1024 * 1024,
             rotate_seconds: 3600,
             socket_mode: 0o660,
+            file_mode: 0o640,
             fsync: false,
             admin_enabled: true,
             admin_listen: "127.0.0.1:9103".parse().expect("static address"),
@@ -77,6 +81,7 @@ impl ProcessorConfig {
             ));
         }
         positive("processor.rotate_seconds", p.rotate_seconds)?;
+        super::error::file_mode("processor.file_mode", p.file_mode)?;
         if p.socket_mode > 0o777 {
             return Err(ConfigError::new(
                 "processor.socket_mode",

@@ -1,6 +1,6 @@
 //! `[spool]`: the durable local log every accepted beacon is written to.
 
-use super::error::ConfigError;
+use super::error::{file_mode, ConfigError};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -32,6 +32,9 @@ pub struct SpoolConfig {
     pub high_water_percent: u8,
     /// Low-water mark, percent of `max_bytes`, where accepting resumes.
     pub low_water_percent: u8,
+    /// Mode of the files the spool creates (they hold client IPs and page URLs); its directory
+    /// gets the matching search bits (0o640 → 0o750). The process umask applies on top.
+    pub file_mode: u32,
 }
 
 impl Default for SpoolConfig {
@@ -43,6 +46,7 @@ impl Default for SpoolConfig {
             max_bytes: 4 * 1024 * 1024 * 1024,
             high_water_percent: 90,
             low_water_percent: 80,
+            file_mode: 0o640,
         }
     }
 }
@@ -51,6 +55,7 @@ impl SpoolConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let sp = self;
+        file_mode("spool.file_mode", sp.file_mode)?;
         if sp.dir.as_os_str().is_empty() {
             return Err(ConfigError::new(
                 "spool.dir",

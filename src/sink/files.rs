@@ -56,10 +56,13 @@ impl FileSink {
     /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
     /// file is renamed to `.ndjson`.
     pub fn open(cfg: &ProcessorConfig) -> Result<Self, SinkError> {
-        // Records hold client IPs and page URLs: only the stage's user may read them.
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&cfg.data_dir)
-            .map_err(setup("create data_dir", &cfg.data_dir))?;
+        // Records hold client IPs and page URLs: the owner, and the group if configured.
+        std::os::unix::fs::DirBuilderExt::mode(
+            std::fs::DirBuilder::new().recursive(true),
+            crate::config::dir_mode(cfg.file_mode),
+        )
+        .create(&cfg.data_dir)
+        .map_err(setup("create data_dir", &cfg.data_dir))?;
         let entries =
             std::fs::read_dir(&cfg.data_dir).map_err(setup("read data_dir", &cfg.data_dir))?;
         for e in entries.flatten() {
@@ -122,7 +125,7 @@ impl FileSink {
         let path = self.cfg.data_dir.join(name);
         let file = std::os::unix::fs::OpenOptionsExt::mode(
             std::fs::OpenOptions::new().create_new(true).append(true),
-            0o600,
+            self.cfg.file_mode,
         )
         .open(&path)
         .map_err(|source| SinkError::Write {

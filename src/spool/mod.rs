@@ -130,6 +130,8 @@ struct Shared {
     low_bytes: u64,
     max_bytes: u64,
     fsync: bool,
+    /// `spool.file_mode`.
+    file_mode: u32,
     /// Taken for one group write at a time; never held across an await. Lock order: `writer`,
     /// then `state`.
     writer: Mutex<Writer>,
@@ -147,10 +149,10 @@ impl Spool {
         cfg: &SpoolConfig,
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
-        // The spool holds client IPs and page URLs: only the collector's user may read it.
+        // The spool holds client IPs and page URLs: the owner, and the group if configured.
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(crate::config::dir_mode(cfg.file_mode))
             .create(&cfg.dir)
             .map_err(err("create directory", &cfg.dir))?;
         let lock_path = cfg.dir.join("lock");
@@ -158,7 +160,7 @@ impl Spool {
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o600)
+            .mode(cfg.file_mode)
             .open(&lock_path)
             .map_err(err("open lock file", &lock_path))?;
         // SAFETY: flock(2) on a descriptor we own; no memory is involved.
@@ -244,6 +246,7 @@ impl Spool {
             low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,
             max_bytes: cfg.max_bytes,
             fsync,
+            file_mode: cfg.file_mode,
             writer: Mutex::new(Writer {
                 segment_bytes: cfg.segment_bytes,
                 active: None,
@@ -394,7 +397,7 @@ impl Shared {
             .create(true)
             .truncate(true)
             .write(true)
-            .mode(0o600)
+            .mode(self.file_mode)
             .open(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, body.as_bytes()))
             .and_then(|()| {

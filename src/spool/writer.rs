@@ -184,7 +184,7 @@ impl Shared {
             .create(true)
             .truncate(true)
             .write(true)
-            .mode(0o600)
+            .mode(self.file_mode)
             .open(&path)?;
         if self.fsync {
             File::open(&self.dir)?.sync_all()?;

@@ -303,23 +303,28 @@ fn routes_methods_and_health() {
 #[test]
 fn spool_and_data_files_are_private_to_their_user() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let c = test_config(dir.path());
-    let stage = Stage::start(dir.path(), &c);
-    let srv = Server::start(c.clone());
-    assert_eq!(get(srv.addr, "/beacon?k=private").status, 204);
-    srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&c.spool.dir), 0o700, "spool dir");
-    assert_eq!(mode(&c.processor.data_dir), 0o700, "data dir");
-    let mut files = 0;
-    for d in [&c.spool.dir, &c.processor.data_dir] {
-        for e in std::fs::read_dir(d).unwrap() {
-            let p = e.unwrap().path();
-            assert_eq!(mode(&p), 0o600, "{p:?}");
-            files += 1;
+    // Defaults: owner rw, group r (a log shipper), nobody else; then owner only, configured.
+    for (file, dir_mode) in [(0o640, 0o750), (0o600, 0o700)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.spool.file_mode = file;
+        c.processor.file_mode = file;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        assert_eq!(get(srv.addr, "/beacon?k=private").status, 204);
+        srv.shutdown(Shutdown::Graceful).unwrap();
+        stage.stop();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&c.spool.dir), dir_mode, "spool dir");
+        assert_eq!(mode(&c.processor.data_dir), dir_mode, "data dir");
+        let mut files = 0;
+        for d in [&c.spool.dir, &c.processor.data_dir] {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                assert_eq!(mode(&p), file, "{p:?}");
+                files += 1;
+            }
         }
+        assert!(files >= 3, "lock, checkpoint or segment, and a data file");
     }
-    assert!(files >= 3, "lock, checkpoint or segment, and a data file");
 }

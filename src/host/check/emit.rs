@@ -133,6 +133,9 @@ pub fn emit_systemd(config: &Config) -> String {
          LimitNOFILE={nofile}\n\
          \n\
          # Hardening: no privileges, read-only system, writable state only.\n\
+         # Files created by the collector: at most owner rw, group r (spool.file_mode,\n\
+         # processor.file_mode), never world-readable.\n\
+         UMask=0027\n\
          NoNewPrivileges=yes\n\
          ProtectSystem=strict\n\
          ReadWritePaths={rw}\n\
