@@ -36,6 +36,9 @@ pub struct HttpConfig {
     /// At most 100, so every stored line stays readable by serde_json (limit 128), jq and
     /// Python.
     pub max_json_depth: usize,
+    /// Largest body after undoing its `Content-Encoding` (gzip, deflate, zstd). Larger: 413
+    /// (a zip bomb costs at most this much memory). At least `max_body_bytes`.
+    pub max_decoded_body_bytes: usize,
     /// Seconds a keep-alive connection may live (0: no limit). Past it (each connection's
     /// limit spread ±10 %), the next answer says `Connection: close` and an idle connection is
     /// closed. Behind an L4 load balancer (NLB, HAProxy in TCP mode) a browser pinging every
@@ -77,6 +80,7 @@ impl Default for HttpConfig {
             max_param_name_bytes: 256,
             max_param_value_bytes: 8 * 1024,
             max_json_depth: 64,
+            max_decoded_body_bytes: 256 * 1024,
             max_connection_age_seconds: 0,
             beacon_path: "/beacon".into(),
             gif_path: "/beacon.gif".into(),
@@ -136,6 +140,16 @@ impl HttpConfig {
         positive("http.max_params", h.max_params as u64)?;
         positive("http.max_param_name_bytes", h.max_param_name_bytes as u64)?;
         positive("http.max_param_value_bytes", h.max_param_value_bytes as u64)?;
+        if h.max_decoded_body_bytes < h.max_body_bytes {
+            return Err(ConfigError::new(
+                "http.max_decoded_body_bytes",
+                format!(
+                    "{} is below http.max_body_bytes ({})",
+                    h.max_decoded_body_bytes, h.max_body_bytes
+                ),
+                "use at least http.max_body_bytes (default 262144, four times the body limit)",
+            ));
+        }
         if !(1..=crate::record::MAX_JSON_DEPTH).contains(&h.max_json_depth) {
             return Err(ConfigError::new(
                 "http.max_json_depth",

@@ -14,6 +14,7 @@
 //!   [`ratelimit`] (per-client token buckets).
 
 pub mod commit;
+pub mod encoding;
 pub mod forwarded_for;
 pub mod h1;
 pub mod hyper_engine;

@@ -286,6 +286,12 @@ pub enum Reject {
     JsonTooDeep,
     /// A `multipart/form-data` body that is not framed as RFC 7578 says.
     InvalidMultipart,
+    /// A `Content-Encoding` we do not decode (br, stacked codings).
+    UnsupportedContentEncoding,
+    /// A body that is not what its `Content-Encoding` says.
+    BadContentEncoding,
+    /// A body larger than `http.max_decoded_body_bytes` once decoded.
+    DecodedBodyTooLarge,
     /// A body media type we do not take.
     UnsupportedMediaType,
     /// The body did not arrive within `body_timeout_seconds`.
@@ -308,7 +314,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 20] = [
+    pub const ALL: [Reject; 23] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -320,6 +326,9 @@ impl Reject {
         Reject::InvalidJson,
         Reject::JsonTooDeep,
         Reject::InvalidMultipart,
+        Reject::UnsupportedContentEncoding,
+        Reject::BadContentEncoding,
+        Reject::DecodedBodyTooLarge,
         Reject::UnsupportedMediaType,
         Reject::BodyTimeout,
         Reject::BodyError,
@@ -338,13 +347,14 @@ impl Reject {
             Reject::UnsupportedTransferCoding => 501,
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
-            Reject::BodyTooLarge => 413,
+            Reject::BodyTooLarge | Reject::DecodedBodyTooLarge => 413,
             Reject::Param(_)
             | Reject::InvalidJson
             | Reject::JsonTooDeep
             | Reject::InvalidMultipart
+            | Reject::BadContentEncoding
             | Reject::BodyError => 400,
-            Reject::UnsupportedMediaType => 415,
+            Reject::UnsupportedMediaType | Reject::UnsupportedContentEncoding => 415,
             Reject::BodyTimeout => 408,
             Reject::OriginNotAllowed => 403,
             Reject::RateLimited(_) => 429,
@@ -368,6 +378,9 @@ impl Reject {
             Reject::InvalidJson => "invalid_json",
             Reject::JsonTooDeep => "json_too_deep",
             Reject::InvalidMultipart => "invalid_multipart",
+            Reject::UnsupportedContentEncoding => "unsupported_content_encoding",
+            Reject::BadContentEncoding => "bad_content_encoding",
+            Reject::DecodedBodyTooLarge => "decoded_body_too_large",
             Reject::UnsupportedMediaType => "unsupported_media_type",
             Reject::BodyTimeout => "body_timeout",
             Reject::BodyError => "body_error",
@@ -683,6 +696,12 @@ pub fn before_body<'a>(
                 Some(_) => return refuse(Reject::UnsupportedMediaType),
             },
         );
+        // An encoding we cannot undo is refused before a byte of the body is read.
+        if let Some(v) = head.header("content-encoding") {
+            if super::encoding::coding(v).is_err() {
+                return refuse(Reject::UnsupportedContentEncoding);
+            }
+        }
         // Refuse a declared oversize body before reading a byte of it.
         if content_length.is_some_and(|n| n > h.max_body_bytes as u64) {
             return refuse(Reject::BodyTooLarge);
@@ -705,14 +724,55 @@ pub fn build_record<'a>(
     stats: &Stats,
     conn: &'a Conn,
     head: &Head<'a>,
+    plan: Plan<'a>,
+    body: &'a [u8],
+    out: &mut BytesMut,
+) -> Result<Kind, Reject> {
+    use super::encoding::{self, DecodeError};
+    let coding = match (&plan.media, head.header("content-encoding")) {
+        (Some(_), Some(v)) => {
+            encoding::coding(v).map_err(|_| Reject::UnsupportedContentEncoding)?
+        }
+        _ => None,
+    };
+    match coding {
+        None => build(app, stats, conn, head, plan, body, out),
+        Some(c) => {
+            if body.len() > app.http.max_body_bytes {
+                return Err(Reject::BodyTooLarge);
+            }
+            let decoded = encoding::decode(c, body, app.http.max_decoded_body_bytes).map_err(
+                |e| match e {
+                    DecodeError::Unsupported => Reject::UnsupportedContentEncoding,
+                    DecodeError::Corrupt => Reject::BadContentEncoding,
+                    DecodeError::TooLarge => Reject::DecodedBodyTooLarge,
+                },
+            )?;
+            // The record is encoded into `out` before `decoded` goes: borrowing it is enough.
+            build(app, stats, conn, head, plan, &decoded, out)
+        }
+    }
+}
+
+/// [`build_record`] on a body without (or after undoing) its content coding.
+fn build<'a>(
+    app: &App,
+    stats: &Stats,
+    conn: &'a Conn,
+    head: &Head<'a>,
     mut plan: Plan<'a>,
     body: &'a [u8],
     out: &mut BytesMut,
 ) -> Result<Kind, Reject> {
+    let limit = if head.header("content-encoding").is_some() {
+        app.http.max_decoded_body_bytes
+    } else {
+        app.http.max_body_bytes
+    };
     let mut kind = Kind::Query;
     let mut payload: Cow<'a, [u8]> = Cow::Borrowed(&[]);
     if let Some(media) = plan.media {
-        if body.len() > app.http.max_body_bytes {
+        if body.len() > limit {
             return Err(Reject::BodyTooLarge);
         }
         stats

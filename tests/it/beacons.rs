@@ -216,6 +216,73 @@ fn multipart_form_data_fields_arrive_as_params() {
     );
 }
 
+/// Content-Encoding: gzip, deflate and zstd bodies are decoded and stored decoded; an unknown
+/// coding is 415, a corrupt one 400, a zip bomb 413 (decoded size capped). Both engines.
+#[test]
+fn compressed_bodies_are_decoded() {
+    use std::io::Write;
+    let gzip = |b: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let send = |ct: &str, ce: &str, body: &[u8]| {
+            let mut raw = format!(
+                "POST /beacon HTTP/1.1\r\nHost: t\r\nContent-Type: {ct}\r\nContent-Encoding: {ce}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            raw.extend_from_slice(body);
+            Conn::open(srv.addr)
+                .request(&raw)
+                .expect("an answer")
+                .status
+        };
+        let json = br#"{"k":"gz","events":[1,2,3]}"#;
+        assert_eq!(
+            send("application/json", "gzip", &gzip(json)),
+            204,
+            "{engine:?}"
+        );
+        let zs = ruzstd::encoding::compress_to_vec(
+            &b"hello zstd k=zs"[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(send("text/plain", "zstd", &zs), 204, "{engine:?}");
+        assert_eq!(
+            send("text/plain", "br", b"\x0b\x02\x80hi\x03"),
+            415,
+            "{engine:?}"
+        );
+        assert_eq!(
+            send("text/plain", "gzip", b"not gzip at all"),
+            400,
+            "{engine:?}"
+        );
+        let bomb = gzip(&vec![b'a'; 20_000_000]);
+        assert!(bomb.len() < c.http.max_body_bytes);
+        assert_eq!(send("text/plain", "gzip", &bomb), 413, "{engine:?}");
+        srv.shutdown(Shutdown::Graceful).unwrap();
+        stage.stop();
+        let recs = records(&c.processor.data_dir);
+        assert!(
+            recs.iter().any(|r| r["json"]["k"] == "gz"),
+            "{engine:?}: gzip JSON decoded"
+        );
+        assert!(
+            recs.iter().any(|r| r["body"] == "hello zstd k=zs"),
+            "{engine:?}: zstd text decoded"
+        );
+        assert_eq!(recs.len(), 2, "{engine:?}: nothing else stored");
+    }
+}
+
 /// `sendBeacon` with an `application/json` Blob is credentialed: with
 /// `http.cors_allow_credentials` both engines answer its preflight and the beacon with the exact
 /// origin and `Access-Control-Allow-Credentials: true`, and the JSON arrives.
