@@ -63,6 +63,12 @@ pub fn collector_signals() -> std::io::Result<impl Future<Output = Shutdown>> {
     })
 }
 
+/// SIGHUP, as a stream: `serve` reloads its config on each (installed at once, so a HUP during
+/// start-up is not the default action, which would end the process).
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
 /// The processing stage's stop: SIGTERM, SIGINT, or (with `watch_stdin`) end of file on
 /// stdin, which is how a stage started by `serve` learns that its collector is gone, even
 /// after a `kill -9`. Installed at once, like [`collector_signals`].
@@ -71,7 +77,18 @@ pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // The stage reads its config at start; a HUP meant for the collector must not end it.
+    let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
+        let hup_logged = async {
+            while hup.recv().await.is_some() {
+                tracing::info!(
+                    "SIGHUP ignored: the collector reloads the config and restarts this stage \
+                     when its settings changed"
+                );
+            }
+            std::future::pending::<()>().await
+        };
         let stdin_eof = async {
             if !watch_stdin {
                 return std::future::pending().await;
@@ -91,6 +108,7 @@ pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = stdin_eof => {}
+            _ = hup_logged => {}
         }
     })
 }

@@ -60,6 +60,10 @@ enum ConfigCmd {
         /// The file.
         #[arg(short, long)]
         config: PathBuf,
+        /// The file the collector runs with: list the keys that differ and how each takes
+        /// effect on SIGHUP (live, restarts the processing stage, needs a restart).
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
     /// Print the annotated default configuration.
     PrintDefault,
@@ -101,14 +105,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Config {
-            cmd: ConfigCmd::Validate { config },
-        } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+            cmd: ConfigCmd::Validate { config, against },
+        } => {
+            let new = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(&config, &e),
+            };
+            println!("{}: ok", config.display());
+            if let Some(old_path) = against {
+                let old = match Config::load(&old_path) {
+                    Ok(c) => c,
+                    Err(e) => return config_error(&old_path, &e),
+                };
+                let changes = old.changes(&new);
+                if changes.is_empty() {
+                    println!("no key differs from {}", old_path.display());
+                }
+                for c in changes {
+                    println!("  {:<40} {}", c.key, c.effect.as_str());
+                }
             }
-            Err(e) => config_error(&config, &e),
-        },
+            ExitCode::SUCCESS
+        }
         Cmd::Check {
             config,
             json,

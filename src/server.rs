@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// A socket of the collector could not be bound.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,18 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = Shutdown>,
 ) -> Result<RunReport, RunError> {
+    run_reloadable(config, listeners, shutdown, None).await
+}
+
+/// [`run`], taking reloaded configurations from `reloads` (validated; sent by the SIGHUP
+/// handler of [`main`]): their live keys (see [`crate::config::Effect`]) reach every worker
+/// between requests, without dropping a connection.
+pub async fn run_reloadable(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = Shutdown>,
+    mut reloads: Option<mpsc::UnboundedReceiver<Config>>,
+) -> Result<RunReport, RunError> {
     let handle = metrics::install();
     let (spool, recovery) = spool::Spool::open(
         &config.spool,
@@ -162,11 +175,17 @@ pub async fn run(
     crate::lifecycle::notify(crate::lifecycle::Notify::Ready, "serving beacons");
 
     let mut failure = None;
-    let kind = tokio::select! {
-        k = shutdown => k,
-        e = ingest.failed() => {
-            failure = Some(RunError::Accept(e));
-            Shutdown::Fast
+    tokio::pin!(shutdown);
+    let kind = loop {
+        tokio::select! {
+            k = &mut shutdown => break k,
+            e = ingest.failed() => {
+                failure = Some(RunError::Accept(e));
+                break Shutdown::Fast;
+            }
+            Some(new) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
+                ingest.set_app(Arc::new(app.reload(&new)));
+            }
         }
     };
 
@@ -244,6 +263,66 @@ async fn stop_serving(
     }
 }
 
+/// SIGHUP: reads the config file again. An invalid file is refused with the same key,
+/// problem and fix as `config validate`, and the running configuration stays. Otherwise the
+/// live keys go to `run`, `log.level` to the log filter, processing-stage keys restart the
+/// embedded stage, and keys that need a restart are named.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    started: Config,
+    path: Option<PathBuf>,
+    to_run: mpsc::UnboundedSender<Config>,
+    stage: Option<supervisor::Restarter>,
+) {
+    use crate::config::Effect;
+    let mut last = started.clone();
+    while hangups.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: started without -c, nothing to reload");
+            continue;
+        };
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    file = %path.display(), key = %e.key, problem = %e.problem, fix = %e.fix,
+                    "SIGHUP: the configuration is invalid; the running one stays"
+                );
+                continue;
+            }
+        };
+        let keys = |effect: Effect, from: &Config| -> Vec<String> {
+            from.changes(&new)
+                .into_iter()
+                .filter(|c| c.effect == effect)
+                .map(|c| c.key)
+                .collect()
+        };
+        let (live, stage_keys) = (keys(Effect::Live, &last), keys(Effect::StageRestart, &last));
+        // Pending since the start, whatever earlier reloads said.
+        let needs_restart = keys(Effect::Restart, &started);
+        if new.log.level != last.log.level {
+            if let Err(e) = crate::logging::set_level(&new.log.level) {
+                tracing::warn!(error = %e, "SIGHUP: log.level not applied");
+            }
+        }
+        let _ = to_run.send(new.clone());
+        let restarted = !stage_keys.is_empty()
+            && stage.as_ref().is_some_and(|s| {
+                s.restart();
+                true
+            });
+        tracing::info!(
+            live = ?live,
+            processing_stage = ?stage_keys,
+            stage_restarted = restarted,
+            needs_restart = ?needs_restart,
+            "SIGHUP: configuration reloaded"
+        );
+        last = new;
+    }
+}
+
 /// Why the `serve` command stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -270,13 +349,26 @@ pub fn main(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeErr
     let rt = crate::lifecycle::runtime(1).map_err(ServeError::Start)?;
     rt.block_on(async move {
         let shutdown = crate::lifecycle::collector_signals().map_err(ServeError::Start)?;
+        let hangups = crate::lifecycle::hangups().map_err(ServeError::Start)?;
         check::self_check(&config)?;
         listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH).log();
         let listeners = Listeners::bind(&config)?;
         let stage = (config.forward.mode == ForwardMode::Embedded).then(|| {
-            supervisor::Supervisor::start(supervisor::ChildSpec::stage(&config, config_path))
+            supervisor::Supervisor::start(supervisor::ChildSpec::stage(
+                &config,
+                config_path.clone(),
+            ))
         });
-        let res = run(config, listeners, shutdown).await;
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let reloader = tokio::spawn(reload_on_hangup(
+            hangups,
+            config.clone(),
+            config_path,
+            reload_tx,
+            stage.as_ref().map(supervisor::Supervisor::restarter),
+        ));
+        let res = run_reloadable(config, listeners, shutdown, Some(reload_rx)).await;
+        reloader.abort();
         if let Some(s) = stage {
             s.stop().await;
         }

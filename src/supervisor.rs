@@ -11,12 +11,25 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// A running supervisor.
 pub struct Supervisor {
     stop: Option<oneshot::Sender<()>>,
+    restart: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Asks a supervisor to restart its child (a config reload with processing-stage keys).
+#[derive(Clone)]
+pub struct Restarter(mpsc::UnboundedSender<()>);
+
+impl Restarter {
+    /// Stops the child as at shutdown (SIGTERM, it finishes what it holds) and starts it again
+    /// at once; what it had not acknowledged, the collector sends again.
+    pub fn restart(&self) {
+        let _ = self.0.send(());
+    }
 }
 
 /// How to start the child.
@@ -51,6 +64,7 @@ impl Supervisor {
     /// Starts the child and watches it.
     pub fn start(spec: ChildSpec) -> Self {
         let (stop_tx, mut stop_rx) = oneshot::channel();
+        let (restart, mut restart_rx) = mpsc::unbounded_channel::<()>();
         let task = tokio::spawn(async move {
             let mut delay = spec.restart_delay;
             loop {
@@ -80,6 +94,12 @@ impl Supervisor {
                         stop_child(&mut child).await;
                         return;
                     }
+                    Some(()) = restart_rx.recv() => {
+                        tracing::info!("restarting the processing stage for the reloaded config");
+                        stop_child(&mut child).await;
+                        delay = spec.restart_delay;
+                        continue;
+                    }
                 }
                 // A child that ran a while gets a fast restart; one that keeps crashing backs off.
                 if started.elapsed() > Duration::from_secs(10) {
@@ -94,8 +114,14 @@ impl Supervisor {
         });
         Self {
             stop: Some(stop_tx),
+            restart,
             task,
         }
+    }
+
+    /// A handle that restarts the child.
+    pub fn restarter(&self) -> Restarter {
+        Restarter(self.restart.clone())
     }
 
     /// Stops the child (SIGTERM, then SIGKILL after 10 s) and waits for it.

@@ -41,6 +41,70 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
+/// A key whose value changed, and how the change takes effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Dotted key path.
+    pub key: String,
+    /// When it takes effect.
+    pub effect: Effect,
+}
+
+/// How a changed key takes effect on SIGHUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// At once, without dropping a connection (every worker takes the new state between
+    /// requests).
+    Live,
+    /// The embedded processing stage is restarted with it (what it has not acknowledged is
+    /// sent again; NATS drops the duplicates by id).
+    StageRestart,
+    /// Only after a restart of the collector.
+    Restart,
+}
+
+impl Effect {
+    /// Keys (or `section.` prefixes) that change live.
+    pub const LIVE: [&'static str; 15] = [
+        "http.allowed_origins",
+        "http.cors_allow_credentials",
+        "http.cors_max_age_seconds",
+        "http.trusted_proxies",
+        "http.max_body_bytes",
+        "http.max_decoded_body_bytes",
+        "http.max_params",
+        "http.max_param_name_bytes",
+        "http.max_param_value_bytes",
+        "http.max_json_depth",
+        "http.beacon_path",
+        "http.gif_path",
+        "http.health_path",
+        "rate_limit.",
+        "log.level",
+    ];
+
+    /// How `key` takes effect.
+    pub fn of(key: &str) -> Effect {
+        let matches = |p: &&str| key == *p || (p.ends_with('.') && key.starts_with(*p));
+        if Self::LIVE.iter().any(matches) {
+            Effect::Live
+        } else if key.starts_with("processor.") {
+            Effect::StageRestart
+        } else {
+            Effect::Restart
+        }
+    }
+
+    /// As the log and `config validate --against` say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Live => "live",
+            Effect::StageRestart => "restarts the processing stage",
+            Effect::Restart => "needs a restart",
+        }
+    }
+}
+
 /// The shipped, annotated default configuration. A test parses it, so it cannot rot.
 pub const DEFAULT_TOML: &str = include_str!("../../config/collector.toml");
 
@@ -136,6 +200,48 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The keys whose values differ between `self` and `other`, in file order, each with how
+    /// it takes effect on SIGHUP.
+    pub fn changes(&self, other: &Config) -> Vec<Change> {
+        fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let key = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        leaves(&key, v, out);
+                    }
+                }
+                _ => out.push((prefix.to_string(), v.clone())),
+            }
+        }
+        let flat = |c: &Config| {
+            let mut out = Vec::new();
+            if let Ok(v) = toml::Value::try_from(c) {
+                leaves("", &v, &mut out);
+            }
+            out
+        };
+        let (a, b) = (flat(self), flat(other));
+        let mut keys: Vec<&String> = a.iter().chain(b.iter()).map(|(k, _)| k).collect();
+        keys.dedup();
+        let mut seen = std::collections::HashSet::new();
+        keys.into_iter()
+            .filter(|k| seen.insert(k.as_str()))
+            .filter(|k| {
+                a.iter().find(|(x, _)| x == *k).map(|(_, v)| v)
+                    != b.iter().find(|(x, _)| x == *k).map(|(_, v)| v)
+            })
+            .map(|k| Change {
+                key: k.clone(),
+                effect: Effect::of(k),
+            })
+            .collect()
     }
 
     /// Useful durations.

@@ -4,7 +4,7 @@ use super::error::{positive, ConfigError};
 use serde::{Deserialize, Serialize};
 
 /// Per-client rate limit: a token bucket per client IP in a fixed-size table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Answer 429 to a client over the limit. Off by default: behind NAT many browsers share

@@ -214,7 +214,10 @@ type Resp = Response<Full<Bytes>>;
 
 async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
-    let app = &*w.app;
+    // Cloned, not borrowed: the request awaits its body and commit, and a reload may replace
+    // the worker's state meanwhile.
+    let app = w.app().clone();
+    let app = &*app;
     let (parts, body) = req.into_parts();
     let headers: Vec<httparse::Header<'_>> = parts
         .headers
@@ -367,11 +370,12 @@ pub fn spawn(
         // Held for the connection's life: returned when the task ends.
         let _permit = permit;
         let mut stream = stream;
-        let conn = if w.app.proxy == proxy::Mode::Off {
+        let conn = if w.app().proxy == proxy::Mode::Off {
             Conn::new(peer, peer.ip(), ClientIpSource::Peer)
         } else {
             let header_timeout = w.header_timeout;
-            match Box::pin(proxy_client(&w.app, &mut stream, peer, header_timeout)).await {
+            let app = w.app().clone();
+            match Box::pin(proxy_client(&app, &mut stream, peer, header_timeout)).await {
                 Some(c) => c,
                 None => return,
             }

@@ -51,6 +51,7 @@ pub enum Engine {
 /// The running workers, as `run` drives them through shutdown.
 pub struct Ingest {
     phase: watch::Sender<Phase>,
+    app: watch::Sender<Arc<App>>,
     stop_accept: CancellationToken,
     exited: mpsc::UnboundedReceiver<worker::WorkerResult>,
     running: usize,
@@ -77,6 +78,7 @@ impl Ingest {
             }
         }
         let (phase, phase_rx) = watch::channel(Phase::Running);
+        let (app_tx, app_rx) = watch::channel(app);
         let stop_accept = CancellationToken::new();
         let (exit_tx, exited) = mpsc::unbounded_channel();
         let hyper = (config.server.engine == Engine::Hyper)
@@ -86,7 +88,7 @@ impl Ingest {
             let spec = worker::Spec {
                 id,
                 listeners,
-                app: app.clone(),
+                app: app_rx.clone(),
                 engine: config.server.engine,
                 max_connections: config.server.max_connections.div_ceil(n),
                 queue_capacity: config.queue.capacity.div_ceil(n),
@@ -114,6 +116,7 @@ impl Ingest {
         }
         Ok(Self {
             phase,
+            app: app_tx,
             stop_accept,
             exited,
             running: n,
@@ -138,6 +141,11 @@ impl Ingest {
     /// Tells every connection the lifecycle phase.
     pub fn set_phase(&self, p: Phase) {
         let _ = self.phase.send(p);
+    }
+
+    /// Hands every worker the state of a reloaded config; each takes it between requests.
+    pub fn set_app(&self, app: Arc<App>) {
+        let _ = self.app.send(app);
     }
 
     /// Stops accepting on every worker.

@@ -85,11 +85,12 @@ pub async fn run(
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
 ) {
-    let conn = if w.app.proxy == super::proxy::Mode::Off {
+    let conn = if w.app().proxy == super::proxy::Mode::Off {
         Conn::new(peer, peer.ip(), crate::record::ClientIpSource::Peer)
     } else {
         let timeout = w.header_timeout;
-        match Box::pin(proxy_client(&w.app, &mut stream, peer, timeout)).await {
+        let app = w.app().clone();
+        match Box::pin(proxy_client(&app, &mut stream, peer, timeout)).await {
             Some(c) => c,
             None => return,
         }
@@ -244,9 +245,10 @@ fn answer_commit(
     c: Committed,
     res: Result<(), crate::spool::AppendError>,
 ) -> Result<bool, ()> {
-    let a = routes::after_commit(&w.app, &w.stats, c.route, c.kind, c.cors, res);
+    let app = w.app();
+    let a = routes::after_commit(&app, &w.stats, c.route, c.kind, c.cors, res);
     w.stats.answered(c.route, &a, c.started);
-    let close = c.close || a.close || st.aged || w.app.is_draining();
+    let close = c.close || a.close || st.aged || app.is_draining();
     let mut out = w.out.borrow_mut();
     out.clear();
     let date = *w.date.borrow_mut().get();
@@ -257,7 +259,7 @@ fn answer_commit(
 
 /// Answers a rejection found while waiting (408, 400) and lets the caller close.
 async fn answer_and_close(stream: &TcpStream, w: &Worker, r: Reject) {
-    let a = Answer::reject(&w.app, r);
+    let a = Answer::reject(&w.app(), r);
     w.stats.answered(Route::Beacon, &a, Instant::now());
     let mut out = Vec::new();
     h1::write_answer(&mut out, &a, w.date.borrow_mut().get(), false, true, false);
@@ -357,7 +359,8 @@ fn process(
     st: &mut State,
     out: &mut Vec<u8>,
 ) -> (usize, Step) {
-    let app = &*w.app;
+    let app_ref = w.app();
+    let app: &routes::App = &app_ref;
     let date = *w.date.borrow_mut().get();
     let max_head = app.max_head_bytes();
     let max_body = app.http.max_body_bytes;

@@ -16,18 +16,34 @@ use bytes::BytesMut;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The rate limiter a `[rate_limit]` section asks for.
+fn limiter(r: &crate::config::RateLimitConfig) -> Option<Arc<RateLimiter>> {
+    r.enabled.then(|| {
+        Arc::new(RateLimiter::new(Limits {
+            per_second: r.per_client_per_second,
+            burst: f64::from(r.burst),
+            slots: r.table_slots,
+        }))
+    })
+}
 
 /// A transparent 1x1 GIF (43 bytes).
 pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
-/// State shared by every worker (read-mostly; the rate limiter has its own locks).
+/// State shared by every worker (read-mostly; the rate limiter has its own locks). One value
+/// per configuration: SIGHUP builds the next with [`App::reload`], sharing the spool, the
+/// counters, the flags and (when its section did not change) the rate limiter's table, and
+/// every worker takes it between requests.
 pub struct App {
     /// The `[http]` section.
     pub http: crate::config::HttpConfig,
     /// PROXY protocol mode of the listener.
     pub proxy: proxy::Mode,
     trusted_proxies: Vec<forwarded_for::Cidr>,
-    limiter: Option<RateLimiter>,
+    limiter: Option<Arc<RateLimiter>>,
+    rate_limit: crate::config::RateLimitConfig,
     limits: ParamLimits,
     /// Where accepted beacons go.
     pub spool: Spool,
@@ -35,11 +51,11 @@ pub struct App {
     any_origin: bool,
     /// Beacons answered 2xx (each one is in the spool); workers add theirs every second and
     /// when they stop.
-    pub accepted: AtomicU64,
-    draining: AtomicBool,
+    pub accepted: Arc<AtomicU64>,
+    draining: Arc<AtomicBool>,
     /// False while the forwarder is down (died, not yet restarted and settled): the health
     /// check fails so the load balancer moves traffic while the spool holds what arrives.
-    pub forwarder_up: std::sync::Arc<AtomicBool>,
+    pub forwarder_up: Arc<AtomicBool>,
 }
 
 impl App {
@@ -58,17 +74,28 @@ impl App {
             http: h.clone(),
             proxy: config.server.proxy_protocol,
             trusted_proxies: h.trusted_proxies.clone(),
-            limiter: config.rate_limit.enabled.then(|| {
-                RateLimiter::new(Limits {
-                    per_second: config.rate_limit.per_client_per_second,
-                    burst: f64::from(config.rate_limit.burst),
-                    slots: config.rate_limit.table_slots,
-                })
-            }),
-            accepted: AtomicU64::new(0),
-            draining: AtomicBool::new(false),
-            forwarder_up: std::sync::Arc::new(AtomicBool::new(true)),
+            limiter: limiter(&config.rate_limit),
+            rate_limit: config.rate_limit.clone(),
+            accepted: Arc::new(AtomicU64::new(0)),
+            draining: Arc::new(AtomicBool::new(false)),
+            forwarder_up: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The state for a reloaded config: its `[http]` and `[rate_limit]` sections, sharing the
+    /// spool, the counters and flags, and the rate limiter's buckets when that section is the
+    /// same. (What else the config says is only read at start.)
+    pub fn reload(&self, config: &Config) -> Self {
+        let mut next = Self::new(config, self.spool.clone());
+        next.proxy = self.proxy;
+        next.retry_after = self.retry_after;
+        next.accepted = self.accepted.clone();
+        next.draining = self.draining.clone();
+        next.forwarder_up = self.forwarder_up.clone();
+        if config.rate_limit == self.rate_limit {
+            next.limiter = self.limiter.clone();
+        }
+        next
     }
 
     /// Turns the health check to 503 and adds `Connection: close` to every response.

@@ -20,7 +20,8 @@ use tokio::sync::watch;
 /// A worker's own state, shared by its connection tasks (one thread: `Rc`, `RefCell`).
 pub struct Worker {
     /// Shared request state.
-    pub app: Arc<App>,
+    /// The current config's shared state (replaced on SIGHUP; see [`Worker::app`]).
+    pub app: RefCell<Arc<App>>,
     /// This worker's group commit.
     pub committer: Rc<Committer>,
     /// This worker's counters.
@@ -69,6 +70,12 @@ pub struct PhaseSlot {
 }
 
 impl Worker {
+    /// The current shared state. Borrow it for synchronous work only (a reload replaces it
+    /// between tasks' turns); clone the `Arc` to keep it across an await.
+    pub fn app(&self) -> std::cell::Ref<'_, Arc<App>> {
+        self.app.borrow()
+    }
+
     /// When a connection accepted now must stop being kept alive: the configured age spread
     /// ±10 % so the connections of one burst do not all reconnect at once.
     pub fn connection_expiry(&self) -> Option<tokio::time::Instant> {

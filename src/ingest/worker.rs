@@ -27,7 +27,7 @@ pub struct Spec {
     /// The listening sockets this worker accepts from (its own `SO_REUSEPORT` socket).
     pub listeners: Vec<std::net::TcpListener>,
     /// Shared request state.
-    pub app: Arc<App>,
+    pub app: watch::Receiver<Arc<App>>,
     /// Which HTTP engine serves connections.
     pub engine: Engine,
     /// This worker's share of `server.max_connections`.
@@ -74,6 +74,7 @@ pub fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult
 fn housekeeping(
     w: &Rc<Worker>,
     phase: watch::Receiver<Phase>,
+    app: watch::Receiver<Arc<App>>,
 ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
     let stats_task = {
         let w = w.clone();
@@ -82,16 +83,31 @@ fn housekeeping(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                w.stats.flush(&w.app);
+                w.stats.flush(&w.app());
             }
         })
     };
     let phase_task = {
         let w = w.clone();
-        let mut rx = phase;
+        let (mut rx, mut app) = (phase, app);
+        // Runs only between the connections' turns, so no connection holds a borrow of the
+        // state it replaces (they borrow it for synchronous work only).
         tokio::task::spawn_local(async move {
-            while rx.changed().await.is_ok() {
-                w.set_phase(*rx.borrow_and_update());
+            loop {
+                tokio::select! {
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        w.set_phase(*rx.borrow_and_update());
+                    }
+                    r = app.changed() => {
+                        if r.is_err() {
+                            break;
+                        }
+                        *w.app.borrow_mut() = app.borrow_and_update().clone();
+                    }
+                }
             }
         })
     };
@@ -99,9 +115,10 @@ fn housekeeping(
 }
 
 async fn run(spec: Spec) -> WorkerResult {
-    let committer = Committer::new(spec.app.spool.clone(), spec.queue_capacity);
+    let first = spec.app.borrow().clone();
+    let committer = Committer::new(first.spool.clone(), spec.queue_capacity);
     let w = Rc::new(Worker {
-        app: spec.app.clone(),
+        app: RefCell::new(first),
         committer: committer.clone(),
         stats: Stats::default(),
         scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
@@ -117,7 +134,7 @@ async fn run(spec: Spec) -> WorkerResult {
         open: metrics::gauge!(m::CONNECTIONS_OPEN),
     });
     let flusher = tokio::task::spawn_local(committer.clone().run());
-    let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone());
+    let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());
     let permits = Arc::new(Semaphore::new(spec.max_connections.max(1)));
     let mut accepts = tokio::task::JoinSet::new();
     for l in spec.listeners {
@@ -180,7 +197,7 @@ async fn run(spec: Spec) -> WorkerResult {
     let _ = flusher.await;
     stats_task.abort();
     phase_task.abort();
-    w.stats.flush(&w.app);
+    w.stats.flush(&w.app());
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

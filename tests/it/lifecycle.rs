@@ -196,3 +196,108 @@ fn second_collector_on_a_held_port_is_refused_unless_shared() {
     drop(shared);
     first.shutdown(Shutdown::Fast).unwrap();
 }
+
+/// SIGHUP reloads the config file: a live key (the CORS origins) takes effect without
+/// dropping a keep-alive connection, a key that needs a restart is named, a processing-stage
+/// key restarts the stage, and an invalid file is refused with its key while the running
+/// config stays. The collector never exits on HUP.
+#[test]
+fn sighup_reloads_live_keys_and_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.forward.mode = ForwardMode::Embedded;
+    c.http.allowed_origins = vec!["https://a.example".into()];
+    let (mut bin, addr) = start_serve(dir.path(), &c);
+    let from = |origin: &str| {
+        format!(
+            "POST /beacon HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\n\
+             Content-Length: 1\r\n\r\nx"
+        )
+    };
+    let mut kept = Conn::open(addr);
+    assert_eq!(
+        kept.request(from("https://b.example").as_bytes())
+            .unwrap()
+            .status,
+        403
+    );
+    let mut kept = Conn::open(addr);
+    assert_eq!(
+        kept.request(from("https://a.example").as_bytes())
+            .unwrap()
+            .status,
+        204
+    );
+
+    // Live key, a key that needs a restart, a processing-stage key.
+    c.http.allowed_origins = vec!["https://a.example".into(), "https://b.example".into()];
+    c.server.backlog = 2048;
+    c.processor.rotate_seconds = 1800;
+    write_config(dir.path(), &c);
+    bin.signal(libc::SIGHUP);
+    let l = bin.wait_for("SIGHUP: configuration reloaded", Duration::from_secs(10));
+    assert_eq!(l["live"], "[\"http.allowed_origins\"]", "{l}");
+    assert!(
+        l["needs_restart"]
+            .as_str()
+            .unwrap()
+            .contains("server.backlog"),
+        "{l}"
+    );
+    assert!(
+        l["processing_stage"]
+            .as_str()
+            .unwrap()
+            .contains("processor.rotate_seconds"),
+        "{l}"
+    );
+    assert_eq!(l["stage_restarted"], true, "{l}");
+    // Applied between requests: the same keep-alive connection now passes with origin b.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = kept
+            .request(from("https://b.example").as_bytes())
+            .expect("kept alive");
+        if r.status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload never reached the workers ({})",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bin.wait_for_nth("processing stage started", 2, Duration::from_secs(10));
+
+    // An invalid file: refused with its key, the running config stays.
+    std::fs::write(
+        dir.path().join("collector.toml"),
+        "[http]\nallowed_origins = [\"nope\"]\n",
+    )
+    .unwrap();
+    bin.signal(libc::SIGHUP);
+    let e = bin.wait_for(
+        "SIGHUP: the configuration is invalid",
+        Duration::from_secs(10),
+    );
+    assert_eq!(e["key"], "http.allowed_origins", "{e}");
+    assert_eq!(
+        kept.request(from("https://b.example").as_bytes())
+            .unwrap()
+            .status,
+        204
+    );
+
+    bin.signal(libc::SIGTERM);
+    assert!(
+        bin.wait(Duration::from_secs(30)).success(),
+        "exits 0: HUP never ended it"
+    );
+    let recs = records(&c.processor.data_dir);
+    assert!(
+        recs.len() >= 3,
+        "every 204'd beacon is in the files ({})",
+        recs.len()
+    );
+}

@@ -116,6 +116,9 @@ pub fn emit_systemd(config: &Config) -> String {
          NotifyAccess=main\n\
          ExecStartPre=/usr/local/bin/beacon-collector config validate -c /etc/beacon-collector/collector.toml\n\
          ExecStart=/usr/local/bin/beacon-collector serve -c /etc/beacon-collector/collector.toml --log-format json\n\
+         # Reload: live keys apply at once, processing-stage keys restart the stage, an invalid\n\
+         # file is refused (the running config stays). Check first: config validate --against.\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n\
          # SIGTERM to the collector only: it fails /healthz for the deregistration delay, drains,\n\
          # flushes its spool to the processing stage, then stops the stage itself. The default\n\
          # control-group mode would kill the stage at the same moment.\n\
