@@ -307,11 +307,16 @@ async fn reload_on_hangup(
             }
         }
         let _ = to_run.send(new.clone());
-        let restarted = !stage_keys.is_empty()
-            && stage.as_ref().is_some_and(|s| {
-                s.restart();
-                true
-            });
+        let restarted = match &stage {
+            Some(s) if !stage_keys.is_empty() => match s.restart(&new) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: cannot write the processing stage's configuration; it keeps the old one");
+                    false
+                }
+            },
+            _ => false,
+        };
         tracing::info!(
             live = ?live,
             processing_stage = ?stage_keys,
@@ -353,12 +358,12 @@ pub fn main(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeErr
         check::self_check(&config)?;
         listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH).log();
         let listeners = Listeners::bind(&config)?;
-        let stage = (config.forward.mode == ForwardMode::Embedded).then(|| {
-            supervisor::Supervisor::start(supervisor::ChildSpec::stage(
-                &config,
-                config_path.clone(),
-            ))
-        });
+        let stage = match config.forward.mode {
+            ForwardMode::Embedded => Some(supervisor::Supervisor::start(
+                supervisor::ChildSpec::stage(&config).map_err(ServeError::Start)?,
+            )),
+            ForwardMode::External => None,
+        };
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let reloader = tokio::spawn(reload_on_hangup(
             hangups,

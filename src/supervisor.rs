@@ -25,10 +25,13 @@ pub struct Supervisor {
 pub struct Restarter(mpsc::UnboundedSender<()>);
 
 impl Restarter {
-    /// Stops the child as at shutdown (SIGTERM, it finishes what it holds) and starts it again
-    /// at once; what it had not acknowledged, the collector sends again.
-    pub fn restart(&self) {
+    /// Writes `config` for the child, then stops it as at shutdown (SIGTERM, it finishes what
+    /// it holds) and starts it again at once; what it had not acknowledged, the collector sends
+    /// again.
+    pub fn restart(&self, config: &crate::config::Config) -> std::io::Result<()> {
+        write_stage_config(config)?;
         let _ = self.0.send(());
+        Ok(())
     }
 }
 
@@ -46,18 +49,51 @@ pub struct ChildSpec {
 impl ChildSpec {
     /// The embedded processing stage: this executable's `process --watch-stdin`, reading the
     /// same config file as the collector.
-    pub fn stage(config: &crate::config::Config, config_path: Option<PathBuf>) -> Self {
-        let mut args: Vec<OsString> = vec!["process".into(), "--watch-stdin".into()];
-        if let Some(p) = config_path {
-            args.push("-c".into());
-            args.push(p.into());
-        }
-        Self {
+    ///
+    /// The child does not read the operator's file: it gets the configuration the collector
+    /// validated and runs with, written to [`stage_config_path`] (and rewritten by a reload
+    /// before the stage restarts). A file edited later, or broken, never reaches a stage the
+    /// supervisor restarts after a crash.
+    pub fn stage(config: &crate::config::Config) -> std::io::Result<Self> {
+        let path = stage_config_path(config);
+        write_stage_config(config)?;
+        Ok(Self {
             program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("beacon-collector")),
-            args,
+            args: vec![
+                "process".into(),
+                "--watch-stdin".into(),
+                "-c".into(),
+                path.into(),
+            ],
             restart_delay: Duration::from_millis(config.processor.restart_delay_ms),
-        }
+        })
     }
+}
+
+/// Where the embedded stage's configuration is written: beside the spool, private like it.
+pub fn stage_config_path(config: &crate::config::Config) -> PathBuf {
+    config.spool.dir.join("processing-stage.toml")
+}
+
+/// Writes `config` for the embedded stage (atomically: a stage starting meanwhile reads the old
+/// file or the new one, never half of one).
+pub fn write_stage_config(config: &crate::config::Config) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = stage_config_path(config);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::config::dir_mode(config.spool.file_mode))
+        .create(&config.spool.dir)?;
+    let text = toml::to_string(config).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("toml.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(config.spool.file_mode)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    std::fs::rename(&tmp, &path)
 }
 
 impl Supervisor {

@@ -288,6 +288,19 @@ fn sighup_reloads_live_keys_and_keeps_connections() {
             .status,
         204
     );
+    // A stage that dies now comes back with the configuration the collector validated, not
+    // the broken file.
+    let pid = bin.wait_for_nth("processing stage started", 2, Duration::from_secs(10))["pid"]
+        .as_u64()
+        .unwrap();
+    kill(pid as u32, libc::SIGKILL);
+    bin.wait_for_nth("processing stage started", 3, Duration::from_secs(10));
+    assert_eq!(
+        kept.request(from("https://b.example").as_bytes())
+            .unwrap()
+            .status,
+        204
+    );
 
     bin.signal(libc::SIGTERM);
     assert!(
@@ -296,7 +309,7 @@ fn sighup_reloads_live_keys_and_keeps_connections() {
     );
     let recs = records(&c.processor.data_dir);
     assert!(
-        recs.len() >= 3,
+        recs.len() >= 4,
         "every 204'd beacon is in the files ({})",
         recs.len()
     );
