@@ -49,6 +49,12 @@ pub struct HttpConfig {
     pub beacon_path: String,
     /// Path answered with a 43-byte transparent 1x1 GIF (for `<img>` beacons). Empty disables.
     pub gif_path: String,
+    /// Path of the batch endpoint: `POST` a JSON array, NDJSON, Snowplow's `payload_data`
+    /// (`{"schema":…,"data":[…]}`) or PostHog's `{"batch":[…]}`; one record per event, all
+    /// spooled or none. Empty disables.
+    pub batch_path: String,
+    /// Most events in one batch. More: 413 `too_many_events`.
+    pub max_batch_events: usize,
     /// Path of the load balancer health check. 200 while serving, 503 while draining.
     pub health_path: String,
     /// Origins allowed by CORS. `["*"]` allows any.
@@ -84,6 +90,8 @@ impl Default for HttpConfig {
             max_connection_age_seconds: 0,
             beacon_path: "/beacon".into(),
             gif_path: "/beacon.gif".into(),
+            batch_path: "/beacon/batch".into(),
+            max_batch_events: 100,
             health_path: "/healthz".into(),
             allowed_origins: vec!["*".into()],
             cors_allow_credentials: false,
@@ -138,6 +146,7 @@ impl HttpConfig {
             ));
         }
         positive("http.max_params", h.max_params as u64)?;
+        positive("http.max_batch_events", h.max_batch_events as u64)?;
         positive("http.max_param_name_bytes", h.max_param_name_bytes as u64)?;
         positive("http.max_param_value_bytes", h.max_param_value_bytes as u64)?;
         if h.max_decoded_body_bytes < h.max_body_bytes {
@@ -164,6 +173,7 @@ impl HttpConfig {
         for (key, path, may_be_empty) in [
             ("http.beacon_path", &h.beacon_path, false),
             ("http.gif_path", &h.gif_path, true),
+            ("http.batch_path", &h.batch_path, true),
             ("http.health_path", &h.health_path, false),
         ] {
             if path.is_empty() && may_be_empty {
@@ -177,13 +187,11 @@ impl HttpConfig {
                 ));
             }
         }
-        if h.beacon_path == h.health_path
-            || h.gif_path == h.beacon_path
-            || h.gif_path == h.health_path
-        {
+        let paths = [&h.beacon_path, &h.gif_path, &h.batch_path, &h.health_path];
+        if (1..paths.len()).any(|i| !paths[i].is_empty() && paths[..i].contains(&paths[i])) {
             return Err(ConfigError::new(
                 "http.gif_path",
-                "beacon_path, gif_path and health_path must differ",
+                "beacon_path, gif_path, batch_path and health_path must differ",
                 "give each route its own path",
             ));
         }

@@ -37,6 +37,38 @@ struct State {
     closed: bool,
 }
 
+/// The records one request adds to a group (see [`Committer::push`]).
+pub struct Frames<'a> {
+    buf: &'a mut BytesMut,
+    count: usize,
+}
+
+impl Frames<'_> {
+    /// Frames one record: `encode` appends its payload (or refuses it, and nothing is added).
+    pub fn record<E>(
+        &mut self,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let at = spool::frame_start(self.buf);
+        match encode(self.buf) {
+            Ok(()) => {
+                spool::frame_end(self.buf, at);
+                self.count += 1;
+                Ok(())
+            }
+            Err(e) => {
+                spool::frame_abort(self.buf, at);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records framed so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+}
+
 /// One worker's group committer.
 pub struct Committer {
     spool: Spool,
@@ -72,12 +104,14 @@ impl Committer {
         })
     }
 
-    /// Frames a record into the group being filled: `encode` appends its payload (or refuses
-    /// it, and nothing is added). Refused with `Busy` when too many records wait, `Full`
-    /// above the spool's high-water mark, `Closed` after [`Committer::close`].
+    /// Frames the records of one request into the group being filled, all or none: `encode`
+    /// adds each with [`Frames::record`]; if it fails, or adds none, nothing is kept. Refused
+    /// with `Busy` when too many records wait, `Full` above the spool's high-water mark,
+    /// `Closed` after [`Committer::close`]. The records share a group, so one write makes
+    /// them all durable or none.
     pub fn push<T, E: From<AppendError>>(
         &self,
-        encode: impl FnOnce(&mut BytesMut) -> Result<T, E>,
+        encode: impl FnOnce(&mut Frames<'_>) -> Result<T, E>,
     ) -> Result<(T, Ticket), E> {
         let mut st = self.st.borrow_mut();
         if st.closed {
@@ -89,19 +123,28 @@ impl Committer {
         if st.in_flight >= self.capacity {
             return Err(AppendError::Busy.into());
         }
-        let at = spool::frame_start(&mut st.buf);
-        match encode(&mut st.buf) {
-            Ok(v) => {
-                spool::frame_end(&mut st.buf, at);
-                st.count += 1;
-                st.in_flight += 1;
-                if st.count == 1 {
+        let start = st.buf.len();
+        let mut frames = Frames {
+            buf: &mut st.buf,
+            count: 0,
+        };
+        let res = encode(&mut frames);
+        let added = frames.count;
+        match res {
+            Ok(v) if added > 0 => {
+                st.count += added;
+                st.in_flight += added;
+                if st.count == added {
                     self.work.notify_one();
                 }
                 Ok((v, Ticket(st.filling)))
             }
+            Ok(_) => {
+                st.buf.truncate(start);
+                Err(AppendError::Closed.into())
+            }
             Err(e) => {
-                spool::frame_abort(&mut st.buf, at);
+                st.buf.truncate(start);
                 Err(e)
             }
         }

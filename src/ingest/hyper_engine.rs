@@ -257,9 +257,9 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
                         routes::build_record(app, &w.stats, conn, &head, plan, &b, group)
                     });
                     match pushed {
-                        Ok((kind, ticket)) => {
+                        Ok((built, ticket)) => {
                             let res = w.committer.wait(ticket).await;
-                            routes::after_commit(app, &w.stats, route, kind, cors, res)
+                            routes::after_commit(app, &w.stats, route, built, cors, res)
                         }
                         Err(r) => with_cors(Answer::reject(app, r), cors),
                     }

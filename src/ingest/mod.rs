@@ -13,6 +13,7 @@
 //! - [`proxy`] (PROXY protocol v1/v2), [`forwarded_for`] (trusted `X-Forwarded-For`),
 //!   [`ratelimit`] (per-client token buckets).
 
+pub mod batch;
 pub mod commit;
 pub mod encoding;
 pub mod forwarded_for;

@@ -12,7 +12,6 @@ use super::h1::{self, Chunked, Framing, ParsedHead};
 use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
 use super::shared::{proxy_client, Worker};
 use super::Phase;
-use crate::record::Kind;
 use std::future::Future;
 use std::io;
 use std::rc::Rc;
@@ -37,7 +36,7 @@ enum Step {
 struct Committed {
     ticket: Ticket,
     route: Route,
-    kind: Kind,
+    built: routes::Built,
     cors: Option<Cors>,
     head_only: bool,
     close: bool,
@@ -246,7 +245,7 @@ fn answer_commit(
     res: Result<(), crate::spool::AppendError>,
 ) -> Result<bool, ()> {
     let app = w.app();
-    let a = routes::after_commit(&app, &w.stats, c.route, c.kind, c.cors, res);
+    let a = routes::after_commit(&app, &w.stats, c.route, c.built, c.cors, res);
     w.stats.answered(c.route, &a, c.started);
     let close = c.close || a.close || st.aged || app.is_draining();
     let mut out = w.out.borrow_mut();
@@ -502,7 +501,7 @@ fn process(
         });
         let close = close_after || !ph.keep_alive || st.aged;
         match pushed {
-            Ok((kind, ticket)) => {
+            Ok((built, ticket)) => {
                 st.reset();
                 let used_total = if close_after { 0 } else { ph.len + used };
                 return (
@@ -510,7 +509,7 @@ fn process(
                     Step::Commit(Committed {
                         ticket,
                         route,
-                        kind,
+                        built,
                         cors,
                         head_only,
                         close,

@@ -6,13 +6,13 @@
 //! whether to read the body, then [`build_record`] encodes the record straight into the
 //! worker's commit group; the answer after the commit comes from [`after_commit`].
 
+use super::commit::Frames;
 use super::forwarded_for::{self, Verdict};
 use super::proxy;
 use super::ratelimit::{Decision, Limits, RateLimiter};
 use crate::config::Config;
 use crate::record::{self, ClientIpSource, Kind, Param, ParamError, ParamLimits, RecordRef};
 use crate::spool::{AppendError, Spool};
-use bytes::BytesMut;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -253,6 +253,8 @@ pub enum Route {
     Beacon,
     /// The GIF endpoint.
     Gif,
+    /// The batch endpoint (`http.batch_path`).
+    Batch,
     /// The health check.
     Health,
     /// Anything else (404).
@@ -261,13 +263,20 @@ pub enum Route {
 
 impl Route {
     /// Every route, in the order of their counters.
-    pub const ALL: [Route; 4] = [Route::Beacon, Route::Gif, Route::Health, Route::Other];
+    pub const ALL: [Route; 5] = [
+        Route::Beacon,
+        Route::Gif,
+        Route::Batch,
+        Route::Health,
+        Route::Other,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
             Route::Beacon => "beacon",
             Route::Gif => "gif",
+            Route::Batch => "batch",
             Route::Health => "health",
             Route::Other => "other",
         }
@@ -286,6 +295,8 @@ impl Route {
             Route::Health
         } else if !h.gif_path.is_empty() && path == h.gif_path.as_bytes() {
             Route::Gif
+        } else if !h.batch_path.is_empty() && path == h.batch_path.as_bytes() {
+            Route::Batch
         } else {
             Route::Other
         }
@@ -313,6 +324,10 @@ pub enum Reject {
     JsonTooDeep,
     /// A `multipart/form-data` body that is not framed as RFC 7578 says.
     InvalidMultipart,
+    /// A batch without events.
+    EmptyBatch,
+    /// A batch with more events than `http.max_batch_events`.
+    TooManyEvents,
     /// A `Content-Encoding` we do not decode (br, stacked codings).
     UnsupportedContentEncoding,
     /// A body that is not what its `Content-Encoding` says.
@@ -341,7 +356,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 23] = [
+    pub const ALL: [Reject; 25] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -353,6 +368,8 @@ impl Reject {
         Reject::InvalidJson,
         Reject::JsonTooDeep,
         Reject::InvalidMultipart,
+        Reject::EmptyBatch,
+        Reject::TooManyEvents,
         Reject::UnsupportedContentEncoding,
         Reject::BadContentEncoding,
         Reject::DecodedBodyTooLarge,
@@ -374,12 +391,13 @@ impl Reject {
             Reject::UnsupportedTransferCoding => 501,
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
-            Reject::BodyTooLarge | Reject::DecodedBodyTooLarge => 413,
+            Reject::BodyTooLarge | Reject::DecodedBodyTooLarge | Reject::TooManyEvents => 413,
             Reject::Param(_)
             | Reject::InvalidJson
             | Reject::JsonTooDeep
             | Reject::InvalidMultipart
             | Reject::BadContentEncoding
+            | Reject::EmptyBatch
             | Reject::BodyError => 400,
             Reject::UnsupportedMediaType | Reject::UnsupportedContentEncoding => 415,
             Reject::BodyTimeout => 408,
@@ -405,6 +423,8 @@ impl Reject {
             Reject::InvalidJson => "invalid_json",
             Reject::JsonTooDeep => "json_too_deep",
             Reject::InvalidMultipart => "invalid_multipart",
+            Reject::EmptyBatch => "empty_batch",
+            Reject::TooManyEvents => "too_many_events",
             Reject::UnsupportedContentEncoding => "unsupported_content_encoding",
             Reject::BadContentEncoding => "bad_content_encoding",
             Reject::DecodedBodyTooLarge => "decoded_body_too_large",
@@ -647,7 +667,7 @@ pub fn before_body<'a>(
     match route {
         Route::Health => return Next::Answer(health(app, method)),
         Route::Other => return Next::Answer(Answer::plain(404, "not found\n")),
-        Route::Beacon | Route::Gif => {}
+        Route::Beacon | Route::Gif | Route::Batch => {}
     }
     let cors = match head.header("origin") {
         Some(o) if !app.origin_allowed(o) => {
@@ -665,7 +685,11 @@ pub fn before_body<'a>(
         Next::Answer(a)
     };
     match (route, method) {
-        (Route::Beacon, "OPTIONS") => return Next::Answer(preflight(app, head, cors)),
+        (Route::Beacon | Route::Batch, "OPTIONS") => {
+            return Next::Answer(preflight(app, head, cors))
+        }
+        (Route::Batch, "POST") => {}
+        (Route::Batch, _) => return with_cors(Answer::not_allowed("POST, OPTIONS")),
         (_, "GET") | (_, "HEAD") | (Route::Beacon, "POST") => {}
         (Route::Beacon, _) => return with_cors(Answer::not_allowed("GET, HEAD, POST, OPTIONS")),
         _ => return with_cors(Answer::not_allowed("GET, HEAD")),
@@ -717,9 +741,10 @@ pub fn before_body<'a>(
         media = Some(
             match head.header("content-type").map(media_type).as_deref() {
                 None | Some(b"text/plain") => Kind::Text,
-                Some(b"application/x-www-form-urlencoded") => Kind::Form,
+                Some(b"application/x-www-form-urlencoded") if route != Route::Batch => Kind::Form,
                 Some(b"application/json") => Kind::Json,
-                Some(b"multipart/form-data") => Kind::Multipart,
+                Some(b"application/x-ndjson") if route == Route::Batch => Kind::Json,
+                Some(b"multipart/form-data") if route != Route::Batch => Kind::Multipart,
                 Some(_) => return refuse(Reject::UnsupportedMediaType),
             },
         );
@@ -744,8 +769,17 @@ pub fn before_body<'a>(
     })
 }
 
-/// Builds the record of an accepted request from its head and (complete) body and encodes
-/// it at the end of `out`. Returns its kind.
+/// What an accepted request added to its commit group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Built {
+    /// The kind of its records.
+    pub kind: Kind,
+    /// How many (one, or the events of a batch).
+    pub records: u32,
+}
+
+/// Builds the record(s) of an accepted request from its head and (complete) body and frames
+/// them into `out`: one record, or one per event of a batch, all or none.
 pub fn build_record<'a>(
     app: &App,
     stats: &Stats,
@@ -753,8 +787,8 @@ pub fn build_record<'a>(
     head: &Head<'a>,
     plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut BytesMut,
-) -> Result<Kind, Reject> {
+    out: &mut Frames<'_>,
+) -> Result<Built, Reject> {
     use super::encoding::{self, DecodeError};
     let coding = match (&plan.media, head.header("content-encoding")) {
         (Some(_), Some(v)) => {
@@ -789,8 +823,11 @@ fn build<'a>(
     head: &Head<'a>,
     mut plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut BytesMut,
-) -> Result<Kind, Reject> {
+    out: &mut Frames<'_>,
+) -> Result<Built, Reject> {
+    if plan.route == Route::Batch {
+        return build_batch(app, stats, conn, head, plan, body, out);
+    }
     let limit = if head.header("content-encoding").is_some() {
         app.http.max_decoded_body_bytes
     } else {
@@ -873,8 +910,69 @@ fn build<'a>(
         params: plan.params,
         body: payload,
     };
-    rec.encode(out);
-    Ok(kind)
+    out.record(|buf| {
+        rec.encode(buf);
+        Ok::<(), Reject>(())
+    })?;
+    Ok(Built { kind, records: 1 })
+}
+
+/// A batch (`http.batch_path`): one JSON record per event, each with the request's metadata
+/// and query parameters and an id of its own.
+fn build_batch<'a>(
+    app: &App,
+    stats: &Stats,
+    conn: &'a Conn,
+    head: &Head<'a>,
+    plan: Plan<'a>,
+    body: &'a [u8],
+    out: &mut Frames<'_>,
+) -> Result<Built, Reject> {
+    if body.len() > app.http.max_decoded_body_bytes {
+        return Err(Reject::BodyTooLarge);
+    }
+    stats
+        .body_bytes
+        .set(stats.body_bytes.get() + body.len() as u64);
+    let events = super::batch::events(body, app.http.max_batch_events).map_err(|e| match e {
+        super::batch::BatchError::Invalid => Reject::InvalidJson,
+        super::batch::BatchError::Empty => Reject::EmptyBatch,
+        super::batch::BatchError::TooMany => Reject::TooManyEvents,
+    })?;
+    let forwarded = plan.forwarded.map(Inline::new);
+    let (client_ip, client_ip_source) = match &forwarded {
+        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
+        None => (conn.client_ip.as_bytes(), conn.client_ip_source),
+    };
+    for event in &events {
+        let json = record::compact_json(event, app.http.max_json_depth).map_err(|e| match e {
+            record::JsonError::Invalid => Reject::InvalidJson,
+            record::JsonError::TooDeep => Reject::JsonTooDeep,
+        })?;
+        let rec = RecordRef {
+            id: record::new_id(plan.received_us),
+            received_us: plan.received_us,
+            peer: conn.peer.as_bytes(),
+            client_ip,
+            client_ip_source,
+            method: head.method.as_bytes(),
+            path: head.path,
+            kind: Kind::Json,
+            user_agent: head.header("user-agent"),
+            referer: head.header("referer"),
+            origin: head.header("origin"),
+            params: plan.params.clone(),
+            body: Cow::Owned(json),
+        };
+        out.record(|buf| {
+            rec.encode(buf);
+            Ok::<(), Reject>(())
+        })?;
+    }
+    Ok(Built {
+        kind: Kind::Json,
+        records: events.len() as u32,
+    })
 }
 
 /// The answer once the commit of an accepted record finished.
@@ -882,13 +980,14 @@ pub fn after_commit(
     app: &App,
     stats: &Stats,
     route: Route,
-    kind: Kind,
+    built: Built,
     cors: Option<Cors>,
     res: Result<(), AppendError>,
 ) -> Answer {
     let mut a = match res {
         Ok(()) => {
-            stats.accepted[kind as usize].set(stats.accepted[kind as usize].get() + 1);
+            let n = &stats.accepted[built.kind as usize];
+            n.set(n.get() + u64::from(built.records));
             Answer::success(route)
         }
         Err(e) => Answer::reject(app, e.into()),
@@ -937,7 +1036,7 @@ pub fn media_type(v: &[u8]) -> Vec<u8> {
 /// lookup and touches no cache line another core writes.
 #[derive(Default)]
 pub struct Stats {
-    requests: [[std::cell::Cell<u64>; STATUSES.len()]; 4],
+    requests: [[std::cell::Cell<u64>; STATUSES.len()]; Route::ALL.len()],
     rejected: [std::cell::Cell<u64>; Reject::ALL.len()],
     accepted: [std::cell::Cell<u64>; Kind::ALL.len()],
     body_bytes: std::cell::Cell<u64>,
@@ -949,7 +1048,7 @@ pub struct Stats {
     /// Connections accepted.
     pub connections: std::cell::Cell<u64>,
     /// Request durations (seconds) by route since the last flush, capped per flush.
-    durations: std::cell::RefCell<[Vec<f64>; 4]>,
+    durations: std::cell::RefCell<[Vec<f64>; Route::ALL.len()]>,
 }
 
 /// Request durations kept per route between flushes (a sample, not every request, under load).

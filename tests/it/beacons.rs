@@ -283,6 +283,84 @@ fn compressed_bodies_are_decoded() {
     }
 }
 
+/// `POST /beacon/batch`: a JSON array, NDJSON, Snowplow's payload_data and PostHog's batch
+/// each become one record per event with the request's metadata; all spooled or none (an
+/// invalid event refuses the whole batch); over the limit 413. Both engines.
+#[test]
+fn batch_endpoint_stores_one_record_per_event_all_or_none() {
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.http.max_batch_events = 5;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let a = srv.addr;
+        let batch =
+            |ct: &str, body: &str| post(a, "/beacon/batch?src=b", ct, body.as_bytes()).status;
+        assert_eq!(
+            batch(
+                "application/json",
+                r#"[{"k":"arr1"},{"k":"arr2"},{"k":"arr3"}]"#
+            ),
+            204
+        );
+        assert_eq!(
+            batch("application/x-ndjson", "{\"k\":\"nd1\"}\n{\"k\":\"nd2\"}\n"),
+            204
+        );
+        assert_eq!(
+            batch(
+                "text/plain",
+                r#"{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{"k":"sp1","e":"pv"}]}"#
+            ),
+            204
+        );
+        assert_eq!(
+            batch(
+                "application/json",
+                r#"{"api_key":"x","batch":[{"k":"ph1"}]}"#
+            ),
+            204
+        );
+        // All or none: one bad event refuses the batch; too many events; empty.
+        assert_eq!(batch("application/json", r#"[{"k":"bad1"},{"k":]"#), 400);
+        assert_eq!(
+            batch("application/x-ndjson", "{\"k\":\"bad2\"}\nnot json\n"),
+            400
+        );
+        assert_eq!(
+            batch(
+                "application/json",
+                &format!("[{}]", [r#"{"k":"many"}"#; 6].join(","))
+            ),
+            413
+        );
+        assert_eq!(batch("application/json", "[]"), 400);
+        assert_eq!(batch("multipart/form-data; boundary=x", "--x--"), 415);
+        assert_eq!(get(a, "/beacon/batch").status, 405);
+        let report = srv.shutdown(Shutdown::Graceful).unwrap();
+        stage.stop();
+        assert_eq!(report.accepted, 7, "{engine:?}: one per event");
+        let recs = records(&c.processor.data_dir);
+        let mut keys: Vec<String> = recs
+            .iter()
+            .map(|r| r["json"]["k"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["arr1", "arr2", "arr3", "nd1", "nd2", "ph1", "sp1"],
+            "{engine:?}"
+        );
+        assert!(recs
+            .iter()
+            .all(|r| r["params"][0][0] == "src" && r["path"] == "/beacon/batch"));
+        let ids: std::collections::HashSet<_> = recs.iter().map(|r| r["id"].clone()).collect();
+        assert_eq!(ids.len(), 7, "each event has its own id");
+    }
+}
+
 /// `sendBeacon` with an `application/json` Blob is credentialed: with
 /// `http.cors_allow_credentials` both engines answer its preflight and the beacon with the exact
 /// origin and `Access-Control-Allow-Credentials: true`, and the JSON arrives.
