@@ -45,13 +45,16 @@ pub async fn serve(
             upkeep.run_upkeep();
         }
     });
+    let accept_log = crate::logging::Throttle::default();
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
+                    if let Some(suppressed) = accept_log.allow() {
+                        tracing::warn!(error = %e, suppressed, "admin accept failed");
+                    }
                     tokio::time::sleep(crate::ingest::listener::ACCEPT_PAUSE).await;
                     continue;
                 }

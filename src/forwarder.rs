@@ -56,7 +56,7 @@ impl Forwarder {
     pub async fn run(mut self, close: CancellationToken) {
         let mut backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);
-        let mut last_warn: Option<Instant> = None;
+        let unreachable_log = crate::logging::Throttle::default();
         loop {
             if close.is_cancelled() && self.spool.unacked() == 0 {
                 break;
@@ -86,9 +86,8 @@ impl Forwarder {
                     }
                 }
                 Err(e) => {
-                    if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
-                        tracing::warn!(socket = %self.socket_path.display(), error = %e, unacked = self.spool.unacked(), "cannot reach processing stage; retrying");
-                        last_warn = Some(Instant::now());
+                    if let Some(suppressed) = unreachable_log.allow() {
+                        tracing::warn!(socket = %self.socket_path.display(), error = %e, unacked = self.spool.unacked(), suppressed, "cannot reach processing stage; retrying");
                     }
                 }
             }

@@ -58,3 +58,75 @@ pub fn use_color(stream: &impl IsTerminal) -> bool {
         && std::env::var_os("NO_COLOR").is_none()
         && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
+
+/// At most one log line per interval for an error that can repeat per request, per record or
+/// per accept (disk full, EMFILE, a broker down); the line that is logged says how many were
+/// left out since the one before. Shared freely: two atomics, no lock.
+#[derive(Debug)]
+pub struct Throttle {
+    every_ms: u64,
+    /// Milliseconds since [`epoch`] before which nothing more is logged.
+    next_ms: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+/// The default interval: one line per 5 s per kind of error.
+pub const THROTTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl Throttle {
+    /// One line per `every`.
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every_ms: every.as_millis() as u64,
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(left out since the last line)` when this occurrence may be logged, else `None`
+    /// (and it is counted).
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = epoch().elapsed().as_millis() as u64;
+        let next = self.next_ms.load(Relaxed);
+        if now >= next
+            && self
+                .next_ms
+                .compare_exchange(next, now + self.every_ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Self::new(THROTTLE_EVERY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_interval_and_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_millis(200));
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..9 {
+            assert_eq!(t.allow(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        assert_eq!(t.allow(), Some(9), "the next line says what was left out");
+        assert_eq!(t.allow(), None);
+    }
+}

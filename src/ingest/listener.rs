@@ -3,12 +3,13 @@
 //! loop with its connection permits and error classification.
 
 use crate::config::ServerConfig;
+use crate::logging::Throttle;
 use crate::metrics as m;
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -277,7 +278,6 @@ pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) 
 
 /// How long to pause after a resource error (HAProxy pauses 100 ms, nginx 500 ms).
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Accepts connections until `stop` is cancelled. A permit from `permits` is taken *before*
 /// `accept`, so at the cap connections wait in the kernel's accept queue (bounded by the
@@ -292,9 +292,7 @@ pub async fn accept_loop<F>(
 where
     F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 {
-    let mut last_log: Option<Instant> = None;
-    let mut suppressed = 0u64;
-    let mut last_cap_log: Option<Instant> = None;
+    let (pause_log, cap_log) = (Throttle::default(), Throttle::default());
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -302,14 +300,13 @@ where
                 // At the cap: new connections wait in the kernel's accept queue (and overflow
                 // it if this lasts). Counted every time, logged once in a while.
                 metrics::counter!(m::CONNECTION_LIMIT_REACHED_TOTAL).increment(1);
-                let now = Instant::now();
-                if last_cap_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                if let Some(suppressed) = cap_log.allow() {
                     tracing::warn!(
+                        suppressed,
                         "connection limit reached (this worker's share of server.max_connections): \
                          new connections wait in the accept queue; raise server.max_connections \
                          (and LimitNOFILE) or add collectors"
                     );
-                    last_cap_log = Some(now);
                 }
                 tokio::select! {
                     biased;
@@ -340,8 +337,7 @@ where
                             return Err(e);
                         }
                         AcceptErrorClass::Pause => {
-                            let now = Instant::now();
-                            if last_log.is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY) {
+                            if let Some(suppressed) = pause_log.allow() {
                                 tracing::warn!(
                                     error = %e,
                                     kind,
@@ -350,10 +346,6 @@ where
                                      ulimit -n, or lower server.max_connections)",
                                     ACCEPT_PAUSE.as_millis()
                                 );
-                                last_log = Some(now);
-                                suppressed = 0;
-                            } else {
-                                suppressed += 1;
                             }
                             tokio::select! {
                                 _ = stop.cancelled() => return Ok(()),

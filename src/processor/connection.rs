@@ -14,6 +14,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
+/// Undecodable records are logged at most every few seconds (a corrupt batch holds many).
+static UNDECODABLE_LOG: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
+
 /// Renders a collector batch once for every sink: NDJSON lines and record ids. Records at or below `skip_up_to` were already handled for this instance.
 fn render(first_seq: u64, records: &[bytes::Bytes], skip_up_to: u64) -> Batch {
     let mut lines = Vec::with_capacity(records.iter().map(|r| r.len() * 2).sum());
@@ -37,7 +41,9 @@ fn render(first_seq: u64, records: &[bytes::Bytes], skip_up_to: u64) -> Batch {
             Err(e) => {
                 // Acknowledged anyway: resending the same bytes cannot fix them.
                 metrics::counter!(m::SINK_CORRUPT_RECORDS_TOTAL).increment(1);
-                tracing::error!(seq, error = %e, "skipping undecodable record");
+                if let Some(suppressed) = UNDECODABLE_LOG.allow() {
+                    tracing::error!(seq, error = %e, suppressed, "skipping undecodable record");
+                }
             }
         }
     }

@@ -121,8 +121,8 @@ struct Shared {
     /// False above the high-water mark until the spool drains below the low-water mark.
     accepting: AtomicBool,
     /// Unix seconds of the last write-error log line, and errors not logged since.
-    error_logged_at: AtomicU64,
-    errors_suppressed: AtomicU64,
+    /// Write errors logged at most every few seconds.
+    error_log: crate::logging::Throttle,
     /// Unix seconds until which the spool reports unhealthy after a write failure.
     failed_until: AtomicU64,
     failure_cooldown: u64,
@@ -239,8 +239,7 @@ impl Spool {
             written: watch::channel(last_written).0,
             accepting: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
-            error_logged_at: AtomicU64::new(0),
-            errors_suppressed: AtomicU64::new(0),
+            error_log: crate::logging::Throttle::default(),
             failure_cooldown: unhealthy_after_failure.as_secs().max(1),
             high_bytes,
             low_bytes: cfg.max_bytes * u64::from(cfg.low_water_percent) / 100,

@@ -9,6 +9,10 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 
+/// Corrupt records are logged at most every few seconds (a bad disk block holds many).
+static CORRUPT_LOG: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
+
 /// Reads records in sequence order from the segments, for the forwarder.
 ///
 /// It never reads past a segment's *committed* length (what the writer has finished writing,
@@ -101,10 +105,13 @@ impl SpoolReader {
             let seq = h.seq;
             if !h.checks(&payload) {
                 metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(1);
-                tracing::error!(
-                    segment = seg.first_seq,
-                    "spool record failed its checksum; skipped"
-                );
+                if let Some(suppressed) = CORRUPT_LOG.allow() {
+                    tracing::error!(
+                        segment = seg.first_seq,
+                        suppressed,
+                        "spool record failed its checksum; skipped"
+                    );
+                }
                 continue;
             }
             if seq < self.next {

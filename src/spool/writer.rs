@@ -28,9 +28,6 @@ pub(super) struct Writer {
     pub(super) last_mark: Instant,
 }
 
-/// At most one spool error line per this many seconds.
-const ERROR_LOG_EVERY_SECS: u64 = 5;
-
 /// What a written group still needs before it may be answered.
 pub enum Written {
     /// In the page cache: `ack_after = "write"`, answer now.
@@ -160,18 +157,8 @@ impl Shared {
         metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(1);
         // A full disk fails every group: one line per few seconds, with how many were not
         // logged (the counter has them all).
-        let now = unix_secs();
-        let last = self.error_logged_at.load(Ordering::Relaxed);
-        if now >= last + ERROR_LOG_EVERY_SECS
-            && self
-                .error_logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.errors_suppressed.swap(0, Ordering::Relaxed);
+        if let Some(suppressed) = self.error_log.allow() {
             tracing::error!(error = %e, suppressed, "{what} spool segment failed; answering 503");
-        } else {
-            self.errors_suppressed.fetch_add(1, Ordering::Relaxed);
         }
         self.failed_until
             .store(unix_secs() + self.failure_cooldown, Ordering::Relaxed);

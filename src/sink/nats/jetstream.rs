@@ -10,14 +10,12 @@ use async_nats::jetstream::context::{
 };
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream, ErrorCode};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Longest wait between two attempts (publishing, reaching JetStream).
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Repeated failures are logged at most this often (with a count), not once per record.
-const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Publishes jobs until every sender is gone, then waits for what is still unconfirmed.
 /// Returns an error only for what retrying cannot fix (a stream with other settings, no
@@ -39,7 +37,7 @@ pub async fn run(
         js,
         cfg,
         template,
-        errors: Mutex::new(ErrorLog::default()),
+        errors: crate::logging::Throttle::default(),
         recheck: tokio::sync::Notify::new(),
         given_up: std::sync::atomic::AtomicU64::new(0),
     });
@@ -138,17 +136,12 @@ struct Shared {
     cfg: NatsConfig,
     /// `cfg.subject`, parsed.
     template: Template,
-    errors: Mutex<ErrorLog>,
+    /// Publish errors logged at most every few seconds.
+    errors: crate::logging::Throttle,
     /// Wakes the task that looks the stream up again after "no stream" publish errors.
     recheck: tokio::sync::Notify,
     /// Records still unacknowledged by JetStream when the stage stopped.
     given_up: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct ErrorLog {
-    last: Option<Instant>,
-    since: u64,
 }
 
 /// Publishes sent (awaiting JetStream's answer) and records not sent at all.
@@ -216,17 +209,13 @@ impl Shared {
             _ => "rejected",
         };
         metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "reason" => reason).increment(1);
-        let mut log = self.errors.lock().expect("not poisoned");
-        log.since += 1;
-        if log.last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
+        if let Some(suppressed) = self.errors.allow() {
             tracing::warn!(
                 error = %err,
                 reason,
-                failed_publishes = log.since,
+                suppressed,
                 "JetStream did not acknowledge publishes; sending them again (the collector keeps them spooled)"
             );
-            log.last = Some(Instant::now());
-            log.since = 0;
         }
     }
 
@@ -234,15 +223,14 @@ impl Shared {
     /// answers. Errors only for what retrying cannot fix.
     async fn ensure_stream(&self) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
-        let mut last_log: Option<Instant> = None;
+        let log = crate::logging::Throttle::default();
         loop {
             match self.ensure_once().await {
                 Ok(()) => return Ok(()),
                 Err(Ensure::Fatal(msg)) => return Err(SinkError::Config(msg)),
                 Err(Ensure::Retry(msg)) => {
-                    if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
-                        tracing::warn!(stream = %self.cfg.stream, problem = %msg, "JetStream stream not ready; retrying (the collector keeps records spooled)");
-                        last_log = Some(Instant::now());
+                    if let Some(suppressed) = log.allow() {
+                        tracing::warn!(stream = %self.cfg.stream, problem = %msg, suppressed, "JetStream stream not ready; retrying (the collector keeps records spooled)");
                     }
                 }
             }
