@@ -4,6 +4,8 @@ mod common;
 
 #[path = "it/beacons.rs"]
 mod beacons;
+#[path = "it/browser.rs"]
+mod browser;
 #[path = "it/check.rs"]
 mod check;
 #[path = "it/config.rs"]
