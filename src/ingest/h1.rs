@@ -255,7 +255,7 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// `uri-host [ ":" port ]`: reg-name, IPv4 or `[IPv6]` characters only (no spaces, no `/`).
-fn valid_host(v: &[u8]) -> bool {
+pub(crate) fn valid_host(v: &[u8]) -> bool {
     v.iter().all(|&b| {
         b.is_ascii_alphanumeric()
             || matches!(

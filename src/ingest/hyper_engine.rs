@@ -237,6 +237,18 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
         headers: &headers,
     };
     let route = Route::of(app, path);
+    // RFC 9112 §3.2, as the native engine checks it: exactly one valid Host on HTTP/1.1, never
+    // two, never an invalid one (hyper itself takes any).
+    let hosts = parts.headers.get_all(hyper::header::HOST);
+    let count = hosts.iter().count();
+    if count > 1
+        || (count == 0 && parts.version == hyper::Version::HTTP_11)
+        || hosts.iter().any(|v| !super::h1::valid_host(v.as_bytes()))
+    {
+        let a = Answer::reject(app, Reject::BadRequest);
+        w.stats.answered(route, &a, started);
+        return to_response(&a, app.is_draining());
+    }
     let content_length = head
         .header("content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
