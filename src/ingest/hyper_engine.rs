@@ -160,7 +160,7 @@ pub async fn serve(
     tokio::pin!(conn);
     let mut deadline: Option<(tokio::time::Instant, u64)> = None;
     let mut graceful = false;
-    let expires = w.connection_expiry();
+    let expires = w.expiry_instant(w.connection_expiry());
     loop {
         let cur = *phase.borrow();
         if cur >= Phase::Draining && !graceful {

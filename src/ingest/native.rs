@@ -68,6 +68,8 @@ struct State {
     head_done: bool,
     /// Past `http.max_connection_age_seconds`: the next answer closes the connection.
     aged: bool,
+    /// When it reaches that age ([`Worker::connection_expiry`]).
+    expires: u32,
 }
 
 /// A connection's whole task: the PROXY header when the listener expects one, then requests
@@ -107,8 +109,8 @@ pub async fn run(
         continued: false,
         head_done: false,
         aged: false,
+        expires: w.connection_expiry(),
     };
-    let expires = w.connection_expiry();
     let mut last_active = TokioInstant::now();
     let timer = tokio::time::sleep_until(last_active + w.idle_timeout);
     tokio::pin!(timer);
@@ -119,8 +121,9 @@ pub async fn run(
             break;
         }
         if !process_pending {
-            let idle = last_active + w.idle_timeout;
-            let want = st.deadline.unwrap_or(expires.map_or(idle, |e| idle.min(e)));
+            let want = st
+                .deadline
+                .unwrap_or_else(|| idle_until(&w, &st, last_active));
             if want < timer.deadline() {
                 timer.as_mut().reset(want);
             }
@@ -147,8 +150,9 @@ pub async fn run(
                 Wake::Phase => continue,
                 Wake::Error => break,
                 Wake::Timer => {
-                    let idle = last_active + w.idle_timeout;
-                    let want = st.deadline.unwrap_or(expires.map_or(idle, |e| idle.min(e)));
+                    let want = st
+                        .deadline
+                        .unwrap_or_else(|| idle_until(&w, &st, last_active));
                     if TokioInstant::now() < want {
                         // Activity moved the deadline: re-arm, no wake-up per request.
                         timer.as_mut().reset(want);
@@ -163,15 +167,17 @@ pub async fn run(
                         w.stats
                             .header_timeouts
                             .set(w.stats.header_timeouts.get() + 1);
-                    } else if expires.is_some_and(|e| e < idle) {
-                        // Idle past its age: closed between requests.
+                    } else if want < last_active + w.idle_timeout {
+                        // Idle past its age (before its idle timeout): closed between requests.
                         st.aged = true;
                     }
                     break;
                 }
             }
         }
-        if expires.is_some_and(|e| TokioInstant::now() >= e) {
+        if w.expiry_instant(st.expires)
+            .is_some_and(|e| TokioInstant::now() >= e)
+        {
             st.aged = true;
         }
         let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {
@@ -217,6 +223,14 @@ pub async fn run(
     if st.aged {
         w.aged_out();
     }
+}
+
+/// When an idle connection is closed: its idle timeout, or its age if that comes first.
+/// (A function, not locals in [`run`]: locals live across its awaits and every byte of its
+/// future is a byte per idle connection.)
+fn idle_until(w: &Worker, st: &State, last_active: TokioInstant) -> TokioInstant {
+    let idle = last_active + w.idle_timeout;
+    w.expiry_instant(st.expires).map_or(idle, |e| idle.min(e))
 }
 
 /// Decrements the open-connections gauge however the task ends.

@@ -42,6 +42,8 @@ pub struct Worker {
     pub idle_timeout: Duration,
     /// `http.max_connection_age_seconds`, when set.
     pub max_age: Option<Duration>,
+    /// When the worker started: connection expiries are kept as milliseconds since then.
+    pub epoch: tokio::time::Instant,
     /// Slowloris deadline from a request's first byte.
     pub header_timeout: Duration,
     /// Deadline for a body once its head is in.
@@ -69,6 +71,9 @@ pub struct PhaseSlot {
     slot: usize,
 }
 
+/// [`Worker::connection_expiry`] of a connection without an age limit.
+pub const NO_EXPIRY: u32 = u32::MAX;
+
 impl Worker {
     /// The current shared state. Borrow it for synchronous work only (a reload replaces it
     /// between tasks' turns); clone the `Arc` to keep it across an await.
@@ -76,11 +81,23 @@ impl Worker {
         self.app.borrow()
     }
 
-    /// When a connection accepted now must stop being kept alive: the configured age spread
-    /// ±10 % so the connections of one burst do not all reconnect at once.
-    pub fn connection_expiry(&self) -> Option<tokio::time::Instant> {
-        self.max_age
-            .map(|a| tokio::time::Instant::now() + a.mul_f64(0.9 + 0.2 * fastrand::f64()))
+    /// When a connection accepted now must stop being kept alive, in milliseconds since
+    /// [`Worker::epoch`] ([`NO_EXPIRY`] without an age limit): the configured age spread ±10 %
+    /// so the connections of one burst do not all reconnect at once. Four bytes, kept in a
+    /// connection's padding: an idle connection's size is the fleet's memory.
+    pub fn connection_expiry(&self) -> u32 {
+        match self.max_age {
+            None => NO_EXPIRY,
+            Some(a) => {
+                let at = self.epoch.elapsed() + a.mul_f64(0.9 + 0.2 * fastrand::f64());
+                at.as_millis().min(u128::from(NO_EXPIRY - 1)) as u32
+            }
+        }
+    }
+
+    /// The instant of an expiry from [`Worker::connection_expiry`].
+    pub fn expiry_instant(&self, expiry: u32) -> Option<tokio::time::Instant> {
+        (expiry != NO_EXPIRY).then(|| self.epoch + Duration::from_millis(u64::from(expiry)))
     }
 
     /// Counts a connection closed because it reached its age.

@@ -129,6 +129,7 @@ async fn run(spec: Spec) -> WorkerResult {
         phase_waiters: RefCell::new(Waiters::default()),
         idle_timeout: spec.idle_timeout,
         max_age: spec.max_age,
+        epoch: tokio::time::Instant::now(),
         header_timeout: spec.header_timeout,
         body_timeout: spec.body_timeout,
         open: metrics::gauge!(m::CONNECTIONS_OPEN),
