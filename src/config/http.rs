@@ -57,6 +57,12 @@ pub struct HttpConfig {
     pub max_batch_events: usize,
     /// Path of the load balancer health check. 200 while serving, 503 while draining.
     pub health_path: String,
+    /// Readiness (`/readyz`): the same answer as `health_path`, by the name orchestrators use:
+    /// 503 while draining, above the spool's high-water mark, or while the forwarder restarts.
+    pub ready_path: String,
+    /// Liveness (`/livez`): 200 while an event loop answers, draining or not: restart the
+    /// process only when this fails, send traffic elsewhere when readiness fails.
+    pub live_path: String,
     /// Origins allowed by CORS. `["*"]` allows any.
     pub allowed_origins: Vec<String>,
     /// Answer CORS with `Access-Control-Allow-Credentials: true` (and the exact origin) for the
@@ -93,6 +99,8 @@ impl Default for HttpConfig {
             batch_path: "/beacon/batch".into(),
             max_batch_events: 100,
             health_path: "/healthz".into(),
+            ready_path: "/readyz".into(),
+            live_path: "/livez".into(),
             allowed_origins: vec!["*".into()],
             cors_allow_credentials: false,
             cors_max_age_seconds: 86_400,
@@ -175,6 +183,8 @@ impl HttpConfig {
             ("http.gif_path", &h.gif_path, true),
             ("http.batch_path", &h.batch_path, true),
             ("http.health_path", &h.health_path, false),
+            ("http.ready_path", &h.ready_path, true),
+            ("http.live_path", &h.live_path, true),
         ] {
             if path.is_empty() && may_be_empty {
                 continue;
@@ -187,11 +197,18 @@ impl HttpConfig {
                 ));
             }
         }
-        let paths = [&h.beacon_path, &h.gif_path, &h.batch_path, &h.health_path];
+        let paths = [
+            &h.beacon_path,
+            &h.gif_path,
+            &h.batch_path,
+            &h.health_path,
+            &h.ready_path,
+            &h.live_path,
+        ];
         if (1..paths.len()).any(|i| !paths[i].is_empty() && paths[..i].contains(&paths[i])) {
             return Err(ConfigError::new(
                 "http.gif_path",
-                "beacon_path, gif_path, batch_path and health_path must differ",
+                "beacon_path, gif_path, batch_path, health_path, ready_path and live_path must differ",
                 "give each route its own path",
             ));
         }

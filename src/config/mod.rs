@@ -65,7 +65,7 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub const LIVE: [&'static str; 15] = [
+    pub const LIVE: [&'static str; 17] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
@@ -79,6 +79,8 @@ impl Effect {
         "http.beacon_path",
         "http.gif_path",
         "http.health_path",
+        "http.ready_path",
+        "http.live_path",
         "rate_limit.",
         "log.level",
     ];

@@ -255,19 +255,22 @@ pub enum Route {
     Gif,
     /// The batch endpoint (`http.batch_path`).
     Batch,
-    /// The health check.
+    /// The health check and readiness (`/healthz`, `/readyz`).
     Health,
+    /// Liveness (`/livez`).
+    Live,
     /// Anything else (404).
     Other,
 }
 
 impl Route {
     /// Every route, in the order of their counters.
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Beacon,
         Route::Gif,
         Route::Batch,
         Route::Health,
+        Route::Live,
         Route::Other,
     ];
 
@@ -278,6 +281,7 @@ impl Route {
             Route::Gif => "gif",
             Route::Batch => "batch",
             Route::Health => "health",
+            Route::Live => "live",
             Route::Other => "other",
         }
     }
@@ -291,8 +295,12 @@ impl Route {
         let h = &app.http;
         if path == h.beacon_path.as_bytes() {
             Route::Beacon
-        } else if path == h.health_path.as_bytes() {
+        } else if path == h.health_path.as_bytes()
+            || (!h.ready_path.is_empty() && path == h.ready_path.as_bytes())
+        {
             Route::Health
+        } else if !h.live_path.is_empty() && path == h.live_path.as_bytes() {
+            Route::Live
         } else if !h.gif_path.is_empty() && path == h.gif_path.as_bytes() {
             Route::Gif
         } else if !h.batch_path.is_empty() && path == h.batch_path.as_bytes() {
@@ -666,6 +674,13 @@ pub fn before_body<'a>(
     let method = head.method;
     match route {
         Route::Health => return Next::Answer(health(app, method)),
+        Route::Live => {
+            return Next::Answer(if method == "GET" || method == "HEAD" {
+                Answer::plain(200, "alive\n")
+            } else {
+                Answer::not_allowed("GET, HEAD")
+            })
+        }
         Route::Other => return Next::Answer(Answer::plain(404, "not found\n")),
         Route::Beacon | Route::Gif | Route::Batch => {}
     }

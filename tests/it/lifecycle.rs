@@ -35,6 +35,8 @@ fn sigterm_fails_health_while_serving_then_exits_0_with_every_204_in_the_files()
         }
     }
     assert_eq!(get(addr, "/healthz").status, 200);
+    assert_eq!(get(addr, "/readyz").status, 200);
+    assert_eq!(get(addr, "/livez").status, 200);
 
     bin.signal(libc::SIGTERM);
     let t0 = Instant::now();
@@ -44,6 +46,10 @@ fn sigterm_fails_health_while_serving_then_exits_0_with_every_204_in_the_files()
     let h = get(addr, "/healthz");
     assert_eq!(h.status, 503);
     assert_eq!(h.header("connection"), Some("close"));
+    // Not ready (send traffic elsewhere), but alive (do not restart it).
+    assert_eq!(get(addr, "/readyz").status, 503);
+    let live = get(addr, "/livez");
+    assert_eq!((live.status, live.body.as_slice()), (200, &b"alive\n"[..]));
     let r = conn
         .request(BEACON)
         .expect("keep-alive connection still served while deregistering");
