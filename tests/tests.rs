@@ -2,6 +2,8 @@
 
 mod common;
 
+#[path = "it/alerts.rs"]
+mod alerts;
 #[path = "it/beacons.rs"]
 mod beacons;
 #[path = "it/browser.rs"]
