@@ -90,6 +90,10 @@ pub struct Opts {
     /// Print the report as JSON (schema: loadtest/schema.json).
     #[arg(long)]
     pub json: bool,
+    /// Also write the latency spectrum to this file in HdrHistogram's percentile-distribution
+    /// format (`.hgrm`), which standard latency plotters read.
+    #[arg(long)]
+    pub hgrm: Option<std::path::PathBuf>,
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, or plain seconds.

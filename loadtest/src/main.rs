@@ -51,6 +51,12 @@ fn main() -> std::process::ExitCode {
 
     match run(&opts, stop, live) {
         Ok(report) => {
+            if let Some(p) = &opts.hgrm {
+                if let Err(e) = std::fs::write(p, report.hgrm()) {
+                    eprintln!("beacon-loadgen: writing {}: {e}", p.display());
+                    return std::process::ExitCode::from(2);
+                }
+            }
             if opts.json {
                 println!(
                     "{}",

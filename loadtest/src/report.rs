@@ -100,6 +100,17 @@ pub struct Held {
     pub end: usize,
 }
 
+/// One step of the latency spectrum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Latency at this percentile, microseconds.
+    pub value_us: u64,
+    /// Quantile, 0..=1.
+    pub quantile: f64,
+    /// Responses at or below `value_us`.
+    pub count: u64,
+}
+
 /// The result of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -131,6 +142,10 @@ pub struct Report {
     pub bytes_read: u64,
     /// Latency (from the intended send time in open loop and fleet modes).
     pub latency_us: Option<Latency>,
+    /// The whole latency spectrum (HdrHistogram's percentile distribution: 5 ticks per half
+    /// distance to 100 %), for `--latency` and `--hgrm`; not in the JSON report.
+    #[serde(skip)]
+    pub spectrum: Vec<Point>,
     /// Responses by status code.
     pub status: BTreeMap<String, u64>,
     /// Errors by reason.
@@ -167,6 +182,17 @@ impl Report {
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
         });
+        let spectrum = if s.requests > 0 {
+            h.iter_quantiles(5)
+                .map(|v| Point {
+                    value_us: h.highest_equivalent(v.value_iterated_to()),
+                    quantile: v.quantile_iterated_to(),
+                    count: h.count_between(0, v.value_iterated_to()),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let target_rate = match mode {
             Mode::Open => opts.rate,
             Mode::Fleet => Some(conns as f64 / opts.interval.as_secs_f64()),
@@ -187,6 +213,7 @@ impl Report {
             requests_per_second: s.requests as f64 / secs,
             bytes_read: s.bytes,
             latency_us: latency,
+            spectrum,
             status: s
                 .statuses
                 .iter()
@@ -262,6 +289,8 @@ impl Report {
                 ] {
                     let _ = writeln!(o, "    {p:>6}  {}", us(v));
                 }
+                let _ = writeln!(o, "  Detailed percentile spectrum:");
+                o.push_str(&self.hgrm());
             }
         }
         let _ = writeln!(
@@ -310,5 +339,47 @@ fn us(v: u64) -> String {
         format!("{:.2}ms", v as f64 / 1e3)
     } else {
         format!("{v}us")
+    }
+}
+
+impl Report {
+    /// The latency spectrum in HdrHistogram's percentile-distribution format (what wrk2's
+    /// `--latency` prints and plotters of `.hgrm` files read), values in milliseconds.
+    pub fn hgrm(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        );
+        for p in &self.spectrum {
+            let ms = p.value_us as f64 / 1000.0;
+            if p.quantile < 1.0 {
+                let _ = writeln!(
+                    o,
+                    "{ms:>12.3} {:>14.12} {:>10} {:>14.2}",
+                    p.quantile,
+                    p.count,
+                    1.0 / (1.0 - p.quantile)
+                );
+            } else {
+                let _ = writeln!(o, "{ms:>12.3} {:>14.12} {:>10}", p.quantile, p.count);
+            }
+        }
+        if let Some(l) = &self.latency_us {
+            let _ = writeln!(
+                o,
+                "#[Mean    = {:>12.3}, StdDeviation   = {:>12.3}]",
+                l.mean / 1000.0,
+                l.stdev / 1000.0
+            );
+            let _ = writeln!(
+                o,
+                "#[Max     = {:>12.3}, Total count    = {:>12}]",
+                l.max as f64 / 1000.0,
+                self.requests
+            );
+        }
+        o
     }
 }

@@ -523,3 +523,43 @@ fn schema_rejects_a_changed_report() {
         assert!(!check(&bad).is_empty(), "accepted: {bad:#}");
     }
 }
+
+/// `--latency` prints the whole spectrum and `--hgrm` writes it in HdrHistogram's
+/// percentile-distribution format: quantiles and values rise to 100 % and the total count.
+#[test]
+fn latency_spectrum_in_hgrm_format() {
+    let s = server(None);
+    let r = go(&["-c", "4", "-d", "400ms", &url(&s)]);
+    assert_clean(&r, &s);
+    let text = r.hgrm();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("Value") && header.contains("Percentile") && header.contains("TotalCount")
+    );
+    let rows: Vec<(f64, f64, u64)> = lines
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.len() > 10,
+        "a spectrum, not a handful of percentiles: {text}"
+    );
+    for w in rows.windows(2) {
+        assert!(
+            w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0].2 <= w[1].2,
+            "{w:?}"
+        );
+    }
+    let last = rows.last().unwrap();
+    assert_eq!((last.1, last.2), (1.0, r.requests));
+    assert!(text.contains(&format!("Total count    = {:>12}", r.requests)));
+    assert!(r.render(true).contains("Detailed percentile spectrum"));
+}
