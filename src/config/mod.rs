@@ -41,6 +41,23 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
+/// Every leaf of `v` as (dotted key, value).
+fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&key, v, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), v.clone())),
+    }
+}
+
 /// A key whose value changed, and how the change takes effect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -207,21 +224,6 @@ impl Config {
     /// The keys whose values differ between `self` and `other`, in file order, each with how
     /// it takes effect on SIGHUP.
     pub fn changes(&self, other: &Config) -> Vec<Change> {
-        fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let key = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        leaves(&key, v, out);
-                    }
-                }
-                _ => out.push((prefix.to_string(), v.clone())),
-            }
-        }
         let flat = |c: &Config| {
             let mut out = Vec::new();
             if let Ok(v) = toml::Value::try_from(c) {
@@ -273,27 +275,13 @@ mod tests {
     /// sets no key the code does not have (parsing above refuses unknown keys).
     #[test]
     fn shipped_default_documents_every_key() {
-        fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
-            match v {
-                toml::Value::Table(t) => {
-                    for (k, v) in t {
-                        let key = if prefix.is_empty() {
-                            k.clone()
-                        } else {
-                            format!("{prefix}.{k}")
-                        };
-                        leaves(&key, v, out);
-                    }
-                }
-                _ => out.push(prefix.to_string()),
-            }
-        }
         let mut keys = Vec::new();
         leaves(
             "",
             &toml::Value::try_from(Config::default()).unwrap(),
             &mut keys,
         );
+        let keys: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
         let mut documented = std::collections::HashMap::new();
         let mut section = String::new();
         let mut comment_above = false;

@@ -878,12 +878,7 @@ fn build<'a>(
             }
             Kind::Json => {
                 kind = Kind::Json;
-                payload = Cow::Owned(record::compact_json(body, app.http.max_json_depth).map_err(
-                    |e| match e {
-                        record::JsonError::Invalid => Reject::InvalidJson,
-                        record::JsonError::TooDeep => Reject::JsonTooDeep,
-                    },
-                )?);
+                payload = Cow::Owned(record::compact_json(body, app.http.max_json_depth)?);
             }
             _ => {
                 // sendBeacon(url, string) sends text/plain; many tags put JSON in it to avoid a
@@ -906,29 +901,17 @@ fn build<'a>(
         }
     }
     let forwarded = plan.forwarded.map(Inline::new);
-    let (client_ip, client_ip_source) = match &forwarded {
-        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
-        None => (conn.client_ip.as_bytes(), conn.client_ip_source),
-    };
-    let rec = RecordRef {
-        id: record::new_id(plan.received_us),
-        received_us: plan.received_us,
-        peer: conn.peer.as_bytes(),
-        client_ip,
-        client_ip_source,
-        method: head.method.as_bytes(),
-        path: head.path,
+    let received_us = plan.received_us;
+    frame_record(
+        out,
+        conn,
+        head,
+        received_us,
+        forwarded.as_ref(),
         kind,
-        user_agent: head.header("user-agent"),
-        referer: head.header("referer"),
-        origin: head.header("origin"),
-        params: plan.params,
-        body: payload,
-    };
-    out.record(|buf| {
-        rec.encode(buf);
-        Ok::<(), Reject>(())
-    })?;
+        plan.params,
+        payload,
+    )?;
     Ok(Built { kind, records: 1 })
 }
 
@@ -955,39 +938,72 @@ fn build_batch<'a>(
         super::batch::BatchError::TooMany => Reject::TooManyEvents,
     })?;
     let forwarded = plan.forwarded.map(Inline::new);
-    let (client_ip, client_ip_source) = match &forwarded {
-        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
-        None => (conn.client_ip.as_bytes(), conn.client_ip_source),
-    };
     for event in &events {
-        let json = record::compact_json(event, app.http.max_json_depth).map_err(|e| match e {
-            record::JsonError::Invalid => Reject::InvalidJson,
-            record::JsonError::TooDeep => Reject::JsonTooDeep,
-        })?;
-        let rec = RecordRef {
-            id: record::new_id(plan.received_us),
-            received_us: plan.received_us,
-            peer: conn.peer.as_bytes(),
-            client_ip,
-            client_ip_source,
-            method: head.method.as_bytes(),
-            path: head.path,
-            kind: Kind::Json,
-            user_agent: head.header("user-agent"),
-            referer: head.header("referer"),
-            origin: head.header("origin"),
-            params: plan.params.clone(),
-            body: Cow::Owned(json),
-        };
-        out.record(|buf| {
-            rec.encode(buf);
-            Ok::<(), Reject>(())
-        })?;
+        let json = record::compact_json(event, app.http.max_json_depth)?;
+        let params = plan.params.clone();
+        let body = Cow::Owned(json);
+        frame_record(
+            out,
+            conn,
+            head,
+            plan.received_us,
+            forwarded.as_ref(),
+            Kind::Json,
+            params,
+            body,
+        )?;
     }
     Ok(Built {
         kind: Kind::Json,
         records: events.len() as u32,
     })
+}
+
+/// Frames one record of this request (its metadata, `params` and `body`) into `out`, with an id
+/// of its own.
+#[allow(clippy::too_many_arguments)]
+fn frame_record<'a>(
+    out: &mut Frames<'_>,
+    conn: &'a Conn,
+    head: &Head<'a>,
+    received_us: u64,
+    forwarded: Option<&Inline>,
+    kind: Kind,
+    params: Vec<Param<'a>>,
+    body: Cow<'a, [u8]>,
+) -> Result<(), Reject> {
+    let (client_ip, client_ip_source) = match forwarded {
+        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
+        None => (conn.client_ip.as_bytes(), conn.client_ip_source),
+    };
+    let rec = RecordRef {
+        id: record::new_id(received_us),
+        received_us,
+        peer: conn.peer.as_bytes(),
+        client_ip,
+        client_ip_source,
+        method: head.method.as_bytes(),
+        path: head.path,
+        kind,
+        user_agent: head.header("user-agent"),
+        referer: head.header("referer"),
+        origin: head.header("origin"),
+        params,
+        body,
+    };
+    out.record(|buf| {
+        rec.encode(buf);
+        Ok(())
+    })
+}
+
+impl From<record::JsonError> for Reject {
+    fn from(e: record::JsonError) -> Self {
+        match e {
+            record::JsonError::Invalid => Reject::InvalidJson,
+            record::JsonError::TooDeep => Reject::JsonTooDeep,
+        }
+    }
 }
 
 /// The answer once the commit of an accepted record finished.

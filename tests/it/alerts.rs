@@ -37,21 +37,11 @@ fn alert_rules_read_only_metrics_the_collector_defines() {
     let rules =
         std::fs::read_to_string(root.join("deploy/prometheus/beacon-collector.rules.yml")).unwrap();
     let defined = std::fs::read_to_string(root.join("src/metrics.rs")).unwrap();
-    let mut used = std::collections::BTreeSet::new();
-    for line in rules
+    let exprs: Vec<&str> = rules
         .lines()
         .filter(|l| l.trim_start().starts_with("expr:"))
-    {
-        let mut rest = line;
-        while let Some(i) = rest.find("beacon_") {
-            let name: String = rest[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            rest = &rest[i + name.len()..];
-            used.insert(name);
-        }
-    }
+        .collect();
+    let used = metric_names(&exprs);
     assert!(
         used.len() >= 10,
         "the rules read the collector's metrics: {used:?}"
