@@ -12,7 +12,9 @@
 //! wrk model: no cross-thread wake-ups on the hot path). Per-thread HDR histograms and counters
 //! are merged at the end.
 
+pub mod compare;
 pub mod http;
+pub mod plot;
 pub mod report;
 
 use crate::http::{BodyKind, Head, Method, ParseError, RequestSpec};
@@ -32,7 +34,8 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
 #[command(
     name = "beacon-loadgen",
     version,
-    about = "Load generator for beacon collectors"
+    about = "Load generator for beacon collectors",
+    after_help = "Compare saved --json reports: beacon-loadgen compare A.json B.json [--label A --label B] [--plot out.svg]"
 )]
 pub struct Opts {
     /// Target URL, e.g. http://127.0.0.1:8080/beacon
@@ -53,8 +56,19 @@ pub struct Opts {
     #[arg(long)]
     pub latency: bool,
     /// Open loop: total requests per second, latency corrected for coordinated omission.
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// `A..B` ramps from A to B over `--ramp` (default: the whole run) and reports the knee.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<RateSpec>,
+    /// With `--rate A..B`: the ramp's length; the run lasts at least this long and holds B
+    /// after it.
+    #[arg(long, value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
+    /// Ramp: a second whose p99 is over this is over the knee.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub knee_p99: Duration,
+    /// Ramp: a second whose errors are over this percent of its requests is over the knee.
+    #[arg(long, default_value_t = 1.0)]
+    pub knee_errors: f64,
     /// A new connection for every request (`Connection: close`), like a proxy speaking HTTP/1.0.
     #[arg(long)]
     pub close: bool,
@@ -94,6 +108,73 @@ pub struct Opts {
     /// format (`.hgrm`), which standard latency plotters read.
     #[arg(long)]
     pub hgrm: Option<std::path::PathBuf>,
+    /// Also draw the run to this SVG file: throughput and p50/p99 latency over time, and the
+    /// latency distribution.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl Opts {
+    /// How long the run lasts: `-d`, or the ramp when that is longer.
+    pub fn run_length(&self) -> Duration {
+        self.duration.max(self.ramp.unwrap_or_default())
+    }
+}
+
+/// `--rate`: one rate, or a ramp `A..B`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateSpec {
+    /// Requests/s at the start.
+    pub from: f64,
+    /// Requests/s at the end of the ramp (= `from` for a fixed rate).
+    pub to: f64,
+}
+
+/// Parses `5000` or `1000..50000`.
+pub fn parse_rate(s: &str) -> Result<RateSpec, String> {
+    let num = |v: &str| -> Result<f64, String> {
+        let r: f64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("not a rate: {v:?} (use 5000 or 1000..50000)"))?;
+        if r > 0.0 && r.is_finite() {
+            Ok(r)
+        } else {
+            Err(format!("a rate must be positive: {v:?}"))
+        }
+    };
+    let (from, to) = match s.split_once("..") {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if to < from {
+        return Err(format!("a ramp goes up: {s:?} (use low..high)"));
+    }
+    Ok(RateSpec { from, to })
+}
+
+/// The open loop's offered rate over the run: `from`, rising linearly to `to` over `ramp`, then
+/// `to`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// Requests/s at the start.
+    pub from: f64,
+    /// Requests/s from the end of the ramp on.
+    pub to: f64,
+    /// Length of the ramp.
+    pub ramp: Duration,
+}
+
+impl Schedule {
+    /// Requests/s `t` seconds into the run.
+    pub fn at(&self, t: f64) -> f64 {
+        let ramp = self.ramp.as_secs_f64();
+        if ramp <= 0.0 || t >= ramp {
+            self.to
+        } else {
+            self.from + (self.to - self.from) * t.max(0.0) / ramp
+        }
+    }
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, or plain seconds.
@@ -141,7 +222,7 @@ pub enum SetupError {
 }
 
 /// How connections are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Send as fast as answers come back.
@@ -168,8 +249,12 @@ struct Plan {
     target: SocketAddr,
     spec: RequestSpec,
     conns: usize,
-    /// Seconds between a connection's sends (open loop and fleet).
+    /// Seconds between a connection's sends (open loop and fleet; at the start of a ramp).
     period: Duration,
+    /// A rising open-loop rate.
+    schedule: Option<Schedule>,
+    /// Timeline bin width.
+    bin: Duration,
     jitter: f64,
     sources: Vec<Ipv4Addr>,
     timeout: Duration,
@@ -203,32 +288,43 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
             "fleet clients hold keep-alive connections; --close does not apply".into(),
         ));
     }
-    let period = match mode {
-        Mode::Closed => Duration::ZERO,
-        Mode::Open => {
-            let rate = opts.rate.unwrap_or(1.0);
-            if !(rate > 0.0 && rate.is_finite()) {
-                return Err(SetupError::Options("--rate must be positive".into()));
-            }
-            Duration::from_secs_f64(conns as f64 / rate)
-        }
-        Mode::Fleet => opts.interval,
+    let schedule = opts.rate.map(|r| Schedule {
+        from: r.from,
+        to: r.to,
+        ramp: if r.from == r.to {
+            Duration::ZERO
+        } else {
+            opts.ramp.unwrap_or(opts.duration)
+        },
+    });
+    if opts.ramp.is_some() && !schedule.is_some_and(|r| r.from < r.to) {
+        return Err(SetupError::Options(
+            "--ramp goes with a rising --rate A..B (e.g. --rate 1000..50000 --ramp 30s)".into(),
+        ));
+    }
+    let period = match (mode, schedule) {
+        (Mode::Open, Some(r)) => Duration::from_secs_f64(conns as f64 / r.from),
+        (Mode::Fleet, _) => opts.interval,
+        _ => Duration::ZERO,
     };
     let sources = source_ips(opts, mode, target)?;
     raise_nofile(conns as u64 + 64)?;
 
+    let run_length = opts.run_length();
     let plan = Arc::new(Plan {
         mode,
         target,
         spec,
         conns,
         period,
+        schedule: schedule.filter(|r| r.from != r.to),
+        bin: report::bin_width(run_length),
         jitter: f64::from(opts.jitter_percent.min(100)) / 100.0,
         sources,
         timeout: opts.timeout,
     });
     let start = Instant::now();
-    let deadline = start + opts.duration;
+    let deadline = start + run_length;
     let threads = opts.threads.min(conns);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -242,7 +338,7 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
     // The fleet's "connections held" is sampled here, off the hot path.
     let mut held_max = 0usize;
     let mut held_min_after_ramp: Option<usize> = None;
-    let ramp = start + plan.period.min(opts.duration / 2) + Duration::from_millis(200);
+    let ramp = start + plan.period.min(run_length / 2) + Duration::from_millis(200);
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         let now_held = live.connected.load(Ordering::Relaxed);
@@ -255,7 +351,7 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
     let held_end = live.connected.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let elapsed = start.elapsed();
-    let mut total = Stats::new();
+    let mut total = Stats::new(start, plan.bin);
     for h in handles {
         total.merge(h.join().expect("load thread panicked"));
     }
@@ -273,6 +369,7 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
             min_after_ramp: held_min_after_ramp.unwrap_or(held_end),
             end: held_end,
         }),
+        schedule,
     ))
 }
 
@@ -403,7 +500,7 @@ fn thread_main(
         .build()
         .expect("building a load thread runtime");
     let local = tokio::task::LocalSet::new();
-    let stats = std::rc::Rc::new(std::cell::RefCell::new(Stats::new()));
+    let stats = std::rc::Rc::new(std::cell::RefCell::new(Stats::new(start, plan.bin)));
     local.block_on(&rt, async {
         // Sleeping connections (fleet clients wait up to an interval) learn of the stop through
         // one watch per thread instead of each polling the flag.
@@ -440,6 +537,8 @@ struct Pacer {
     period: Duration,
     jitter: f64,
     rng: fastrand::Rng,
+    /// A ramp: the period follows the offered rate.
+    ramp: Option<(Schedule, Instant, f64)>,
 }
 
 impl Pacer {
@@ -458,6 +557,7 @@ impl Pacer {
             period: plan.period,
             jitter: plan.jitter,
             rng,
+            ramp: plan.schedule.map(|r| (r, start, plan.conns as f64)),
         }
     }
 
@@ -470,7 +570,14 @@ impl Pacer {
         self.next = match self.mode {
             Mode::Closed => Instant::now(),
             // The schedule does not slip when the server is slow: that is the point.
-            Mode::Open => self.next + self.period,
+            Mode::Open => match self.ramp {
+                // Each connection's share of the rate at its own next send.
+                Some((r, start, conns)) => {
+                    let t = (self.next - start).as_secs_f64();
+                    self.next + Duration::from_secs_f64(conns / r.at(t))
+                }
+                None => self.next + self.period,
+            },
             Mode::Fleet => {
                 let f = 1.0 + self.jitter * (2.0 * self.rng.f64() - 1.0);
                 self.next + self.period.mul_f64(f)
@@ -595,9 +702,8 @@ async fn connection(
         };
         match outcome {
             Ok((status, bytes)) => {
-                let us = t0.elapsed().as_micros() as u64;
                 let mut st = stats.borrow_mut();
-                st.record(us.max(1), status, bytes);
+                st.record(t0, Instant::now(), status, bytes);
                 // The shared counter is for the progress line: in a closed loop it is
                 // updated in batches so threads do not contend on its cache line.
                 unpublished += 1;
@@ -669,7 +775,7 @@ fn errno_name(e: &std::io::Error) -> &'static str {
 }
 
 fn record_error(stats: &std::rc::Rc<std::cell::RefCell<Stats>>, live: &Live, e: ErrorKind) {
-    stats.borrow_mut().error(e.label());
+    stats.borrow_mut().error(e.label(), Instant::now());
     live.errors.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -1,6 +1,9 @@
 //! `beacon-loadgen`: parses options, runs the test with a progress line on a terminal, prints
-//! the report (also after Ctrl-C). Exit codes: 0 ok, 1 the run had errors, 2 bad usage/setup.
+//! the report (also after Ctrl-C) and writes the files asked for. `beacon-loadgen compare ...`
+//! compares saved reports. Exit codes: 0 ok, 1 the run had errors, 2 bad usage/setup.
 
+use beacon_loadgen::compare::{self, CompareOpts};
+use beacon_loadgen::plot::{self, Run};
 use beacon_loadgen::{run, Live, Opts};
 use clap::Parser;
 use std::io::IsTerminal;
@@ -9,6 +12,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn main() -> std::process::ExitCode {
+    // A URL never is the word `compare`: the subcommand needs no change to the run's options.
+    if std::env::args().nth(1).as_deref() == Some("compare") {
+        let opts = CompareOpts::parse_from(std::env::args().skip(1));
+        return match compare::run(&opts) {
+            Ok(table) => {
+                print!("{table}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("beacon-loadgen compare: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let opts = Opts::parse();
     let stop = Arc::new(AtomicBool::new(false));
     let live = Arc::new(Live::default());
@@ -28,7 +45,7 @@ fn main() -> std::process::ExitCode {
 
     // A progress line on a terminal only.
     if std::io::stderr().is_terminal() && !opts.json {
-        let (s, l, total) = (stop.clone(), live.clone(), opts.duration);
+        let (s, l, total) = (stop.clone(), live.clone(), opts.run_length());
         std::thread::spawn(move || {
             let start = Instant::now();
             let mut last = 0;
@@ -54,6 +71,17 @@ fn main() -> std::process::ExitCode {
             if let Some(p) = &opts.hgrm {
                 if let Err(e) = std::fs::write(p, report.hgrm()) {
                     eprintln!("beacon-loadgen: writing {}: {e}", p.display());
+                    return std::process::ExitCode::from(2);
+                }
+            }
+            if let Some(p) = &opts.plot {
+                let run = Run {
+                    label: opts.url.trim_start_matches("http://").to_string(),
+                    report: &report,
+                };
+                let title = format!("beacon-loadgen: {}", report.describe());
+                if let Err(e) = plot::draw(&[run], &title, p) {
+                    eprintln!("beacon-loadgen: {e}");
                     return std::process::ExitCode::from(2);
                 }
             }

@@ -2,12 +2,12 @@
 //! following `loadtest/schema.json`.
 
 use crate::http::RequestSpec;
-use crate::{Mode, Opts};
+use crate::{Mode, Opts, Schedule};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Per-thread counters.
 #[derive(Clone)]
@@ -19,40 +19,80 @@ pub struct Stats {
     errors: BTreeMap<String, u64>,
     requests: u64,
     bytes: u64,
+    /// Per time bin: latency by intended send time, responses and errors by when they came.
+    bins: Vec<Bin>,
+    start: Instant,
+    bin_us: u64,
 }
 
-impl Default for Stats {
-    fn default() -> Self {
-        Self::new()
-    }
+/// One bin of the timeline. Its histogram keeps 2 significant digits (26 KB) where the run's
+/// keeps 3 (0.2 MB): a run has up to `MAX_BINS` of them per thread.
+#[derive(Clone)]
+struct Bin {
+    hist: Histogram<u64>,
+    responses: u64,
+    errors: u64,
 }
+
+/// A knee is this many bins over a threshold, to the end of the run.
+const KNEE_BINS: usize = 3;
+
+/// The most bins a timeline has: a run longer than this many seconds gets wider bins.
+pub const MAX_BINS: u64 = 300;
+
+/// The timeline bin width for a run of `total`: one second, or wider so that a long run has
+/// at most `MAX_BINS` bins.
+pub fn bin_width(total: Duration) -> Duration {
+    Duration::from_secs(total.as_secs().div_ceil(MAX_BINS).max(1))
+}
+
+/// Latencies are kept in microseconds up to one hour.
+const MAX_US: u64 = 3_600_000_000;
 
 impl Stats {
-    /// Empty counters; latencies in microseconds up to one hour, 3 significant digits.
-    pub fn new() -> Self {
+    /// Empty counters for a run started at `start`, with timeline bins `bin` wide; latencies in
+    /// microseconds up to one hour, 3 significant digits.
+    pub fn new(start: Instant, bin: Duration) -> Self {
         Self {
-            hist: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            hist: Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds"),
             statuses: Box::new([0; 600]),
             errors: BTreeMap::new(),
             requests: 0,
             bytes: 0,
+            bins: Vec::new(),
+            start,
+            bin_us: (bin.as_micros() as u64).max(1),
         }
     }
 
-    /// One response.
-    pub fn record(&mut self, latency_us: u64, status: u16, bytes: u64) {
-        let _ = self.hist.record(latency_us.min(3_600_000_000));
+    fn bin(&mut self, at: Instant) -> &mut Bin {
+        let i =
+            (at.saturating_duration_since(self.start).as_micros() as u64 / self.bin_us) as usize;
+        if self.bins.len() <= i {
+            self.bins.resize_with(i + 1, Bin::new);
+        }
+        &mut self.bins[i]
+    }
+
+    /// One response to a request due at `sent` (when it was, or should have been, sent) and
+    /// complete at `done`.
+    pub fn record(&mut self, sent: Instant, done: Instant, status: u16, bytes: u64) {
+        let us = (done.saturating_duration_since(sent).as_micros() as u64).clamp(1, MAX_US);
+        let _ = self.hist.record(us);
         self.statuses[usize::from(status).min(599)] += 1;
         self.requests += 1;
         self.bytes += bytes;
+        let _ = self.bin(sent).hist.record(us);
+        self.bin(done).responses += 1;
     }
 
-    /// One error.
-    pub fn error(&mut self, reason: String) {
+    /// One error, at `at`.
+    pub fn error(&mut self, reason: String, at: Instant) {
         *self.errors.entry(reason).or_default() += 1;
+        self.bin(at).errors += 1;
     }
 
-    /// Adds another thread's counters.
+    /// Adds another thread's counters (the same start and bin width).
     pub fn merge(&mut self, o: Stats) {
         let _ = self.hist.add(&o.hist);
         for (a, b) in self.statuses.iter_mut().zip(o.statuses.iter()) {
@@ -63,11 +103,29 @@ impl Stats {
         }
         self.requests += o.requests;
         self.bytes += o.bytes;
+        if self.bins.len() < o.bins.len() {
+            self.bins.resize_with(o.bins.len(), Bin::new);
+        }
+        for (a, b) in self.bins.iter_mut().zip(o.bins) {
+            let _ = a.hist.add(&b.hist);
+            a.responses += b.responses;
+            a.errors += b.errors;
+        }
+    }
+}
+
+impl Bin {
+    fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, MAX_US, 2).expect("valid bounds"),
+            responses: 0,
+            errors: 0,
+        }
     }
 }
 
 /// Latency summary in microseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Latency {
     /// Fastest.
     pub min: u64,
@@ -90,7 +148,7 @@ pub struct Latency {
 }
 
 /// Fleet mode: connections held.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Held {
     /// Most connections open at once.
     pub max: usize,
@@ -101,7 +159,7 @@ pub struct Held {
 }
 
 /// One step of the latency spectrum.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Point {
     /// Latency at this percentile, microseconds.
     pub value_us: u64,
@@ -111,8 +169,64 @@ pub struct Point {
     pub count: u64,
 }
 
+/// One bin of the timeline: what happened during `seconds` from `t`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimeBin {
+    /// Start of the bin, seconds from the start of the run.
+    pub t: f64,
+    /// Length of the bin (the last one may be cut short by the end of the run).
+    pub seconds: f64,
+    /// Requests/s the schedule asked for during the bin (open loop, fleet); null in closed loop.
+    pub offered_per_second: Option<f64>,
+    /// Responses/s received during the bin.
+    pub responses_per_second: f64,
+    /// Responses to the requests due in this bin (the latency figures' count).
+    pub answered: u64,
+    /// Errors during the bin.
+    pub errors: u64,
+    /// Median latency of the requests due in this bin; null when none was answered.
+    pub p50_us: Option<u64>,
+    /// 99th percentile latency of the requests due in this bin.
+    pub p99_us: Option<u64>,
+}
+
+/// Open loop with a rising rate: the ramp and where the server stopped keeping up.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Ramp {
+    /// Requests/s at the start.
+    pub from: f64,
+    /// Requests/s at the end of the ramp (held after it until the run ends).
+    pub to: f64,
+    /// Length of the ramp.
+    pub seconds: f64,
+    /// A bin is over the knee when its p99 exceeds this...
+    pub knee_p99_us: u64,
+    /// ...or its errors exceed this share of its requests, percent.
+    pub knee_error_percent: f64,
+    /// Where the server went over a threshold and stayed over it (at least 3 bins, to the end
+    /// of the run); null when it did not.
+    pub knee: Option<Knee>,
+    /// The most responses/s in a bin before the knee (the whole run when there is none).
+    pub max_good_responses_per_second: f64,
+}
+
+/// Where the ramp crossed a threshold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Knee {
+    /// The offered requests/s there.
+    pub rate: f64,
+    /// Seconds from the start.
+    pub at_seconds: f64,
+    /// `p99` or `errors`.
+    pub reason: String,
+    /// p99 of the bin.
+    pub p99_us: Option<u64>,
+    /// Errors as a share of the bin's requests, percent.
+    pub error_percent: f64,
+}
+
 /// The result of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// JSON layout version.
     pub schema_version: u32,
@@ -143,8 +257,8 @@ pub struct Report {
     /// Latency (from the intended send time in open loop and fleet modes).
     pub latency_us: Option<Latency>,
     /// The whole latency spectrum (HdrHistogram's percentile distribution: 5 ticks per half
-    /// distance to 100 %), for `--latency` and `--hgrm`; not in the JSON report.
-    #[serde(skip)]
+    /// distance to 100 %), for `--latency`, `--hgrm` and the plots.
+    #[serde(rename = "latency_spectrum")]
     pub spectrum: Vec<Point>,
     /// Responses by status code.
     pub status: BTreeMap<String, u64>,
@@ -154,6 +268,12 @@ pub struct Report {
     pub errors_total: u64,
     /// Fleet mode only.
     pub connections_held: Option<Held>,
+    /// Width of the timeline's bins, seconds.
+    pub bin_seconds: f64,
+    /// What happened over time, bin by bin.
+    pub timeline: Vec<TimeBin>,
+    /// Open loop with `--rate A..B`: the ramp and its knee.
+    pub ramp: Option<Ramp>,
 }
 
 impl Report {
@@ -168,8 +288,28 @@ impl Report {
         interrupted: bool,
         s: Stats,
         held: Option<Held>,
+        schedule: Option<Schedule>,
     ) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
+        let bin_seconds = s.bin_us as f64 / 1e6;
+        let timeline = timeline(&s.bins, bin_seconds, secs, |t| match mode {
+            Mode::Closed => None,
+            Mode::Open => schedule.map(|r| r.at(t)),
+            Mode::Fleet => Some(conns as f64 / opts.interval.as_secs_f64()),
+        });
+        let ramp = schedule.filter(|r| r.from != r.to).map(|r| {
+            let p99 = opts.knee_p99.as_micros() as u64;
+            let (knee, max_good) = knee(&timeline, p99, opts.knee_errors);
+            Ramp {
+                from: r.from,
+                to: r.to,
+                seconds: r.ramp.as_secs_f64(),
+                knee_p99_us: p99,
+                knee_error_percent: opts.knee_errors,
+                knee,
+                max_good_responses_per_second: max_good,
+            }
+        });
         let h = &s.hist;
         let latency = (s.requests > 0).then(|| Latency {
             min: h.min(),
@@ -194,12 +334,12 @@ impl Report {
             Vec::new()
         };
         let target_rate = match mode {
-            Mode::Open => opts.rate,
+            Mode::Open => schedule.map(|r| r.to),
             Mode::Fleet => Some(conns as f64 / opts.interval.as_secs_f64()),
             Mode::Closed => None,
         };
         Report {
-            schema_version: 1,
+            schema_version: 2,
             url: opts.url.clone(),
             mode,
             connections: conns,
@@ -224,21 +364,56 @@ impl Report {
             errors_total: s.errors.values().sum(),
             errors: s.errors,
             connections_held: held,
+            bin_seconds,
+            timeline,
+            ramp,
         }
+    }
+
+    /// How the load was paced, in words.
+    fn mode_text(&self) -> String {
+        match (self.mode, &self.ramp) {
+            (Mode::Closed, _) => "closed loop".to_string(),
+            (Mode::Open, Some(r)) => format!(
+                "open loop ramping {:.0} -> {:.0} req/s over {:.0}s",
+                r.from, r.to, r.seconds
+            ),
+            (Mode::Open, None) => {
+                format!("open loop at {} req/s", self.target_rate.unwrap_or(0.0))
+            }
+            (Mode::Fleet, _) => format!(
+                "fleet, one beacon per client every {:.1}s ({:.0} req/s)",
+                self.connections as f64 / self.target_rate.unwrap_or(1.0),
+                self.target_rate.unwrap_or(0.0)
+            ),
+        }
+    }
+
+    /// One line saying what ran: the picture's title.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, {} {}, {} {}, {:.0}s",
+            self.mode_text(),
+            self.connections,
+            if self.mode == Mode::Fleet {
+                "clients"
+            } else {
+                "connections"
+            },
+            self.method.as_str(),
+            if self.close {
+                "new connection per request"
+            } else {
+                "keep-alive"
+            },
+            self.duration_seconds
+        )
     }
 
     /// The wrk-like text report.
     pub fn render(&self, distribution: bool) -> String {
         let mut o = String::new();
-        let mode = match self.mode {
-            Mode::Closed => "closed loop".to_string(),
-            Mode::Open => format!("open loop at {} req/s", self.target_rate.unwrap_or(0.0)),
-            Mode::Fleet => format!(
-                "fleet, one beacon per client every {:.1}s ({:.0} req/s)",
-                self.connections as f64 / self.target_rate.unwrap_or(1.0),
-                self.target_rate.unwrap_or(0.0)
-            ),
-        };
+        let mode = self.mode_text();
         let conn = if self.close {
             "new connection per request"
         } else {
@@ -327,9 +502,142 @@ impl Report {
                 h.max, h.min_after_ramp, h.end
             );
         }
+        if let Some(r) = &self.ramp {
+            self.render_ramp(&mut o, r);
+        }
         let _ = writeln!(o, "Requests/sec: {:.2}", self.requests_per_second);
         o
     }
+
+    /// The ramp's timeline and its knee.
+    fn render_ramp(&self, o: &mut String, r: &Ramp) {
+        let _ = writeln!(
+            o,
+            "  Ramp {:.0} -> {:.0} req/s over {:.0}s ({:.0}s bins; latency by intended send time)",
+            r.from, r.to, r.seconds, self.bin_seconds
+        );
+        let _ = writeln!(
+            o,
+            "    {:>6} {:>10} {:>10} {:>9} {:>9} {:>7}",
+            "t", "offered/s", "answered/s", "p50", "p99", "errors"
+        );
+        for b in &self.timeline {
+            let _ = writeln!(
+                o,
+                "    {:>5.0}s {:>10.0} {:>10.0} {:>9} {:>9} {:>7}",
+                b.t,
+                b.offered_per_second.unwrap_or(0.0),
+                b.responses_per_second,
+                b.p50_us.map_or("-".into(), us),
+                b.p99_us.map_or("-".into(), us),
+                b.errors
+            );
+        }
+        match &r.knee {
+            Some(k) => {
+                let why = if k.reason == "errors" {
+                    format!("errors {:.1}% > {}%", k.error_percent, r.knee_error_percent)
+                } else {
+                    format!(
+                        "p99 {} > {}",
+                        k.p99_us.map_or("-".into(), us),
+                        us(r.knee_p99_us)
+                    )
+                };
+                let _ = writeln!(
+                    o,
+                    "  Knee: {:.0} req/s offered ({why}, from {:.0}s); best below it {:.0} req/s",
+                    k.rate, k.at_seconds, r.max_good_responses_per_second
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "  Knee: none up to {:.0} req/s (p99 under {}, errors under {}%); best {:.0} req/s",
+                    r.to,
+                    us(r.knee_p99_us),
+                    r.knee_error_percent,
+                    r.max_good_responses_per_second
+                );
+            }
+        }
+    }
+}
+
+/// The timeline of a run `secs` long from its bins; `offered(t)` is the schedule's rate at `t`.
+fn timeline(
+    bins: &[Bin],
+    width: f64,
+    secs: f64,
+    offered: impl Fn(f64) -> Option<f64>,
+) -> Vec<TimeBin> {
+    bins.iter()
+        .enumerate()
+        .map(|(i, b)| (i as f64 * width, b))
+        // Answers that came in after the end (a closed-loop connection finishes its request)
+        // would make a bin of a few milliseconds with an absurd rate.
+        .filter(|(t, _)| secs - t > width / 10.0)
+        .map(|(t, b)| {
+            let seconds = width.min(secs - t);
+            let q = |q| (!b.hist.is_empty()).then(|| b.hist.value_at_quantile(q));
+            TimeBin {
+                t,
+                seconds,
+                offered_per_second: offered(t + seconds / 2.0),
+                responses_per_second: b.responses as f64 / seconds,
+                answered: b.hist.len(),
+                errors: b.errors,
+                p50_us: q(0.5),
+                p99_us: q(0.99),
+            }
+        })
+        .collect()
+}
+
+/// The knee of a ramp: the rate from which the server stayed over a threshold — every later bin
+/// with requests in it has its p99 over `p99_us` or its errors over `error_percent` of its
+/// requests, and there are at least `KNEE_BINS` of them. "Stayed", because on a shared machine a
+/// second or two of slow answers at a rate the server then keeps up with again is noise, not
+/// capacity (the timeline shows them). Also returns the most responses/s of a bin before it.
+fn knee(timeline: &[TimeBin], p99_us: u64, error_percent: f64) -> (Option<Knee>, f64) {
+    let judged: Vec<(&TimeBin, Option<(&'static str, f64)>)> = timeline
+        .iter()
+        .filter(|b| b.answered + b.errors > 0)
+        .map(|b| {
+            let errors = 100.0 * b.errors as f64 / (b.answered + b.errors) as f64;
+            let over = if errors > error_percent {
+                Some(("errors", errors))
+            } else if b.p99_us.is_some_and(|p| p > p99_us) {
+                Some(("p99", errors))
+            } else {
+                None
+            };
+            (b, over)
+        })
+        .collect();
+    let stayed = judged.len()
+        - judged
+            .iter()
+            .rev()
+            .take_while(|(_, over)| over.is_some())
+            .count();
+    let at = (judged.len() - stayed >= KNEE_BINS).then_some(stayed);
+    let max_good = judged[..at.unwrap_or(judged.len())]
+        .iter()
+        .map(|(b, _)| b.responses_per_second)
+        .fold(0.0, f64::max);
+    let knee = at.map(|i| {
+        let (b, over) = judged[i];
+        let (reason, error_percent) = over.expect("judged over the threshold");
+        Knee {
+            rate: b.offered_per_second.unwrap_or(0.0),
+            at_seconds: b.t,
+            reason: reason.into(),
+            p99_us: b.p99_us,
+            error_percent,
+        }
+    });
+    (knee, max_good)
 }
 
 fn us(v: u64) -> String {

@@ -32,6 +32,28 @@ struct Server {
 /// Answers `204` to every request; `stall` makes the n-th request (1-based) wait before its
 /// answer.
 fn server(stall: Option<(u64, Duration)>) -> Server {
+    serve(Behaviour {
+        stall,
+        service: None,
+    })
+}
+
+/// A server of known capacity: one request at a time, each taking `service`, whatever the
+/// number of connections (so at most 1 / `service` requests/s).
+fn slow_server(service: Duration) -> Server {
+    serve(Behaviour {
+        stall: None,
+        service: Some((service, Arc::new(tokio::sync::Mutex::new(())))),
+    })
+}
+
+#[derive(Clone)]
+struct Behaviour {
+    stall: Option<(u64, Duration)>,
+    service: Option<(Duration, Arc<tokio::sync::Mutex<()>>)>,
+}
+
+fn serve(behaviour: Behaviour) -> Server {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
@@ -51,9 +73,9 @@ fn server(stall: Option<(u64, Duration)>) -> Server {
                 let open = s.open.fetch_add(1, Ordering::SeqCst) + 1;
                 s.max_open.fetch_max(open, Ordering::SeqCst);
                 s.peers.lock().unwrap().insert(peer.ip());
-                let s = s.clone();
+                let (s, b) = (s.clone(), behaviour.clone());
                 tokio::spawn(async move {
-                    let _ = serve_conn(sock, &s, stall).await;
+                    let _ = serve_conn(sock, &s, b).await;
                     s.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -65,7 +87,7 @@ fn server(stall: Option<(u64, Duration)>) -> Server {
 async fn serve_conn(
     mut sock: tokio::net::TcpStream,
     s: &Seen,
-    stall: Option<(u64, Duration)>,
+    behaviour: Behaviour,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -109,10 +131,14 @@ async fn serve_conn(
         s.targets.lock().unwrap().insert(target);
         buf.drain(..end + len);
         let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some((at, d)) = stall {
+        if let Some((at, d)) = behaviour.stall {
             if n == at {
                 tokio::time::sleep(d).await;
             }
+        }
+        if let Some((d, one_at_a_time)) = &behaviour.service {
+            let _held = one_at_a_time.lock().await;
+            std::thread::sleep(*d);
         }
         let resp: &[u8] = if close {
             b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
@@ -347,12 +373,13 @@ fn bad_options_are_refused() {
 // --- the JSON report against loadtest/schema.json --------------------------------------------
 
 /// The subset of JSON Schema the checked-in schema uses: type (one or a list), enum, minimum,
-/// required, properties, additionalProperties (false or a schema). A keyword outside it fails
+/// required, properties, additionalProperties (false or a schema), items. A keyword outside it fails
 /// the test instead of being ignored: a schema that says `maximum` must not pass unchecked.
 fn validate(schema: &serde_json::Value, v: &serde_json::Value, at: &str, errs: &mut Vec<String>) {
     use serde_json::Value;
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 11] = [
         "type",
+        "items",
         "enum",
         "minimum",
         "required",
@@ -377,6 +404,7 @@ fn validate(schema: &serde_json::Value, v: &serde_json::Value, at: &str, errs: &
         };
         let ok = types.iter().any(|t| match *t {
             "object" => v.is_object(),
+            "array" => v.is_array(),
             "string" => v.is_string(),
             "boolean" => v.is_boolean(),
             "null" => v.is_null(),
@@ -397,6 +425,11 @@ fn validate(schema: &serde_json::Value, v: &serde_json::Value, at: &str, errs: &
     if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64()) {
         if x < min {
             errs.push(format!("{at}: {x} < minimum {min}"));
+        }
+    }
+    if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in a.iter().enumerate() {
+            validate(items, item, &format!("{at}[{i}]"), errs);
         }
     }
     let Some(obj) = v.as_object() else { return };
@@ -562,4 +595,204 @@ fn latency_spectrum_in_hgrm_format() {
     assert_eq!((last.1, last.2), (1.0, r.requests));
     assert!(text.contains(&format!("Total count    = {:>12}", r.requests)));
     assert!(r.render(true).contains("Detailed percentile spectrum"));
+}
+
+/// A ramp finds the knee of a server of known capacity (one request at a time, 2 ms each: at
+/// most 500 requests/s) between where the ramp starts and where it would have passed twice
+/// that, reports it in text and JSON, and finds none for a server that keeps up.
+#[test]
+fn ramp_finds_the_knee_of_a_server() {
+    let slow = slow_server(Duration::from_millis(2));
+    let args = |u: &str| {
+        vec![
+            "-c".to_string(),
+            "32".into(),
+            "--rate".into(),
+            "100..1600".into(),
+            "--ramp".into(),
+            "6s".into(),
+            "-d".into(),
+            "6s".into(),
+            "--knee-p99".into(),
+            "50ms".into(),
+            u.to_string(),
+        ]
+    };
+    let a = args(&url(&slow));
+    let r = go(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.target_rate, Some(1600.0));
+    let ramp = r.ramp.as_ref().expect("a ramp report");
+    let knee = ramp
+        .knee
+        .as_ref()
+        .unwrap_or_else(|| panic!("no knee: {r:#?}"));
+    assert_eq!(knee.reason, "p99");
+    assert!(
+        (150.0..1000.0).contains(&knee.rate),
+        "knee at {} req/s for a 500 req/s server: {:#?}",
+        knee.rate,
+        r.timeline
+    );
+    assert!(ramp.max_good_responses_per_second <= 520.0, "{ramp:#?}");
+    // The timeline covers the run second by second, with the offered rate rising.
+    assert!(r.timeline.len() >= 5, "{:#?}", r.timeline);
+    let offered: Vec<f64> = r
+        .timeline
+        .iter()
+        .map(|b| b.offered_per_second.unwrap())
+        .collect();
+    assert!(offered.windows(2).all(|w| w[1] > w[0]), "{offered:?}");
+    // The text report says it; the JSON carries it (schema-checked elsewhere).
+    assert!(r.render(false).contains("Knee: "), "{}", r.render(false));
+    let v = serde_json::to_value(&r).unwrap();
+    assert!(check(&v).is_empty(), "{:#?}", check(&v));
+    assert_eq!(v["ramp"]["knee"]["reason"], "p99");
+
+    let fast = server(None);
+    let a = args(&url(&fast));
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    a[3] = "100..400";
+    let r = go(&a);
+    let ramp = r.ramp.as_ref().expect("a ramp report");
+    assert!(ramp.knee.is_none(), "{:#?}", r.timeline);
+    assert!(r.render(false).contains("Knee: none up to 400 req/s"));
+}
+
+/// The polylines of an SVG as (stroke colour, stroke width, number of points).
+fn polylines(svg: &str) -> Vec<(String, String, usize)> {
+    let attr = |tag: &str, name: &str| {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(tag[start..start + tag[start..].find('"')?].to_string())
+    };
+    svg.split("<polyline")
+        .skip(1)
+        .map(|rest| {
+            let tag = &rest[..rest.find("/>").unwrap()];
+            (
+                attr(tag, "stroke").unwrap(),
+                attr(tag, "stroke-width").unwrap(),
+                attr(tag, "points").unwrap().split_whitespace().count(),
+            )
+        })
+        .collect()
+}
+
+/// `--plot` draws a run — three panels with axis titles and units, a legend entry per series,
+/// the answered throughput through one point per second of the timeline — and `compare` draws
+/// two saved reports into one picture, one colour each, and prints their table with ratios.
+#[test]
+fn plots_of_a_run_and_of_a_comparison() {
+    let s = server(None);
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_beacon-loadgen");
+    let run = |name: &str, args: &[&str]| -> (serde_json::Value, String) {
+        let svg = dir.path().join(format!("{name}.svg"));
+        let out = std::process::Command::new(bin)
+            .arg("--json")
+            .arg("--plot")
+            .arg(&svg)
+            .args(args)
+            .arg(url(&s))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.path().join(format!("{name}.json")), &out.stdout).unwrap();
+        (
+            serde_json::from_slice(&out.stdout).unwrap(),
+            std::fs::read_to_string(svg).unwrap(),
+        )
+    };
+    let (ramp, svg) = run("ramp", &["-c", "4", "--rate", "100..400", "-d", "3s"]);
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    for text in [
+        "Throughput",
+        "Latency over time",
+        "Latency distribution",
+        "time since start (s)",
+        "requests/s",
+        "latency (ms, log scale)",
+        "percentile",
+        "99.9%",
+        ": answered",
+        ": offered",
+        ": p50",
+        ": p99",
+        "(max ",
+    ] {
+        assert!(svg.contains(text), "{text:?} missing from the picture");
+    }
+    // Run 0's colour, the answered line's width: one point per bin.
+    let bins = ramp["timeline"].as_array().unwrap().len();
+    assert!(bins >= 3, "{ramp:#}");
+    let lines = polylines(&svg);
+    assert!(
+        lines
+            .iter()
+            .any(|(c, w, n)| c == "#0072B2" && w == "2" && *n == bins),
+        "no answered line of {bins} points in {lines:?}"
+    );
+
+    let (closed, _) = run("closed", &["-c", "2", "-d", "1s"]);
+    let out = std::process::Command::new(bin)
+        .args(["compare", "--label", "ramp", "--label", "closed", "--plot"])
+        .arg(dir.path().join("both.svg"))
+        .arg(dir.path().join("ramp.json"))
+        .arg(dir.path().join("closed.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("requests/s"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    let (a, b) = (
+        ramp["requests_per_second"].as_f64().unwrap(),
+        closed["requests_per_second"].as_f64().unwrap(),
+    );
+    assert_eq!(cells[1], format!("{a:.0}"), "{table}");
+    assert_eq!(cells[3], format!("{:.2}x", b / a), "{table}");
+    let both = std::fs::read_to_string(dir.path().join("both.svg")).unwrap();
+    for text in [
+        "ramp: answered",
+        "ramp: offered",
+        "closed: answered",
+        "closed: p99",
+    ] {
+        assert!(both.contains(text), "{text:?} missing from the comparison");
+    }
+    assert!(
+        !both.contains("closed: offered"),
+        "a closed loop offers no rate"
+    );
+    let colours: HashSet<String> = polylines(&both).into_iter().map(|l| l.0).collect();
+    assert!(
+        colours.contains("#0072B2") && colours.contains("#E69F00"),
+        "{colours:?}"
+    );
+
+    // A file that is not a report is refused by name.
+    let junk = dir.path().join("junk.json");
+    std::fs::write(&junk, "{\"requests\": 1}").unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("compare")
+        .arg(&junk)
+        .arg(dir.path().join("closed.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("junk.json") && err.contains("schema version 2"),
+        "{err}"
+    );
 }
