@@ -7,19 +7,28 @@
 #   closed   64 and 256 busy keep-alive connections (wrk's model)
 #   open     fixed rates, latency from the intended send time (coordinated omission corrected)
 #   close    a new connection per request, as behind a proxy speaking HTTP/1.0  (seed 004)
+#   ramp     open loop rising from 2,000 to 150,000 req/s over 30 s, RUNS times alternating:
+#            the knee (the rate from which p99 stayed over 10 ms) of each server, and the
+#            picture of the median runs side by side (throughput, latency over time, latency
+#            distribution) written to $PLOT
 # then wrk and beacon-loadgen against the same servers with the same -t/-c, alternating runs.
 # Prints one table per part; every run is bounded and the servers stop with the script.
 #
-# Usage: loadtest/bench.sh            (about 10 minutes)
-# Knobs: DUR=10s RUNS=3 FLEET_CLIENTS=10000 FLEET_DUR=45s RATES="10000 30000 50000"
+# Usage: loadtest/bench.sh            (about 13 minutes)
+# Knobs: PARTS="fleet matrix ramp generators" DUR=10s RUNS=3 FLEET_CLIENTS=10000 FLEET_DUR=45s
+#        RATES="10000 30000 50000" RAMP=2000..150000 RAMP_DUR=30s PLOT=target/bench/bench.svg
 # Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
 set -euo pipefail
+PARTS=${PARTS:-fleet matrix ramp generators}
+RAMP=${RAMP:-2000..150000}
+RAMP_DUR=${RAMP_DUR:-30s}
 DUR=${DUR:-10s}
 RUNS=${RUNS:-3}
 FLEET_CLIENTS=${FLEET_CLIENTS:-10000}
 FLEET_DUR=${FLEET_DUR:-45s}
 RATES=${RATES:-10000 30000 50000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PLOT=${PLOT:-$ROOT/target/bench/bench.svg}
 WORK=$(mktemp -d)
 . "$ROOT/loadtest/common.sh"
 trap cleanup EXIT
@@ -66,7 +75,10 @@ echo "beacon-loadgen benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 machine
 echo
 
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
 # --- fleet first, on fresh processes, so RSS growth is the connections' -----------------------
+if part fleet; then
 printf '%-44s %-10s %9s %9s %8s %8s %7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients, every 15s, $FLEET_DUR" server "req/s" "target" "p50 ms" "p99 ms" errors held "RSS/conn KB"
 for server in collector nginx; do
   port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
@@ -87,9 +99,9 @@ for server in collector nginx; do
   [ "$errs" = 0 ] || echo "    errors: $(errors_of "$out")"
 done
 echo
+fi
 
 # --- the matrix --------------------------------------------------------------------------------
-printf '%-44s %-10s %9s %8s %8s %7s\n' "scenario (-t1, $DUR, generated GET beacons)" server "req/s" "p50 ms" "p99 ms" errors
 scenario() { # label, loadgen args...
   local label=$1 server port out
   shift
@@ -104,6 +116,8 @@ scenario() { # label, loadgen args...
     label=""
   done
 }
+if part matrix; then
+printf '%-44s %-10s %9s %8s %8s %7s\n' "scenario (-t1, $DUR, generated GET beacons)" server "req/s" "p50 ms" "p99 ms" errors
 scenario "closed loop, 64 connections" -c 64
 scenario "closed loop, 256 connections" -c 256
 for rate in $RATES; do
@@ -112,7 +126,49 @@ done
 scenario "POST sendBeacon text/plain 512 B, 64 conns" -c 64 --method post --body text --body-bytes 512
 scenario "new connection per request, 16 at once" -c 16 --close
 echo
+fi
 
+# --- the ramp: where each server stops keeping up ----------------------------------------------
+if part ramp; then
+printf '%-44s %-10s %5s %10s %10s %12s %9s\n' "ramp $RAMP req/s over $RAMP_DUR, -t1 -c256" server run "knee req/s" "why" "best below" "max req/s"
+for i in $(seq "$RUNS"); do
+  for server in collector nginx; do
+    port=$([ $server = collector ] && echo $COLLECTOR || echo $NGINX)
+    out="$WORK/ramp-$server-$i.json"
+    "$LOADGEN" --json -t 1 -c 256 --rate "$RAMP" --ramp "$RAMP_DUR" "http://127.0.0.1:$port/beacon" > "$out" || true
+    read -r _ _ _ errs ok _ _ < <(summary "$out")
+    count_ok $server "$ok"
+    python3 - "$out" "$server" "$i" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+k = r["ramp"]["knee"]
+best = max((b["responses_per_second"] for b in r["timeline"]), default=0)
+knee, why = (f'{k["rate"]:.0f}', k["reason"]) if k else ("none", "-")
+print(f'{"":44} {sys.argv[2]:10} {sys.argv[3]:>5} {knee:>10} {why:>10} {r["ramp"]["max_good_responses_per_second"]:12.0f} {best:9.0f}')
+PY
+  done
+done
+# The median run of each server (by knee) goes into the picture.
+median_run() {
+  python3 - "$WORK" "$1" "$RUNS" <<'PY'
+import json, sys
+work, server, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def knee(i):
+    k = json.load(open(f"{work}/ramp-{server}-{i}.json"))["ramp"]["knee"]
+    return k["rate"] if k else float("inf")
+order = sorted(range(1, runs + 1), key=knee)
+print(f"{work}/ramp-{server}-{order[(runs - 1) // 2]}.json")
+PY
+}
+mkdir -p "$(dirname "$PLOT")"
+"$LOADGEN" compare --label collector --label nginx --plot "$PLOT" \
+  --title "beacon-collector vs nginx: open loop ramping $RAMP req/s over $RAMP_DUR (median of $RUNS runs)" \
+  "$(median_run collector)" "$(median_run nginx)" | sed 's/^/  /'
+echo "  picture: $PLOT"
+echo
+fi
+
+if part generators; then
 # --- the same servers, wrk and beacon-loadgen, same -t/-c, alternating ---------------------------
 # Twice: sharing both cores with the server (as above), and pinned (server on CPU 1, the load
 # generator on CPU 0), where the generator does not compete with the server for a core and the
@@ -149,6 +205,7 @@ echo "mean requests/s over $RUNS runs:"
 awk '{k=$1" "$2" "$3; s[k]+=$4; n[k]++; if (!(k in lo) || $4<lo[k]) lo[k]=$4; if ($4>hi[k]) hi[k]=$4}
      END {for (k in s) printf "  %-40s %9.0f  (%.0f-%.0f)\n", k, s[k]/n[k], lo[k], hi[k]}' "$WORK/cmp" | sort
 echo
+fi
 
 # --- nothing lost: a graceful stop, then every 2xx is a record ---------------------------------
 kill -TERM "$(collector_pids)"

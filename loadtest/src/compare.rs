@@ -136,6 +136,7 @@ fn table(labels: &[String], reports: &[Report]) -> String {
             let _ = write!(o, " {cell:>w$}");
             if i > 0 {
                 let ratio = match (values[0], v) {
+                    (Some(a), Some(b)) if a > 0.0 && b / a < 0.1 => format!("{:.4}x", b / a),
                     (Some(a), Some(b)) if a > 0.0 => format!("{:.2}x", b / a),
                     _ => "-".into(),
                 };
