@@ -34,7 +34,58 @@ enum ConnEnd {
     /// Closing, and everything in the spool is acknowledged.
     Done,
     /// Connection failed; reconnect.
-    Lost(&'static str),
+    Lost(Disconnect),
+}
+
+/// Why a connection to the stage was lost: the `reason` of `FORWARD_DISCONNECTS_TOTAL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disconnect {
+    /// The stage closed it.
+    Closed,
+    /// Reading the spool failed.
+    SpoolRead,
+    /// No acknowledgement within `forward.ack_timeout_seconds`.
+    AckTimeout,
+    /// Writing failed.
+    WriteError,
+    /// A write did not finish within `forward.ack_timeout_seconds`.
+    WriteTimeout,
+}
+
+impl Disconnect {
+    const ALL: [Disconnect; 5] = [
+        Disconnect::Closed,
+        Disconnect::SpoolRead,
+        Disconnect::AckTimeout,
+        Disconnect::WriteError,
+        Disconnect::WriteTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Disconnect::Closed => "closed",
+            Disconnect::SpoolRead => "spool_read",
+            Disconnect::AckTimeout => "ack_timeout",
+            Disconnect::WriteError => "write_error",
+            Disconnect::WriteTimeout => "write_timeout",
+        }
+    }
+}
+
+/// Exports the forwarder's series at 0 (see [`crate::metrics`]).
+fn declare_metrics() {
+    for name in [
+        m::FORWARD_CONNECTS_TOTAL,
+        m::FORWARD_SENT_RECORDS_TOTAL,
+        m::FORWARD_ACKED_RECORDS_TOTAL,
+        m::FORWARD_RESENT_RECORDS_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for d in Disconnect::ALL {
+        metrics::counter!(m::FORWARD_DISCONNECTS_TOTAL, "reason" => d.label()).increment(0);
+    }
+    metrics::gauge!(m::FORWARD_UNACKED_RECORDS).increment(0.0);
 }
 
 impl Forwarder {
@@ -54,6 +105,7 @@ impl Forwarder {
     /// bounds that with the shutdown flush deadline; what is left stays in the spool for the
     /// next start.
     pub async fn run(mut self, close: CancellationToken) {
+        declare_metrics();
         let mut backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);
         let unreachable_log = crate::logging::Throttle::default();
@@ -75,10 +127,10 @@ impl Forwarder {
                     match end {
                         ConnEnd::Done => break,
                         ConnEnd::Lost(reason) => {
-                            metrics::counter!(m::FORWARD_DISCONNECTS_TOTAL, "reason" => reason)
+                            metrics::counter!(m::FORWARD_DISCONNECTS_TOTAL, "reason" => reason.label())
                                 .increment(1);
                             tracing::warn!(
-                                reason,
+                                reason = reason.label(),
                                 unacked = self.spool.unacked(),
                                 "lost processing stage; reconnecting"
                             );
@@ -159,7 +211,7 @@ impl Forwarder {
                 biased;
                 changed = ack_rx.changed() => {
                     if changed.is_err() {
-                        return ConnEnd::Lost("closed");
+                        return ConnEnd::Lost(Disconnect::Closed);
                     }
                     let seq = *ack_rx.borrow_and_update();
                     if seq > acked {
@@ -189,7 +241,7 @@ impl Forwarder {
                         .read(written, max, &mut batch);
                     if let Err(e) = res {
                         tracing::error!(error = %e, "reading the spool");
-                        return ConnEnd::Lost("spool_read");
+                        return ConnEnd::Lost(Disconnect::SpoolRead);
                     }
                     if batch.is_empty() {
                         stalled = true;
@@ -215,7 +267,7 @@ impl Forwarder {
                     stalled = false;
                     self.spool.checkpoint();
                     if inflight > 0 && last_progress.elapsed() > io_timeout {
-                        return ConnEnd::Lost("ack_timeout");
+                        return ConnEnd::Lost(Disconnect::AckTimeout);
                     }
                 }
             }
@@ -282,12 +334,12 @@ async fn write(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
     buf: &mut BytesMut,
     limit: Duration,
-) -> Result<(), &'static str> {
+) -> Result<(), Disconnect> {
     let res = tokio::time::timeout(limit, wr.write_all(buf)).await;
     buf.clear();
     match res {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("write_error"),
-        Err(_) => Err("write_timeout"),
+        Ok(Err(_)) => Err(Disconnect::WriteError),
+        Err(_) => Err(Disconnect::WriteTimeout),
     }
 }

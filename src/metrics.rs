@@ -2,6 +2,12 @@
 //! serves them.
 //!
 //! Names carry their unit (`_seconds`, `_bytes`, `_total`); label values are bounded sets.
+//!
+//! Every counter and gauge is exported from the start, at 0, by the module that owns it (each
+//! has a `declare_metrics` called when it starts), with every label value it can take where
+//! that set is listed: a series that appears only with its first event hides that event from
+//! `rate()` and `increase()` (they need two samples), so an alert on "any error" would miss the
+//! first one. Prometheus' instrumentation guide asks for the same.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;

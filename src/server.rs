@@ -358,6 +358,8 @@ pub fn main(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeErr
         check::self_check(&config)?;
         listener::Backlog::probe(config.server.backlog, listener::SOMAXCONN_PATH).log();
         let listeners = Listeners::bind(&config)?;
+        // Before the supervisor: it declares its restart counter (see crate::metrics).
+        metrics::install();
         let stage = match config.forward.mode {
             ForwardMode::Embedded => Some(supervisor::Supervisor::start(
                 supervisor::ChildSpec::stage(&config).map_err(ServeError::Start)?,

@@ -99,6 +99,7 @@ pub fn write_stage_config(config: &crate::config::Config) -> std::io::Result<()>
 impl Supervisor {
     /// Starts the child and watches it.
     pub fn start(spec: ChildSpec) -> Self {
+        metrics::counter!(m::PROCESSOR_RESTARTS_TOTAL).increment(0);
         let (stop_tx, mut stop_rx) = oneshot::channel();
         let (restart, mut restart_rx) = mpsc::unbounded_channel::<()>();
         let task = tokio::spawn(async move {

@@ -38,6 +38,7 @@ pub async fn supervise<F, Fut>(
             h.store(up, Ordering::Relaxed);
         }
     };
+    metrics::counter!(m::TASK_RESTARTS_TOTAL, "task" => name).increment(0);
     let mut backoff = FIRST_BACKOFF;
     let mut restarted = false;
     loop {

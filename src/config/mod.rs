@@ -211,6 +211,8 @@ impl Config {
         if self.admin.enabled
             && self.processor.admin_enabled
             && self.admin.listen == self.processor.admin_listen
+            // Port 0 is "any free port": two of them never collide.
+            && self.admin.listen.port() != 0
         {
             return Err(ConfigError::new(
                 "processor.admin_listen",

@@ -246,6 +246,29 @@ pub enum AcceptErrorClass {
     Fatal,
 }
 
+/// Every `kind` label of `ACCEPT_ERRORS_TOTAL` ([`classify_accept_error`]'s second half).
+const ACCEPT_ERROR_KINDS: [&str; 10] = [
+    "econnaborted",
+    "eintr",
+    "eagain",
+    "network",
+    "eperm",
+    "emfile",
+    "enfile",
+    "enobufs",
+    "enomem",
+    "fatal",
+];
+
+/// Exports the listener's series at 0 (see [`crate::metrics`]).
+pub fn declare_metrics() {
+    metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(0);
+    metrics::counter!(m::CONNECTION_LIMIT_REACHED_TOTAL).increment(0);
+    for kind in ACCEPT_ERROR_KINDS {
+        metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => kind).increment(0);
+    }
+}
+
 /// Classifies an accept error, with a bounded metric label.
 pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) {
     use AcceptErrorClass::*;
@@ -416,6 +439,22 @@ pub fn inherited() -> Result<Option<Vec<std::net::TcpListener>>, ListenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kind an accept error can be counted under is exported from the start.
+    #[test]
+    fn every_accept_error_kind_is_declared() {
+        let mut seen = std::collections::BTreeSet::new();
+        for errno in 0..200 {
+            let (_, kind) = classify_accept_error(&io::Error::from_raw_os_error(errno));
+            assert!(ACCEPT_ERROR_KINDS.contains(&kind), "{errno}: {kind}");
+            seen.insert(kind);
+        }
+        assert_eq!(
+            seen.len(),
+            ACCEPT_ERROR_KINDS.len(),
+            "a declared kind nothing returns"
+        );
+    }
 
     #[test]
     fn backlog_truncation() {

@@ -66,6 +66,8 @@ impl Ingest {
         app: Arc<App>,
         listeners: Vec<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
+        routes::declare_metrics();
+        listener::declare_metrics();
         let n = config.workers().max(1);
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
         let count = listeners.len();

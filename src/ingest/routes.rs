@@ -480,6 +480,33 @@ impl From<AppendError> for Reject {
     }
 }
 
+/// Exports the request counters at 0 (see [`crate::metrics`]): every rejection reason, every
+/// kind of beacon, every status of the beacon route (the alerts' ratios read them), the
+/// label-less counters, and "not draining".
+pub fn declare_metrics() {
+    use crate::metrics as m;
+    for r in Reject::ALL {
+        metrics::counter!(m::BEACONS_REJECTED_TOTAL, "reason" => r.label()).increment(0);
+    }
+    for kind in Kind::ALL {
+        metrics::counter!(m::BEACONS_ACCEPTED_TOTAL, "kind" => kind.as_str()).increment(0);
+    }
+    for &s in STATUSES.iter().filter(|&&s| s != 0) {
+        metrics::counter!(m::HTTP_REQUESTS_TOTAL, "route" => Route::Beacon.label(), "status" => status_label(s))
+            .increment(0);
+    }
+    for name in [
+        m::HTTP_REQUEST_BODY_BYTES_TOTAL,
+        m::FORWARDED_FOR_INVALID_TOTAL,
+        m::HEADER_TIMEOUTS_TOTAL,
+        m::CONNECTIONS_AGED_OUT_TOTAL,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(m::CONNECTIONS_OPEN).increment(0.0);
+    metrics::gauge!(m::DRAINING).set(0.0);
+}
+
 /// Status codes as static label values (a bounded set; every status we send has its own).
 pub const STATUSES: [u16; 16] = [
     200, 204, 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 501, 503, 0,

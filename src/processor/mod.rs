@@ -86,6 +86,10 @@ pub fn main(config: Config, watch_stdin: bool) -> Result<(), ProcessError> {
         tracing::info!(
             socket = %config.forward.socket_path.display(),
             data_dir = %config.processor.data_dir.display(),
+            admin = %admin
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or_else(String::new, |a| a.to_string()),
             "processing stage listening"
         );
         let socket = config.forward.socket_path.clone();
@@ -118,6 +122,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ProcessError> {
     let pc = config.processor.clone();
+    for name in [m::SINK_DUPLICATES_TOTAL, m::SINK_CORRUPT_RECORDS_TOTAL] {
+        metrics::counter!(name).increment(0);
+    }
     let abandon = CancellationToken::new();
     let mut inboxes = Vec::new();
     let mut sink_tasks = tokio::task::JoinSet::new();

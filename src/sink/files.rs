@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 /// error ends it: then the stage exits non-zero, the supervisor restarts it, and the collector
 /// resends everything unacknowledged. Never confirm what is not written.
 pub async fn run(mut sink: FileSink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkError> {
+    for name in [m::SINK_RECORDS_TOTAL, m::SINK_FILES_ROTATED_TOTAL] {
+        metrics::counter!(name).increment(0);
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

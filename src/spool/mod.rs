@@ -210,9 +210,9 @@ impl Spool {
                 bytes: scan.valid_bytes,
             });
         }
-        if rec.corrupt > 0 {
-            metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(rec.corrupt);
-        }
+        // Also exports both at 0 from the start (see crate::metrics).
+        metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(rec.corrupt);
+        metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(0);
         // Sequence numbers never repeat within an instance: continue after everything seen.
         let last_written = segments
             .iter()

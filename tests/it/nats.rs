@@ -438,6 +438,16 @@ fn replay_after_a_crash_is_stored_once() {
     let metrics = get(c.processor.admin_listen, "/metrics");
     let body = String::from_utf8_lossy(&metrics.body).to_string();
     stage.stop();
+    // A stage running the NATS sink exports every NATS metric the alerts and dashboard read.
+    for name in crate::alerts::metrics_read_by_rules_and_dashboard()
+        .iter()
+        .filter(|n| n.starts_with("beacon_sink_nats_"))
+    {
+        assert!(
+            body.contains(name.as_str()),
+            "the NATS stage exports {name}"
+        );
+    }
     let dups: u64 = body
         .lines()
         .find_map(|l| l.strip_prefix("beacon_sink_nats_duplicates_total "))

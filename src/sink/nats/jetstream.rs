@@ -17,6 +17,20 @@ use tokio::sync::mpsc;
 /// Longest wait between two attempts (publishing, reaching JetStream).
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The `reason` labels of `NATS_PUBLISH_ERRORS_TOTAL`.
+const PUBLISH_ERROR_REASONS: [&str; 4] = ["timeout", "disconnected", "no_stream", "rejected"];
+
+/// Exports the sink's series at 0 (see [`crate::metrics`]).
+fn declare_metrics() {
+    metrics::counter!(m::NATS_PUBLISHED_TOTAL).increment(0);
+    metrics::counter!(m::NATS_DUPLICATES_TOTAL).increment(0);
+    for reason in PUBLISH_ERROR_REASONS {
+        metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(m::NATS_PENDING_RECORDS).increment(0.0);
+    metrics::gauge!(m::NATS_CONNECTED).set(0.0);
+}
+
 /// Publishes jobs until every sender is gone, then waits for what is still unconfirmed.
 /// Returns an error only for what retrying cannot fix (a stream with other settings, no
 /// stream and `create_stream = false`, an unreadable credentials file).
@@ -25,6 +39,7 @@ pub async fn run(
     mut jobs: mpsc::Receiver<Job>,
     abandon: CancellationToken,
 ) -> Result<(), SinkError> {
+    declare_metrics();
     let client = connect(&cfg).await?;
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(cfg.publish_timeout_ms))
@@ -202,12 +217,12 @@ impl Shared {
     }
 
     fn note_error(&self, err: &PublishError) {
-        let reason = match err.kind() {
-            PublishErrorKind::TimedOut => "timeout",
-            PublishErrorKind::BrokenPipe => "disconnected",
-            PublishErrorKind::StreamNotFound => "no_stream",
-            _ => "rejected",
-        };
+        let reason = PUBLISH_ERROR_REASONS[match err.kind() {
+            PublishErrorKind::TimedOut => 0,
+            PublishErrorKind::BrokenPipe => 1,
+            PublishErrorKind::StreamNotFound => 2,
+            _ => 3,
+        }];
         metrics::counter!(m::NATS_PUBLISH_ERRORS_TOTAL, "reason" => reason).increment(1);
         if let Some(suppressed) = self.errors.allow() {
             tracing::warn!(
