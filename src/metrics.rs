@@ -115,6 +115,16 @@ pub const NATS_PUBLISH_ERRORS_TOTAL: &str = "beacon_sink_nats_publish_errors_tot
 pub const NATS_PENDING_RECORDS: &str = "beacon_sink_nats_pending_records";
 /// NATS sink: 1 while connected to a server, else 0.
 pub const NATS_CONNECTED: &str = "beacon_sink_nats_connected";
+/// Kafka sink: records Kafka acknowledged (from all in-sync replicas), in confirmed batches.
+pub const KAFKA_DELIVERED_TOTAL: &str = "beacon_sink_kafka_delivered_total";
+/// Kafka sink: records the producer could not deliver (their batch is sent again), by `reason`
+/// (`timeout`: past `delivery_timeout_ms`; `not_enough_replicas`; `queue_full`; `rejected`).
+pub const KAFKA_ERRORS_TOTAL: &str = "beacon_sink_kafka_errors_total";
+/// Kafka sink: records handed to the producer and not yet reported on (the collector keeps
+/// them spooled meanwhile).
+pub const KAFKA_INFLIGHT_RECORDS: &str = "beacon_sink_kafka_inflight_records";
+/// Kafka sink: brokers the producer is connected to.
+pub const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

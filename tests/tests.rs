@@ -22,6 +22,8 @@ mod forwarding;
 mod haproxy;
 #[path = "it/house.rs"]
 mod house;
+#[path = "it/kafka.rs"]
+mod kafka;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/limits.rs"]

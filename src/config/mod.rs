@@ -32,6 +32,7 @@ pub use server::ServerConfig;
 pub use shutdown::ShutdownConfig;
 pub use spool::{AckAfter, SpoolConfig};
 // Sink sections live with their sinks; named here too so `config::` reaches every section.
+pub use crate::sink::kafka::config::{Compression, KafkaConfig, KeyBy};
 pub use crate::sink::kind::{OnMismatch, SinkKind};
 pub use crate::sink::nats::config::{NatsConfig, Retention, Storage};
 
@@ -460,7 +461,59 @@ mod tests {
         assert_eq!(e.key, "processor.sinks");
         let e = Config::from_toml("[processor]\nsinks = [\"nats\", \"nats\"]\n").unwrap_err();
         assert!(e.problem.contains("twice"), "{e}");
-        let e = Config::from_toml("[processor]\nsinks = [\"kafka\"]\n").unwrap_err();
+        let e = Config::from_toml("[processor]\nsinks = [\"kinesis\"]\n").unwrap_err();
         assert!(e.key.starts_with("processor.sinks"), "{e}");
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_when_the_sink_is_on() {
+        let on = "[processor]\nsinks = [\"kafka\"]\n[processor.kafka]\n";
+        let c = Config::from_toml(on).unwrap();
+        assert_eq!(c.processor.kafka.topic, "beacons");
+        // Off: the section is not checked.
+        Config::from_toml("[processor.kafka]\nbootstrap_servers = []\n").unwrap();
+        for (toml, key, problem) in [
+            ("bootstrap_servers = []\n", "processor.kafka.bootstrap_servers", "empty"),
+            (
+                "bootstrap_servers = [\"kafka1\"]\n",
+                "processor.kafka.bootstrap_servers[0]",
+                "host:port",
+            ),
+            ("topic = \"beacons/x\"\n", "processor.kafka.topic", "'/'"),
+            ("topic = \"beacons.{host}\"\n", "processor.kafka.topic", "unknown placeholder"),
+            (
+                "topic = \"b.{site}.{site}.{site}.{site}\"\n",
+                "processor.kafka.topic",
+                "longer than",
+            ),
+            ("key = \"random\"\n", "processor.kafka.key", "random"),
+            ("compression = \"gzip\"\n", "processor.kafka.compression", "gzip"),
+            ("max_inflight = 0\n", "processor.kafka.max_inflight", ""),
+            ("partitions = 0\n", "processor.kafka.partitions", ""),
+            (
+                "replication_factor = 1\nmin_insync_replicas = 2\n",
+                "processor.kafka.min_insync_replicas",
+                "more than replication_factor",
+            ),
+            (
+                "delivery_timeout_ms = 10\n",
+                "processor.kafka.delivery_timeout_ms",
+                "no time for a retry",
+            ),
+            (
+                "[processor.kafka.properties]\nacks = \"1\"\n",
+                "processor.kafka.properties.\"acks\"",
+                "set by the sink",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{on}{toml}")).unwrap_err();
+            assert_eq!(e.key, key, "{toml}: {e}");
+            assert!(e.problem.contains(problem), "{toml}: {e}");
+        }
+        let c = Config::from_toml(&format!(
+            "{on}topic = \"beacons.{{kind}}\"\n[processor.kafka.properties]\n\"security.protocol\" = \"sasl_plaintext\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.processor.kafka.properties["security.protocol"], "sasl_plaintext");
     }
 }

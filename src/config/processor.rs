@@ -2,6 +2,7 @@
 //! own section, e.g. `[processor.nats]`).
 
 use super::error::{positive, ConfigError};
+use crate::sink::kafka::config::KafkaConfig;
 use crate::sink::kind::SinkKind;
 use crate::sink::nats::config::NatsConfig;
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessorConfig {
-    /// Where records go: `"files"` (NDJSON in `data_dir`) and/or `"nats"` (a JetStream stream,
-    /// `[processor.nats]`). A batch is acknowledged to the collector only once every sink has
+    /// Where records go: `"files"` (NDJSON in `data_dir`), `"nats"` (a JetStream stream,
+    /// `[processor.nats]`), `"kafka"` (a Kafka topic, `[processor.kafka]`). A batch is acknowledged to the collector only once every sink has
     /// it, so the collector's spool keeps whatever any sink has not confirmed.
     pub sinks: Vec<SinkKind>,
     /// Directory the NDJSON files are written to (created if missing).
@@ -41,6 +42,8 @@ pub struct ProcessorConfig {
     pub restart_delay_ms: u64,
     /// The NATS JetStream sink (used when `sinks` lists `"nats"`).
     pub nats: NatsConfig,
+    /// The Kafka sink (used when `sinks` lists `"kafka"`).
+    pub kafka: KafkaConfig,
 }
 
 impl Default for ProcessorConfig {
@@ -58,6 +61,7 @@ impl Default for ProcessorConfig {
             admin_listen: "127.0.0.1:9103".parse().expect("static address"),
             restart_delay_ms: 200,
             nats: NatsConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -114,6 +118,7 @@ impl ProcessorConfig {
                 // Its keys are this section's own (checked above).
                 SinkKind::Files => {}
                 SinkKind::Nats => self.nats.validate_for_sink()?,
+                SinkKind::Kafka => self.kafka.validate_for_sink()?,
             }
         }
         Ok(())

@@ -11,11 +11,13 @@ pub enum SinkKind {
     Files,
     /// A NATS JetStream stream (`[processor.nats]`).
     Nats,
+    /// An Apache Kafka topic (`[processor.kafka]`).
+    Kafka,
 }
 
 impl SinkKind {
     /// Every sink, as `processor.sinks` spells it.
-    pub const NAMES: &'static str = "\"files\", \"nats\"";
+    pub const NAMES: &'static str = "\"files\", \"nats\", \"kafka\"";
 }
 
 /// What a broker sink does when its stream or topic exists with settings other than the

@@ -7,6 +7,7 @@
 //! and an arm in [`spawn`] below. `docs/DEVELOPING.md` walks through it.
 
 pub mod files;
+pub mod kafka;
 pub mod kind;
 pub mod nats;
 
@@ -125,6 +126,7 @@ pub fn spawn(
             tasks.spawn(files::run(files::FileSink::open(p)?, jobs));
         }
         SinkKind::Nats => nats::spawn(p.nats.clone(), jobs, abandon, tasks)?,
+        SinkKind::Kafka => kafka::spawn(p.kafka.clone(), jobs, abandon, tasks)?,
     }
     Ok(())
 }

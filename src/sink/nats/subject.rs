@@ -76,6 +76,24 @@ impl Template {
         }
     }
 
+    /// The longest name this template can render (each placeholder at most `MAX_TOKEN`).
+    pub fn max_len(&self) -> usize {
+        let tokens: usize = self
+            .tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(l) => l.len(),
+                _ => MAX_TOKEN,
+            })
+            .sum();
+        tokens + self.tokens.len().saturating_sub(1)
+    }
+
+    /// Whether every token is a literal: the template is one fixed name.
+    pub fn is_fixed(&self) -> bool {
+        self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
+    }
+
     /// The subject with every placeholder rendered as `x`: any rendered subject matches the
     /// same wildcard patterns as this one (a placeholder is always exactly one token).
     pub fn sample(&self) -> String {
@@ -157,7 +175,9 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     s.next().is_none()
 }
 
-fn site<'b>(r: &'b RecordRef<'_>) -> Option<&'b [u8]> {
+/// The site of a beacon: the host of its page (the `u` parameter, boomerang's page URL), else
+/// of its Origin, else of its Referer.
+pub fn site<'b>(r: &'b RecordRef<'_>) -> Option<&'b [u8]> {
     r.params
         .iter()
         .find(|p| p.0.as_ref() == b"u")

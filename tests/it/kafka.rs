@@ -1,0 +1,602 @@
+//! The Kafka sink against real Apache Kafka brokers (KRaft, from Maven Central by
+//! tests/kafka/fetch.sh) started here on loopback ports with a small heap: steady load into
+//! files and Kafka, a broker stopped under load, a broker down from the start (the spool fills
+//! to its high-water mark, then everything arrives), a collector and stage killed and
+//! replayed, a 3-node cluster losing a partition leader, and a topic whose settings differ.
+//! Every beacon answered 204 must be in the topic; copies are counted and must carry the same
+//! `beacon-id`.
+
+use crate::common::*;
+use beacon_collector::config::{Config, SinkKind};
+use beacon_collector::Shutdown;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The broker's jars: fetched once per test run by tests/kafka/fetch.sh (a no-op when
+/// `.ci/run` already did).
+fn libs() -> PathBuf {
+    static FETCH: std::sync::Once = std::sync::Once::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/kafka-libs");
+    FETCH.call_once(|| {
+        let ok = Command::new("bash")
+            .arg(root.join("tests/kafka/fetch.sh"))
+            .arg(&dir)
+            .status()
+            .expect("bash");
+        assert!(
+            ok.success(),
+            "tests/kafka/fetch.sh failed: it needs Java 17 and Maven (.ci/run installs them)"
+        );
+    });
+    dir
+}
+
+/// One Kafka node (broker and controller in one process, KRaft), restartable on the same
+/// ports and log directory.
+struct Kafka {
+    id: u32,
+    port: u16,
+    props: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Kafka {
+    fn single(dir: &Path) -> Kafka {
+        Self::cluster_on(dir, &[free_port()]).pop().unwrap()
+    }
+
+    /// `n` nodes voting in one KRaft quorum, formatted with one cluster id.
+    fn cluster(dir: &Path, n: usize) -> Vec<Kafka> {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        Self::cluster_on(dir, &ports)
+    }
+
+    fn cluster_on(dir: &Path, ports: &[u16]) -> Vec<Kafka> {
+        let controllers: Vec<u16> = ports.iter().map(|_| free_port()).collect();
+        let voters: Vec<String> = controllers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}@127.0.0.1:{c}", i + 1))
+            .collect();
+        let n = ports.len();
+        let cluster_id = "YmVhY29uLWNvbGxlY3Rvcg"; // 22 base64 characters, any will do
+        let nodes: Vec<Kafka> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &port)| {
+                let id = i as u32 + 1;
+                let data = dir.join(format!("kafka-{id}"));
+                let props = dir.join(format!("kafka-{id}.properties"));
+                std::fs::write(
+                    &props,
+                    format!(
+                        "process.roles=broker,controller\nnode.id={id}\n\
+                         controller.quorum.voters={}\n\
+                         listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{}\n\
+                         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                         controller.listener.names=CONTROLLER\n\
+                         listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+                         inter.broker.listener.name=PLAINTEXT\nlog.dirs={}\n\
+                         num.partitions=1\noffsets.topic.replication.factor={n}\n\
+                         transaction.state.log.replication.factor={n}\n\
+                         transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n\
+                         auto.create.topics.enable=false\n",
+                        voters.join(","),
+                        controllers[i],
+                        data.display()
+                    ),
+                )
+                .unwrap();
+                Kafka {
+                    id,
+                    port,
+                    log: dir.join(format!("kafka-{id}.log")),
+                    props,
+                    child: None,
+                }
+            })
+            .collect();
+        // Formatting is a JVM start each: in parallel.
+        let formats: Vec<Child> = nodes
+            .iter()
+            .map(|k| {
+                Command::new("java")
+                    .arg("-cp")
+                    .arg(format!("{}/*", libs().display()))
+                    .args(["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c"])
+                    .arg(&k.props)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("java not found: .ci/run installs a JDK")
+            })
+            .collect();
+        for mut f in formats {
+            assert!(f.wait().unwrap().success(), "kafka storage format failed");
+        }
+        nodes
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the JVM without waiting: a cluster's nodes open their broker port only once a
+    /// quorum of controllers is up, so they are all spawned first.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("java")
+            .args(["-Xms128m", "-Xmx384m", "-XX:+UseSerialGC"])
+            .arg("-cp")
+            .arg(format!("{}/*", libs().display()))
+            .arg("kafka.Kafka")
+            .arg(&self.props)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("java not found: .ci/run installs a JDK");
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&self) {
+        let port = self.port;
+        wait_until(Duration::from_secs(60), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+    }
+
+    fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            kill(c.id(), sig);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// A config whose stage produces to `brokers` (and writes files too when `files`).
+fn kafka_config(dir: &Path, brokers: Vec<String>, files: bool) -> Config {
+    let mut c = test_config(dir);
+    c.processor.sinks = if files {
+        vec![SinkKind::Files, SinkKind::Kafka]
+    } else {
+        vec![SinkKind::Kafka]
+    };
+    c.processor.kafka.bootstrap_servers = brokers;
+    c.processor.kafka.partitions = 3;
+    // A broker needs seconds to start and elect; the collector's flush waits for it.
+    c.shutdown.flush_timeout_seconds = 60;
+    c
+}
+
+/// What the topic holds.
+struct Contents {
+    /// Messages read.
+    messages: usize,
+    /// `k` parameter of each message.
+    keys: Vec<String>,
+    /// Record ids (the `id` field).
+    ids: HashSet<String>,
+    /// Every `beacon-id` header equals the record's id.
+    header_matches: bool,
+    /// Message key by beacon key.
+    message_keys: HashMap<String, String>,
+}
+
+/// Reads every message of `topic` from the start to the high watermarks.
+fn read_topic(brokers: &[String], topic: &str) -> Contents {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers.join(","))
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // A cluster that just lost a node answers metadata once it elected new leaders.
+    let (partitions, ends) = loop {
+        let got = (|| {
+            let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+            let t = md.topics().iter().find(|t| t.name() == topic)?;
+            let n = t.partitions().len() as i32;
+            let ends: Option<Vec<i64>> = (0..n)
+                .map(|p| {
+                    c.fetch_watermarks(topic, p, Duration::from_secs(5))
+                        .ok()
+                        .map(|w| w.1)
+                })
+                .collect();
+            Some((n, ends?))
+        })();
+        match got {
+            Some(x) if x.0 > 0 => break x,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            _ => panic!("topic {topic} unreadable for 90 s"),
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let total: i64 = ends.iter().sum();
+    let mut out = Contents {
+        messages: 0,
+        keys: Vec::new(),
+        ids: HashSet::new(),
+        header_matches: true,
+        message_keys: HashMap::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.messages as i64) < total {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {total} messages",
+            out.messages
+        );
+        let Some(m) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        let header = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "beacon-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        });
+        if header.as_deref() != Some(id.as_str()) {
+            eprintln!("beacon-id {header:?} for record {id}");
+            out.header_matches = false;
+        }
+        let key = param(&v, "k")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        out.message_keys.insert(
+            key.clone(),
+            String::from_utf8_lossy(m.key().unwrap_or_default()).to_string(),
+        );
+        out.keys.push(key);
+        out.ids.insert(id);
+        out.messages += 1;
+    }
+    out
+}
+
+/// Every key answered 204 is in the topic; returns the copies (messages beyond one per id).
+fn assert_none_lost(name: &str, keys: &[String], other: u64, s: &Contents) -> usize {
+    let got: HashSet<&str> = s.keys.iter().map(String::as_str).collect();
+    let lost: Vec<&String> = keys.iter().filter(|k| !got.contains(k.as_str())).collect();
+    let dups = s.messages - s.ids.len();
+    eprintln!(
+        "{name}: 204s={} other={other} topic messages={} unique ids={} duplicates={dups} lost={}",
+        keys.len(),
+        s.messages,
+        s.ids.len(),
+        lost.len()
+    );
+    assert!(keys.len() > 100, "{name}: the load did not run");
+    assert!(
+        lost.is_empty(),
+        "{name}: lost {} of {} beacons answered 204, e.g. {:?}",
+        lost.len(),
+        keys.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        s.header_matches,
+        "{name}: a beacon-id header is not the record id"
+    );
+    dups
+}
+
+/// Steady load into files and Kafka: every 204'd beacon is in the topic once, with its record
+/// id in `beacon-id` and its site as the message key, and in the files.
+#[test]
+fn steady_load_into_files_and_kafka_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let c = kafka_config(dir.path(), vec![kafka.addr()], true);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut keys, other) = load.stop();
+    let r = get(
+        srv.addr,
+        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
+    );
+    assert_eq!(r.status, 204);
+    keys.push("site".into());
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0, "the collector flushed everything");
+    assert_eq!(other, 0);
+    let s = read_topic(&[kafka.addr()], "beacons");
+    let dups = assert_none_lost("steady load", &keys, other, &s);
+    assert_eq!(dups, 0, "no copies without a fault");
+    assert_eq!(s.message_keys["site"], "www.example.com");
+    assert_no_loss(&c.processor.data_dir, &keys);
+}
+
+/// The broker is stopped (SIGTERM) for a few seconds under load: the stage keeps running,
+/// production resumes by itself, nothing is lost.
+#[test]
+fn broker_stopped_and_restarted_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    kafka.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(4));
+    kafka.start();
+    std::thread::sleep(Duration::from_secs(2));
+    let (keys, other) = load.stop();
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(
+        report.remaining,
+        0,
+        "the collector flushed everything; stage log:\n{}",
+        Stage::log(dir.path(), 40)
+    );
+    assert_eq!(other, 0, "the spool absorbed the outage: no 503s");
+    let s = read_topic(&[kafka.addr()], "beacons");
+    let dups = assert_none_lost("broker restart", &keys, other, &s);
+    eprintln!("broker restart: {dups} copies (a batch sent again after the outage)");
+}
+
+/// The stage starts while no broker runs: the collector answers 204 until the spool reaches
+/// its high-water mark, then 503 `spool_full`; when the broker comes, everything arrives.
+#[test]
+fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut c = kafka_config(dir.path(), vec![format!("127.0.0.1:{port}")], false);
+    c.spool.segment_bytes = 8192;
+    c.spool.max_bytes = 4 * 8192;
+    c.queue.retry_after_seconds = 1;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let (mut keys, refused) = send_until_refused(srv.addr, 1000);
+    assert_eq!(refused.body, b"spool_full");
+    eprintln!(
+        "broker down: {} beacons answered 204 before the spool was full",
+        keys.len()
+    );
+    assert!(keys.len() > 50);
+    let mut kafka = Kafka::cluster_on(dir.path(), &[port]).pop().unwrap();
+    kafka.start();
+    wait_until(Duration::from_secs(60), || {
+        let r = get(srv.addr, "/beacon?k=after");
+        assert!(matches!(r.status, 204 | 503), "unexpected {}", r.status);
+        r.status == 204
+    });
+    keys.push("after".into());
+    for i in 0..100 {
+        let k = format!("late-{i}");
+        assert_eq!(get(srv.addr, &format!("/beacon?k={k}")).status, 204);
+        keys.push(k);
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let s = read_topic(&[kafka.addr()], "beacons");
+    assert_none_lost("broker down from the start", &keys, 0, &s);
+}
+
+/// The collector and the stage are both killed (-9) under load and restarted: the collector
+/// replays what its checkpoint did not cover, the new stage produces it again. Nothing is
+/// lost; the copies in the topic carry the same `beacon-id` as their first (a consumer drops
+/// them by it).
+#[test]
+fn replay_after_a_crash_loses_nothing_and_copies_share_their_beacon_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    let mut stage = Stage::start(dir.path(), &c);
+    let bin = Binary::serve(dir.path(), &c);
+    let addr = bin.listening();
+    let load = Load::paced(addr, 4, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(bin); // SIGKILL: the spool's checkpoint is up to a second old
+    stage.kill9();
+    let stage = Stage::start(dir.path(), &c);
+    let mut bin = Binary::serve(dir.path(), &c);
+    *load.addr.lock().unwrap() = bin.listening();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (keys, other) = load.stop();
+    bin.signal(libc::SIGINT);
+    assert!(bin.wait(Duration::from_secs(60)).success());
+    stage.stop();
+    let s = read_topic(&[kafka.addr()], "beacons");
+    let dups = assert_none_lost("collector + stage kill -9", &keys, other, &s);
+    eprintln!("replay: {dups} copies in the topic, every one with its record's beacon-id");
+    assert!(dups > 0, "no replay reached Kafka: the test proved nothing");
+}
+
+/// A 3-node cluster, replication 3 (min.insync 2): the leader of a partition is killed (-9)
+/// under load. Nothing is lost; copies are counted and reported.
+#[test]
+fn cluster_loses_a_partition_leader_under_load_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Kafka::cluster(dir.path(), 3);
+    for n in &mut nodes {
+        n.spawn();
+    }
+    for n in &nodes {
+        n.wait_ready();
+    }
+    let addrs: Vec<String> = nodes.iter().map(Kafka::addr).collect();
+    let mut c = kafka_config(dir.path(), addrs.clone(), false);
+    c.processor.kafka.replication_factor = 3;
+    c.processor.kafka.min_insync_replicas = 2;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    // The topic exists once a beacon went through (the cluster elects a controller first).
+    assert_eq!(get(srv.addr, "/beacon?k=first").status, 204);
+    let leader = wait_for_leader(&addrs, "beacons", 0);
+    let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!("killing node {leader}, leader of beacons/0 (kill -9)");
+    let victim = nodes.iter_mut().find(|n| n.id == leader as u32).unwrap();
+    victim.signal(libc::SIGKILL);
+    std::thread::sleep(Duration::from_secs(4));
+    let (mut keys, other) = load.stop();
+    keys.push("first".into());
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(
+        report.remaining,
+        0,
+        "the collector flushed everything; stage log:\n{}",
+        Stage::log(dir.path(), 40)
+    );
+    let alive: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(Kafka::addr)
+        .collect();
+    assert_ne!(
+        wait_for_leader(&alive, "beacons", 0),
+        leader,
+        "a new leader"
+    );
+    let s = read_topic(&alive, "beacons");
+    let dups = assert_none_lost("partition leader killed", &keys, other, &s);
+    eprintln!("partition leader killed: {dups} copies in the topic");
+}
+
+/// The leader of `topic`/`partition`, once the cluster names one.
+fn wait_for_leader(brokers: &[String], topic: &str, partition: i32) -> i32 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers.join(","))
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            let leader = md
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+                .map(|p| p.leader())
+                .filter(|&l| l >= 0);
+            if let Some(l) = leader {
+                return l;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader for {topic}/{partition}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// An existing topic with other settings: reported key by key with the fix; `fail` exits
+/// without producing, `warn` produces anyway.
+#[test]
+fn topic_with_other_settings_is_reported_key_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", kafka.addr())
+            .create()
+            .unwrap();
+        let t =
+            NewTopic::new("beacons", 2, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+        let r = admin
+            .create_topics([&t], &AdminOptions::new())
+            .await
+            .unwrap();
+        assert!(r[0].is_ok(), "{r:?}");
+    });
+    let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    let cfg = write_config(dir.path(), &c);
+    let out = Command::new(BIN)
+        .args(["process", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for s in [
+        "topic beacons exists with settings that differ",
+        "partitions: topic has 2, config says 3",
+        "retention_hours: topic has retention.ms = 3600000, config says 168",
+        "set processor.kafka.topic_mismatch",
+    ] {
+        assert!(text.contains(s), "{s:?} missing from: {text}");
+    }
+
+    // "warn": the same report, and the beacons go in anyway.
+    c.processor.kafka.topic_mismatch = beacon_collector::config::OnMismatch::Warn;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let mut keys = Vec::new();
+    let mut conn = Conn::open(srv.addr);
+    for i in 0..150 {
+        let k = format!("w-{i}");
+        let raw = format!("GET /beacon?k={k} HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(conn.request(raw.as_bytes()).unwrap().status, 204);
+        keys.push(k);
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    assert!(Stage::log(dir.path(), 200).contains("partitions: topic has 2, config says 3"));
+    let s = read_topic(&[kafka.addr()], "beacons");
+    assert_none_lost("topic mismatch, warn", &keys, 0, &s);
+}
