@@ -473,21 +473,33 @@ mod tests {
         // Off: the section is not checked.
         Config::from_toml("[processor.kafka]\nbootstrap_servers = []\n").unwrap();
         for (toml, key, problem) in [
-            ("bootstrap_servers = []\n", "processor.kafka.bootstrap_servers", "empty"),
+            (
+                "bootstrap_servers = []\n",
+                "processor.kafka.bootstrap_servers",
+                "empty",
+            ),
             (
                 "bootstrap_servers = [\"kafka1\"]\n",
                 "processor.kafka.bootstrap_servers[0]",
                 "host:port",
             ),
             ("topic = \"beacons/x\"\n", "processor.kafka.topic", "'/'"),
-            ("topic = \"beacons.{host}\"\n", "processor.kafka.topic", "unknown placeholder"),
+            (
+                "topic = \"beacons.{host}\"\n",
+                "processor.kafka.topic",
+                "unknown placeholder",
+            ),
             (
                 "topic = \"b.{site}.{site}.{site}.{site}\"\n",
                 "processor.kafka.topic",
                 "longer than",
             ),
             ("key = \"random\"\n", "processor.kafka.key", "random"),
-            ("compression = \"gzip\"\n", "processor.kafka.compression", "gzip"),
+            (
+                "compression = \"gzip\"\n",
+                "processor.kafka.compression",
+                "gzip",
+            ),
             ("max_inflight = 0\n", "processor.kafka.max_inflight", ""),
             ("partitions = 0\n", "processor.kafka.partitions", ""),
             (
@@ -514,6 +526,9 @@ mod tests {
             "{on}topic = \"beacons.{{kind}}\"\n[processor.kafka.properties]\n\"security.protocol\" = \"sasl_plaintext\"\n"
         ))
         .unwrap();
-        assert_eq!(c.processor.kafka.properties["security.protocol"], "sasl_plaintext");
+        assert_eq!(
+            c.processor.kafka.properties["security.protocol"],
+            "sasl_plaintext"
+        );
     }
 }

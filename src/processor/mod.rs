@@ -122,6 +122,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ProcessError> {
     let pc = config.processor.clone();
+    // Before the sinks start: each declares its series (see crate::metrics), and a series
+    // declared before the recorder exists is lost.
+    let handle = m::install();
     for name in [m::SINK_DUPLICATES_TOTAL, m::SINK_CORRUPT_RECORDS_TOTAL] {
         metrics::counter!(name).increment(0);
     }
@@ -141,11 +144,7 @@ pub async fn run(
     if let Some(l) = admin {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(crate::admin::serve(
-                    Arc::new(l),
-                    m::install(),
-                    stop_admin.clone(),
-                ));
+                tokio::spawn(crate::admin::serve(Arc::new(l), handle, stop_admin.clone()));
             }
             Err(e) => tracing::warn!(error = %e, "processing stage metrics listener unusable"),
         }

@@ -330,11 +330,29 @@ fn steady_load_into_files_and_kafka_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut kafka = Kafka::single(dir.path());
     kafka.start();
-    let c = kafka_config(dir.path(), vec![kafka.addr()], true);
+    let mut c = kafka_config(dir.path(), vec![kafka.addr()], true);
+    c.processor.admin_enabled = true;
+    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
     std::thread::sleep(Duration::from_secs(3));
+    // The stage exports every Kafka metric the alerts and dashboard read; one broker is up.
+    let scrape =
+        String::from_utf8_lossy(&get(c.processor.admin_listen, "/metrics").body).to_string();
+    for name in crate::alerts::metrics_read_by_rules_and_dashboard()
+        .iter()
+        .filter(|n| n.starts_with("beacon_sink_kafka_"))
+    {
+        assert!(
+            scrape.contains(name.as_str()),
+            "the Kafka stage exports {name}:\n{scrape}"
+        );
+    }
+    assert!(
+        scrape.contains("beacon_sink_kafka_brokers_up 1"),
+        "{scrape}"
+    );
     let (mut keys, other) = load.stop();
     let r = get(
         srv.addr,
@@ -452,6 +470,56 @@ fn replay_after_a_crash_loses_nothing_and_copies_share_their_beacon_id() {
     let dups = assert_none_lost("collector + stage kill -9", &keys, other, &s);
     eprintln!("replay: {dups} copies in the topic, every one with its record's beacon-id");
     assert!(dups > 0, "no replay reached Kafka: the test proved nothing");
+
+    // examples/kafka-consumer prints each beacon once and says how many copies it dropped.
+    let out = Command::new(consumer_example())
+        .args([
+            "--brokers",
+            &kafka.addr(),
+            "--group",
+            "test",
+            "--exit-when-idle",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let ids: HashSet<&str> = lines.iter().map(|v| v["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), lines.len(), "the consumer printed a copy");
+    assert_eq!(ids.len(), s.ids.len(), "the consumer printed every beacon");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "printed {} beacons, dropped {dups} copies",
+            s.ids.len()
+        )),
+        "{err}"
+    );
+}
+
+/// examples/kafka-consumer (built by `cargo test`; built here when missing).
+fn consumer_example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let bin = debug.join("examples").join("kafka-consumer");
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--example", "kafka-consumer"])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building examples/kafka-consumer.rs");
+    }
+    bin
 }
 
 /// A 3-node cluster, replication 3 (min.insync 2): the leader of a partition is killed (-9)
