@@ -93,7 +93,11 @@ PY
     stage_us=$(per "$s1 - $s0" "$ok"); broker_us=$(per "$k1 - $k0" "$ok")
     written=$( (cat "$WORK/$name"/data/*.ndjson* 2>/dev/null || true) | wc -l)
     printf '%-12s %4s %9s %8s %7s %12s %13s   2xx %s, files %s\n' "$v" "$i" "$rps" "$p99" "$errors" "$stage_us" "$([ "$v" = files ] && echo - || echo "$broker_us")" "$ok" "$written"
-    case "$v" in *files*) [ "$written" -ge "$ok" ] || { echo "LOST in the files: $((ok - written))"; exit 1; } ;; esac
+    case "$v" in *files*) [ "$written" -ge "$ok" ] || {
+      echo "LOST in the files: $((ok - written)); the collector's last warnings:"
+      grep -v '"INFO"' "$WORK/$name/collector.log" | grep -v '"check: ' | tail -15
+      exit 1
+    } ;; esac
     case "$v" in *kafka*) echo "$ok" >>"$WORK/kafka-ok" ;; esac
     echo "$v $rps $stage_us $broker_us" >>"$WORK/cmp"
   done

@@ -12,6 +12,85 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_beacon-collector");
 
+/// A loopback port nobody listens on (bound and released: free when the caller binds it,
+/// unless another process takes it in between).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example program `name` from `examples/` (built by `cargo test`; built here when
+/// missing).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let bin = debug.join("examples").join(name);
+    if !bin.exists() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--example", name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "building examples/{name}.rs");
+    }
+    bin
+}
+
+/// A server process of the tests (a broker): its output appended to `log`, stopped with a
+/// signal, and killed when dropped.
+pub struct Daemon {
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn new(log: PathBuf) -> Daemon {
+        Daemon { log, child: None }
+    }
+
+    /// Starts `cmd` (its output to the log); `missing` says how to install it.
+    pub fn spawn(&mut self, cmd: &mut Command, missing: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = cmd
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect(missing);
+        self.child = Some(child);
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `sig` and reaps the process.
+    pub fn signal(&mut self, sig: i32) {
+        if let Some(mut c) = self.child.take() {
+            kill(c.id(), sig);
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Waits until something accepts connections on loopback `port`.
+pub fn wait_listening(port: u16, limit: Duration) {
+    wait_until(limit, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
 /// A config for tests: loopback port 0, no admin listener, external stage in `dir`, short
 /// shutdown phases.
 /// Sends `sig` to the process `pid` (one of this test's children).

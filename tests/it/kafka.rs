@@ -13,18 +13,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The broker's jars: fetched once per test run by tests/kafka/fetch.sh (a no-op when
 /// `.ci/run` already did).
@@ -47,13 +38,13 @@ fn libs() -> PathBuf {
 }
 
 /// One Kafka node (broker and controller in one process, KRaft), restartable on the same
-/// ports and log directory.
+/// ports and log directory. Kafka's defaults otherwise, `auto.create.topics.enable` among
+/// them: the sink must create its topics with its own settings, not the broker's.
 struct Kafka {
     id: u32,
     port: u16,
     props: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Daemon,
 }
 
 impl Kafka {
@@ -95,8 +86,7 @@ impl Kafka {
                          inter.broker.listener.name=PLAINTEXT\nlog.dirs={}\n\
                          num.partitions=1\noffsets.topic.replication.factor={n}\n\
                          transaction.state.log.replication.factor={n}\n\
-                         transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n\
-                         auto.create.topics.enable=false\n",
+                         transaction.state.log.min.isr=1\ngroup.initial.rebalance.delay.ms=0\n",
                         voters.join(","),
                         controllers[i],
                         data.display()
@@ -106,9 +96,8 @@ impl Kafka {
                 Kafka {
                     id,
                     port,
-                    log: dir.join(format!("kafka-{id}.log")),
                     props,
-                    child: None,
+                    process: Daemon::new(dir.join(format!("kafka-{id}.log"))),
                 }
             })
             .collect();
@@ -145,42 +134,23 @@ impl Kafka {
     /// Starts the JVM without waiting: a cluster's nodes open their broker port only once a
     /// quorum of controllers is up, so they are all spawned first.
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new("java")
-            .args(["-Xms128m", "-Xmx384m", "-XX:+UseSerialGC"])
-            .arg("-cp")
-            .arg(format!("{}/*", libs().display()))
-            .arg("kafka.Kafka")
-            .arg(&self.props)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("java not found: .ci/run installs a JDK");
-        self.child = Some(child);
+        self.process.spawn(
+            Command::new("java")
+                .args(["-Xms128m", "-Xmx384m", "-XX:+UseSerialGC"])
+                .arg("-cp")
+                .arg(format!("{}/*", libs().display()))
+                .arg("kafka.Kafka")
+                .arg(&self.props),
+            "java not found: .ci/run installs a JDK",
+        );
     }
 
     fn wait_ready(&self) {
-        let port = self.port;
-        wait_until(Duration::from_secs(60), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_listening(self.port, Duration::from_secs(60));
     }
 
     fn signal(&mut self, sig: i32) {
-        if let Some(mut c) = self.child.take() {
-            kill(c.id(), sig);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Kafka {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        self.process.signal(sig);
     }
 }
 
@@ -472,7 +442,7 @@ fn replay_after_a_crash_loses_nothing_and_copies_share_their_beacon_id() {
     assert!(dups > 0, "no replay reached Kafka: the test proved nothing");
 
     // examples/kafka-consumer prints each beacon once and says how many copies it dropped.
-    let out = Command::new(consumer_example())
+    let out = Command::new(example("kafka-consumer"))
         .args([
             "--brokers",
             &kafka.addr(),
@@ -505,21 +475,6 @@ fn replay_after_a_crash_loses_nothing_and_copies_share_their_beacon_id() {
         )),
         "{err}"
     );
-}
-
-/// examples/kafka-consumer (built by `cargo test`; built here when missing).
-fn consumer_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().unwrap().parent().unwrap();
-    let bin = debug.join("examples").join("kafka-consumer");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--example", "kafka-consumer"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building examples/kafka-consumer.rs");
-    }
-    bin
 }
 
 /// A 3-node cluster, replication 3 (min.insync 2): the leader of a partition is killed (-9)
@@ -561,7 +516,7 @@ fn cluster_loses_a_partition_leader_under_load_loses_nothing() {
     );
     let alive: Vec<String> = nodes
         .iter()
-        .filter(|n| n.child.is_some())
+        .filter(|n| n.process.running())
         .map(Kafka::addr)
         .collect();
     assert_ne!(
@@ -667,4 +622,41 @@ fn topic_with_other_settings_is_reported_key_by_key() {
     assert!(Stage::log(dir.path(), 200).contains("partitions: topic has 2, config says 3"));
     let s = read_topic(&[kafka.addr()], "beacons");
     assert_none_lost("topic mismatch, warn", &keys, 0, &s);
+}
+
+/// With `create_topic = false` a missing topic stops the stage with the fix, and asking for
+/// its metadata does not make the broker create it (Kafka's default `auto.create.topics.enable`
+/// would, with one partition): the topic is still missing afterwards.
+#[test]
+fn a_missing_topic_is_not_created_by_the_broker_behind_the_sinks_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    c.processor.kafka.create_topic = false;
+    let cfg = write_config(dir.path(), &c);
+    let out = Command::new(BIN)
+        .args(["process", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("topic beacons does not exist and processor.kafka.create_topic = false"),
+        "{text}"
+    );
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.addr())
+        .create()
+        .unwrap();
+    let md = probe.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    assert!(
+        md.topics().iter().all(|t| t.name() != "beacons"),
+        "the broker created the topic"
+    );
 }

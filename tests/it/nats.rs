@@ -10,26 +10,16 @@ use beacon_collector::config::{Config, SinkKind};
 use beacon_collector::Shutdown;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One `nats-server` process with JetStream, restartable on the same port and store.
 struct Nats {
     name: String,
     port: u16,
     args: Vec<String>,
-    log: PathBuf,
-    child: Option<Child>,
+    process: Daemon,
 }
 
 impl Nats {
@@ -54,8 +44,7 @@ impl Nats {
             name: "single".into(),
             port,
             args: args.iter().map(|s| s.to_string()).collect(),
-            log: dir.join("nats-single.log"),
-            child: None,
+            process: Daemon::new(dir.join("nats-single.log")),
         }
     }
 
@@ -84,11 +73,10 @@ impl Nats {
                 )
                 .unwrap();
                 Nats {
-                    log: dir.join(format!("{name}.log")),
+                    process: Daemon::new(dir.join(format!("{name}.log"))),
                     name,
                     port: ports[i].0,
                     args: vec!["-c".into(), conf.to_str().unwrap().into()],
-                    child: None,
                 }
             })
             .collect()
@@ -99,41 +87,21 @@ impl Nats {
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
         // Debian installs it in /usr/sbin, which is not on every user's PATH.
         let bin = if Path::new("/usr/sbin/nats-server").exists() {
             "/usr/sbin/nats-server"
         } else {
             "nats-server"
         };
-        let child = Command::new(bin)
-            .args(&self.args)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("nats-server not found: install the Debian package nats-server (.ci/run does)");
-        self.child = Some(child);
-        let port = self.port;
-        wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        self.process.spawn(
+            Command::new(bin).args(&self.args),
+            "nats-server not found: install the Debian package nats-server (.ci/run does)",
+        );
+        wait_listening(self.port, Duration::from_secs(10));
     }
 
     fn signal(&mut self, sig: i32) {
-        if let Some(mut c) = self.child.take() {
-            kill(c.id(), sig);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
+        self.process.signal(sig);
     }
 }
 
@@ -362,7 +330,7 @@ fn cluster_loses_its_stream_leader_under_load_loses_nothing() {
     );
     let alive: Vec<String> = nodes
         .iter()
-        .filter(|n| n.child.is_some())
+        .filter(|n| n.process.running())
         .map(Nats::url)
         .collect();
     let s = read_stream(&alive, "BEACONS");
@@ -548,21 +516,6 @@ fn stream_with_other_settings_is_reported() {
     }
 }
 
-/// The example consumer in `examples/` (built by `cargo test`; built here when missing).
-fn consumer_example() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().unwrap().parent().unwrap();
-    let bin = debug.join("examples").join("nats-consumer");
-    if !bin.exists() {
-        let ok = Command::new(env!("CARGO"))
-            .args(["build", "--example", "nats-consumer"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building examples/nats-consumer.rs");
-    }
-    bin
-}
-
 /// docs/SCALING.md's consumer reads every beacon once, acknowledges it, and a second run of
 /// the same durable consumer finds nothing left.
 #[test]
@@ -584,7 +537,7 @@ fn example_consumer_reads_each_beacon_once() {
     stage.stop();
     assert_eq!(report.remaining, 0);
     let run = || {
-        let out = Command::new(consumer_example())
+        let out = Command::new(example("nats-consumer"))
             .args([
                 "--server",
                 &nats.url(),

@@ -107,6 +107,10 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
             "queue.buffering.max.messages",
             (cfg.max_inflight + cfg.batch_messages).to_string(),
         )
+        // A producer asking for a missing topic's metadata would have the broker create it
+        // with the broker's defaults (auto.create.topics.enable, on by default): one partition,
+        // whatever the config says. The sink creates its topics itself.
+        .set("allow.auto.create.topics", "false")
         .set("statistics.interval.ms", "1000")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &cfg.properties {
@@ -318,7 +322,17 @@ impl Shared {
                 .await
                 .map_err(|e| Ensure::Retry(format!("creating the topic: {e}")))?;
             return match res.into_iter().next() {
-                Some(Ok(_)) | Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                // Created meanwhile by someone else (another stage, an operator): its settings
+                // are whatever they chose, so they are checked like any existing topic's.
+                Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                    match self.describe(name).await? {
+                        Some(found) => self.judge(name, &found),
+                        None => Err(Ensure::Retry(
+                            "the topic exists but is not visible yet".into(),
+                        )),
+                    }
+                }
+                Some(Ok(_)) => {
                     tracing::info!(
                         topic = name,
                         partitions = cfg.partitions,
@@ -333,7 +347,13 @@ impl Shared {
                 None => Err(Ensure::Retry("creating the topic: no answer".into())),
             };
         };
-        let diffs = differences(cfg, &found);
+        self.judge(name, &found)
+    }
+
+    /// Compares an existing topic's settings with the configured ones.
+    fn judge(&self, name: &str, found: &Found) -> Result<(), Ensure> {
+        let cfg = &self.cfg;
+        let diffs = differences(cfg, found);
         if diffs.is_empty() {
             tracing::info!(
                 topic = name,
