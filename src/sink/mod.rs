@@ -10,6 +10,7 @@ pub mod files;
 pub mod kafka;
 pub mod kind;
 pub mod nats;
+pub mod template;
 
 pub use kind::{OnMismatch, SinkKind};
 

@@ -2,7 +2,7 @@
 
 use crate::config::error::{positive, ConfigError};
 use crate::sink::kind::OnMismatch;
-use crate::sink::nats::subject::Template;
+use crate::sink::template::Template;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 use super::config::{KafkaConfig, KeyBy};
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
-use crate::sink::nats::subject::{site, Template};
+use crate::sink::template::{site, Template};
 use crate::sink::{Batch, Job, OnMismatch, SinkError};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;

@@ -171,14 +171,15 @@ impl NatsConfig {
                 ));
             }
         }
-        let template = super::subject::Template::parse(&self.subject).map_err(|problem| {
-            ConfigError::new(
-                "processor.nats.subject",
-                format!("{:?}: {problem}", self.subject),
-                "write dot-separated tokens, each a literal or one of {site}, {path}, {kind}, \
+        let template =
+            crate::sink::template::Template::parse(&self.subject).map_err(|problem| {
+                ConfigError::new(
+                    "processor.nats.subject",
+                    format!("{:?}: {problem}", self.subject),
+                    "write dot-separated tokens, each a literal or one of {site}, {path}, {kind}, \
                  {method}, {param.NAME}, e.g. \"beacons.{site}\"",
-            )
-        })?;
+                )
+            })?;
         let sample = template.sample();
         if !self
             .stream_subjects

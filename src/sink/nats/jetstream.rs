@@ -1,9 +1,9 @@
 //! The JetStream client side of the NATS sink (behind the `nats` cargo feature).
 
-use super::subject::Template;
 use super::{NatsConfig, Retention, Storage};
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
+use crate::sink::template::Template;
 use crate::sink::{Batch, Job, OnMismatch, SinkError};
 use async_nats::jetstream::context::{
     GetStreamErrorKind, PublishAckFuture, PublishError, PublishErrorKind,

@@ -6,7 +6,7 @@
 //! configured settings, and reports every difference when it does not.
 
 //!
-//! The config section and its checks (`config.rs`) and the subject template (`subject.rs`) are
+//! The config section and its checks (`config.rs`) and the subject patterns (`subject.rs`) are
 //! always built, so a config file means the same with or without the client; the client
 //! (`jetstream.rs`, async-nats) is behind the default-on `nats` cargo feature.
 
