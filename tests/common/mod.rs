@@ -38,6 +38,23 @@ pub fn example(name: &str) -> PathBuf {
     bin
 }
 
+/// Runs the real processing stage (`process`) on `c` (written into `dir`) until it exits by
+/// itself; returns whether it succeeded and what it printed (stdout, then stderr).
+pub fn process_once(dir: &Path, c: &Config) -> (bool, String) {
+    let cfg = write_config(dir, c);
+    let out = Command::new(BIN)
+        .args(["process", "-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// A server process of the tests (a broker): its output appended to `log`, stopped with a
 /// signal, and killed when dropped.
 pub struct Daemon {

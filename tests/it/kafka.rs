@@ -583,18 +583,8 @@ fn topic_with_other_settings_is_reported_key_by_key() {
         assert!(r[0].is_ok(), "{r:?}");
     });
     let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
-    let cfg = write_config(dir.path(), &c);
-    let out = Command::new(BIN)
-        .args(["process", "-c", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = process_once(dir.path(), &c);
+    assert!(!ok, "{text}");
     for s in [
         "topic beacons exists with settings that differ",
         "partitions: topic has 2, config says 3",
@@ -634,18 +624,8 @@ fn a_missing_topic_is_not_created_by_the_broker_behind_the_sinks_back() {
     kafka.start();
     let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
     c.processor.kafka.create_topic = false;
-    let cfg = write_config(dir.path(), &c);
-    let out = Command::new(BIN)
-        .args(["process", "-c", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = process_once(dir.path(), &c);
+    assert!(!ok, "{text}");
     assert!(
         text.contains("topic beacons does not exist and processor.kafka.create_topic = false"),
         "{text}"

@@ -11,7 +11,7 @@ use beacon_collector::Shutdown;
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// One `nats-server` process with JetStream, restartable on the same port and store.
@@ -494,18 +494,8 @@ fn stream_with_other_settings_is_reported() {
             .unwrap();
     });
     let c = nats_config(dir.path(), vec![nats.url()], false);
-    let cfg = write_config(dir.path(), &c);
-    let out = Command::new(BIN)
-        .args(["process", "-c", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = process_once(dir.path(), &c);
+    assert!(!ok, "{text}");
     for s in [
         "stream BEACONS exists with settings that differ",
         "duplicate_window_seconds: stream has 10, config has 120",
