@@ -613,6 +613,23 @@ pub fn assert_no_loss(data_dir: &Path, keys: &[String]) -> (usize, usize, usize)
     (recs.len(), unique, recs.len() - unique)
 }
 
+/// After the spool was full: waits up to `limit` for the collector to answer 204 again (only
+/// 503 meanwhile), then sends 100 more beacons; returns the keys of every one answered 204.
+pub fn accepted_again(addr: SocketAddr, limit: Duration) -> Vec<String> {
+    wait_until(limit, || {
+        let r = get(addr, "/beacon?k=after");
+        assert!(matches!(r.status, 204 | 503), "unexpected {}", r.status);
+        r.status == 204
+    });
+    let mut keys = vec!["after".to_string()];
+    for i in 0..100 {
+        let k = format!("late-{i}");
+        assert_eq!(get(addr, &format!("/beacon?k={k}")).status, 204);
+        keys.push(k);
+    }
+    keys
+}
+
 /// Sends keyed beacons padded to ~350 bytes on one connection until one is refused; returns
 /// the keys answered 204 and the refusal. Panics on any other status, or after `limit` 204s.
 pub fn send_until_refused(addr: SocketAddr, limit: usize) -> (Vec<String>, Resp) {

@@ -451,17 +451,7 @@ fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
     assert!(keys.len() > 50);
     let mut nats = Nats::single_on(dir.path(), port);
     nats.start();
-    wait_until(Duration::from_secs(20), || {
-        let r = get(srv.addr, "/beacon?k=after");
-        assert!(matches!(r.status, 204 | 503), "unexpected {}", r.status);
-        r.status == 204
-    });
-    keys.push("after".into());
-    for i in 0..100 {
-        let k = format!("late-{i}");
-        assert_eq!(get(srv.addr, &format!("/beacon?k={k}")).status, 204);
-        keys.push(k);
-    }
+    keys.extend(accepted_again(srv.addr, Duration::from_secs(20)));
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
     assert_eq!(report.remaining, 0);
