@@ -367,6 +367,17 @@ pub fn post(addr: SocketAddr, target: &str, ctype: &str, body: &[u8]) -> Resp {
     Conn::open(addr).request(&raw).expect("a response")
 }
 
+/// A POST whose body is coded with `coding` (`Content-Encoding`).
+pub fn post_coded(addr: SocketAddr, target: &str, ctype: &str, coding: &str, body: &[u8]) -> Resp {
+    let mut raw = format!(
+        "POST {target} HTTP/1.1\r\nHost: t\r\nContent-Type: {ctype}\r\nContent-Encoding: {coding}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    Conn::open(addr).request(&raw).expect("a response")
+}
+
 /// Every NDJSON record under `dir` (finished and open files).
 pub fn records(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();

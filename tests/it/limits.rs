@@ -173,3 +173,60 @@ fn connection_cap_holds_new_connections_in_the_queue_and_counts_it() {
         204
     );
 }
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// The reported zstd window bomb against the real binary, four at once on each engine: a
+/// 64 KB body declaring a 128 MiB window and holding 16,000 RLE blocks of 128 KiB (2 GB
+/// decoded) cost ~2 GB of RSS per body and froze its worker for seconds. Now each is decoded
+/// with a window of the decoded-body cap and stops there (413), the process's peak RSS grows
+/// by a few MB at most, and a beacon sent after them is answered.
+#[test]
+fn zstd_window_bomb_costs_no_memory() {
+    // 16,000 RLE blocks (type 1) of 128 KiB of zeros under a 128 MiB window, the last marked.
+    let mut bomb = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0xf8];
+    for i in 0..16_000u32 {
+        let h = (131_072 << 3) | 2 | u32::from(i == 15_999);
+        bomb.extend_from_slice(&h.to_le_bytes()[..3]);
+        bomb.push(0);
+    }
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.http.max_body_bytes = 128 * 1024;
+        c.http.max_decoded_body_bytes = 256 * 1024;
+        let bin = Binary::serve(dir.path(), &c);
+        let addr = bin.listening();
+        assert_eq!(get(addr, "/beacon?k=before").status, 204);
+        let before = peak_rss(bin.child.id());
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let bomb = bomb.clone();
+                std::thread::spawn(move || {
+                    post_coded(addr, "/beacon", "text/plain", "zstd", &bomb).status
+                })
+            })
+            .collect();
+        for s in senders {
+            assert_eq!(s.join().unwrap(), 413, "{engine:?}");
+        }
+        assert_eq!(get(addr, "/beacon?k=after").status, 204);
+        let grown = peak_rss(bin.child.id()).saturating_sub(before);
+        assert!(
+            grown < 32 << 20,
+            "{engine:?}: peak RSS grew {} MB for four 64 KB bodies",
+            grown >> 20
+        );
+    }
+}
