@@ -560,8 +560,9 @@ pub const MAX_JSON_DEPTH: usize = 100;
 /// Validates JSON and returns it with insignificant whitespace removed (so it fits on one
 /// NDJSON line), for every reader: the input must be UTF-8 and nested at most `max_depth`
 /// deep; an escaped lone surrogate (`\ud800` without its pair, which serde_json refuses and
-/// other readers turn into garbage) becomes `\ufffd`, the replacement character, in place.
-/// Numbers, other strings and key order are kept byte for byte.
+/// other readers turn into garbage) becomes `\ufffd`, the replacement character, in place;
+/// a number no reader can hold (see [`readable_number`]) becomes the string of its text.
+/// Other numbers, other strings and key order are kept byte for byte.
 pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError> {
     std::str::from_utf8(input).map_err(|_| JsonError::Invalid)?;
     let max_depth = max_depth.min(MAX_JSON_DEPTH);
@@ -602,6 +603,10 @@ pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError
                     depth = depth.saturating_sub(1);
                     out.push(b);
                 }
+                b'-' | b'0'..=b'9' => {
+                    i += readable_number(&input[i..], &mut out);
+                    continue;
+                }
                 _ => out.push(b),
             }
         }
@@ -611,6 +616,73 @@ pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError
     // so serde_json's own recursion limit is never what refuses it.
     serde_json::from_slice::<serde::de::IgnoredAny>(&out).map_err(|_| JsonError::Invalid)?;
     Ok(out)
+}
+
+/// The longest number text kept as a number. Longer ones are never a measurement (an f64 has
+/// 17 significant digits); an integer of 4,301 digits or more makes Python's `json.loads`
+/// raise, and every digit costs its reader time.
+pub const MAX_JSON_NUMBER_LEN: usize = 40;
+
+/// Copies the number at the start of `s` (up to the first byte that cannot be part of one)
+/// into `out` and returns its length. A well-formed number (RFC 8259 §6) that is longer than
+/// [`MAX_JSON_NUMBER_LEN`] or outside an f64's range (`1e400`: serde_json refuses the line,
+/// "number out of range") is written as a JSON string of its exact text instead, so nothing
+/// is lost and every reader reads the line. A malformed one is copied as it is for the
+/// grammar check to refuse.
+fn readable_number(s: &[u8], out: &mut Vec<u8>) -> usize {
+    let len = s
+        .iter()
+        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        .unwrap_or(s.len());
+    let text = &s[..len];
+    let readable = text.len() <= MAX_JSON_NUMBER_LEN
+        && std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(f64::is_finite);
+    if readable || !well_formed_number(text) {
+        out.extend_from_slice(text);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(text);
+        out.push(b'"');
+    }
+    len
+}
+
+/// RFC 8259 §6: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn well_formed_number(t: &[u8]) -> bool {
+    let digits = |t: &[u8], at: &mut usize| {
+        let start = *at;
+        while t.get(*at).is_some_and(u8::is_ascii_digit) {
+            *at += 1;
+        }
+        *at > start
+    };
+    let mut at = usize::from(t.first() == Some(&b'-'));
+    match t.get(at) {
+        Some(b'0') => at += 1,
+        Some(b'1'..=b'9') => {
+            digits(t, &mut at);
+        }
+        _ => return false,
+    }
+    if t.get(at) == Some(&b'.') {
+        at += 1;
+        if !digits(t, &mut at) {
+            return false;
+        }
+    }
+    if matches!(t.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(t.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        if !digits(t, &mut at) {
+            return false;
+        }
+    }
+    at == t.len()
 }
 
 /// Copies one `\uXXXX` escape (or a surrogate pair of them) from the start of `s`, writing
@@ -849,6 +921,38 @@ mod tests {
         assert_eq!(c, br#"["\ufffd","\ufffdx","\ud83d\ude00","\ufffd\u0041"]"#);
         let v: Vec<String> = serde_json::from_slice(&c).unwrap();
         assert_eq!(v[2], "\u{1F600}");
+    }
+
+    /// Numbers no reader can hold (serde_json's "number out of range", Python's 4,300-digit
+    /// limit) become the string of their text; ordinary ones stay numbers byte for byte;
+    /// malformed ones are still refused.
+    #[test]
+    fn compact_json_keeps_numbers_readable() {
+        let long = "7".repeat(5000);
+        let body = format!(
+            r#"{{"a":1e400,"b":-1E+999,"c":{long},"d":[1,-0.5,2.50e3,1e-400,12345678901234567890]}}"#
+        );
+        let c = compact_json(body.as_bytes(), 64).unwrap();
+        let want = format!(
+            r#"{{"a":"1e400","b":"-1E+999","c":"{long}","d":[1,-0.5,2.50e3,1e-400,12345678901234567890]}}"#
+        );
+        assert_eq!(String::from_utf8(c.clone()).unwrap(), want);
+        let v: serde_json::Value = serde_json::from_slice(&c).unwrap();
+        assert_eq!(v["a"], "1e400");
+        for bad in [
+            "[01]", "[1.]", "[-]", "[1e]", "[.5]", "[+1]", "[1e400.]", "[--1]",
+        ] {
+            assert_eq!(
+                compact_json(bad.as_bytes(), 64),
+                Err(JsonError::Invalid),
+                "{bad}"
+            );
+        }
+        let huge_bad = format!("[0{long}]");
+        assert_eq!(
+            compact_json(huge_bad.as_bytes(), 64),
+            Err(JsonError::Invalid)
+        );
     }
 
     #[test]
