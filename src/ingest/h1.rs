@@ -68,6 +68,37 @@ pub fn parse_head<'b, 'h>(
     let http10 = req.version.expect("complete") == 0;
     let taken: &'h mut [Header<'b>] = std::mem::take(&mut req.headers);
     let hs: &'h [Header<'b>] = taken;
+    let facts = check_headers(hs, http10)?;
+    Ok(Some((
+        ParsedHead {
+            method,
+            target,
+            http10,
+            len,
+            framing: facts.framing,
+            keep_alive: facts.keep_alive,
+            expect_continue: facts.expect_continue,
+        },
+        hs,
+    )))
+}
+
+/// What the headers of a request say about its framing and its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadFacts {
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` (HTTP/1.1 only).
+    pub expect_continue: bool,
+}
+
+/// The RFC 9112 checks on a request's headers that decide where it ends and whom it is for:
+/// one `Content-Length` value, `Transfer-Encoding` only as a final `chunked` (other codings
+/// 501), never both (§6.1: a smuggling attempt), exactly one valid `Host` on HTTP/1.1 (§3.2).
+/// Both engines call this, so they refuse the same heads.
+pub fn check_headers(hs: &[Header<'_>], http10: bool) -> Result<HeadFacts, Reject> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -123,18 +154,11 @@ pub fn parse_head<'b, 'h>(
         (false, Some(n)) => Framing::Length(n),
     };
     let keep_alive = !close && (!http10 || keep_alive_token);
-    Ok(Some((
-        ParsedHead {
-            method,
-            target,
-            http10,
-            len,
-            framing,
-            keep_alive,
-            expect_continue: expect_continue && !http10,
-        },
-        hs,
-    )))
+    Ok(HeadFacts {
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && !http10,
+    })
 }
 
 /// The request target without its fragment, if it is one we can route: origin form

@@ -237,17 +237,13 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
         headers: &headers,
     };
     let route = Route::of(app, path);
-    // RFC 9112 §3.2, as the native engine checks it: exactly one valid Host on HTTP/1.1, never
-    // two, never an invalid one (hyper itself takes any).
-    let hosts = parts.headers.get_all(hyper::header::HOST);
-    let count = hosts.iter().count();
-    if count > 1
-        || (count == 0 && parts.version == hyper::Version::HTTP_11)
-        || hosts.iter().any(|v| !super::h1::valid_host(v.as_bytes()))
-    {
-        let a = Answer::reject(app, Reject::BadRequest);
+    // RFC 9112's framing and Host checks, the native engine's own (hyper takes a coding before
+    // `chunked`, both TE and CL, and any Host): the engines refuse the same heads. A refused
+    // framing closes the connection, since where this request ends is in doubt.
+    if let Err(r) = super::h1::check_headers(&headers, parts.version == hyper::Version::HTTP_10) {
+        let a = Answer::reject(app, r);
         w.stats.answered(route, &a, started);
-        return to_response(&a, app.is_draining());
+        return to_response(&a, true);
     }
     let content_length = head
         .header("content-length")
