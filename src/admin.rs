@@ -68,7 +68,7 @@ pub async fn serve(
                     let resp = if req.uri().path() == "/metrics" {
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
-                            .body(Full::new(Bytes::from(handle.render())))
+                            .body(Full::new(Bytes::from(crate::metrics::render(&handle))))
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

@@ -151,3 +151,28 @@ pub fn install() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// A gauge that is computed rather than counted: it runs before every scrape and says whether
+/// it is still wanted (false once what it measures is gone).
+type ScrapeHook = Box<dyn Fn() -> bool + Send>;
+
+static SCRAPE_HOOKS: std::sync::Mutex<Vec<ScrapeHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `hook` before every scrape of `/metrics`, until it returns false. For gauges that must
+/// be right when read, not only when something happened: an age keeps growing while nothing is
+/// written or acknowledged, and that is exactly when an alert needs it.
+pub fn before_scrape(hook: impl Fn() -> bool + Send + 'static) {
+    SCRAPE_HOOKS
+        .lock()
+        .expect("not poisoned")
+        .push(Box::new(hook));
+}
+
+/// The `/metrics` text, after the scrape hooks have set their gauges.
+pub fn render(handle: &PrometheusHandle) -> String {
+    SCRAPE_HOOKS
+        .lock()
+        .expect("not poisoned")
+        .retain(|hook| hook());
+    handle.render()
+}

@@ -259,9 +259,34 @@ impl Spool {
         {
             let mut st = shared.state.lock().expect("not poisoned");
             shared.delete_acked(&mut st);
+            // Records left by an earlier run: their receive times are not kept, but the
+            // segment holding the oldest was last written no later than it was received,
+            // so its age is at least that (a lower bound, right to the second for a spool
+            // whose stage was down).
+            let acked = st.acked;
+            if last_written > acked {
+                let oldest = st.segments.iter().find(|s| s.last_seq > acked);
+                let age = oldest
+                    .and_then(|s| std::fs::metadata(&s.path).ok())
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .unwrap_or_default();
+                let at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+                st.marks.push_back((acked + 1, at));
+            }
             shared.update_gauges(&st);
             shared.write_checkpoint(&mut st);
         }
+        // The spool's gauges are computed at every scrape: the oldest record's age grows and
+        // the bytes may have changed while nothing was written or acknowledged.
+        let weak = Arc::downgrade(&shared);
+        crate::metrics::before_scrape(move || match weak.upgrade() {
+            Some(sh) => {
+                sh.update_gauges(&sh.state.lock().expect("not poisoned"));
+                true
+            }
+            None => false,
+        });
         Ok((Spool { shared }, rec))
     }
 
@@ -326,9 +351,7 @@ impl Spool {
         }
         st.acked = seq;
         self.shared.delete_acked(&mut st);
-        while st.marks.len() > 1 && st.marks[1].0 <= seq + 1 {
-            st.marks.pop_front();
-        }
+        prune_marks(&mut st.marks, seq + 1);
         if !self.shared.accepting.load(Ordering::Relaxed) && st.total_bytes < self.shared.low_bytes
         {
             self.shared.accepting.store(true, Ordering::Relaxed);
@@ -373,12 +396,8 @@ impl Shared {
     fn update_gauges(&self, st: &State) {
         metrics::gauge!(m::SPOOL_BYTES).set(st.total_bytes as f64);
         metrics::gauge!(m::SPOOL_SEGMENTS).set(st.segments.len() as f64);
-        let written = *self.written.borrow();
-        let age = match st.marks.front() {
-            Some((_, t)) if written > st.acked => t.elapsed().as_secs_f64(),
-            _ => 0.0,
-        };
-        metrics::gauge!(m::SPOOL_OLDEST_UNACKED_SECONDS).set(age);
+        let age = oldest_unacked_age(st, Instant::now());
+        metrics::gauge!(m::SPOOL_OLDEST_UNACKED_SECONDS).set(age.as_secs_f64());
     }
 
     fn write_checkpoint(&self, st: &mut State) {
@@ -411,6 +430,28 @@ impl Shared {
             Err(e) => tracing::warn!(error = %e, "writing spool checkpoint"),
         }
     }
+}
+
+/// Drops the marks no longer needed to date record `oldest` (the oldest unacknowledged): all
+/// but the last one at or before it.
+fn prune_marks(marks: &mut VecDeque<(u64, Instant)>, oldest: u64) {
+    while marks.len() > 1 && marks[1].0 <= oldest {
+        marks.pop_front();
+    }
+}
+
+/// How long the oldest unacknowledged record has waited: since the last mark at or before it
+/// (a mark is set by the first group written a second or more after the previous mark, so this
+/// is early by under a second). Zero when everything written is acknowledged. The segments say
+/// what is written, not the `written` watch, which a group publishes after its mark.
+fn oldest_unacked_age(st: &State, now: Instant) -> Duration {
+    let oldest = st.acked + 1;
+    let written = st.segments.back().map_or(0, |s| s.last_seq);
+    if written < oldest {
+        return Duration::ZERO;
+    }
+    let at = st.marks.iter().take_while(|(seq, _)| *seq <= oldest).last();
+    at.map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(*t))
 }
 
 fn unix_secs() -> u64 {
@@ -502,6 +543,40 @@ mod tests {
             }
         }
         !c
+    }
+
+    /// The age is that of the oldest unacknowledged record's mark, never of an older mark left
+    /// from records acknowledged long ago (the reported 151 s for a 40 s old beacon), and zero
+    /// only when everything written is acknowledged.
+    #[test]
+    fn oldest_unacked_age_dates_the_oldest_record() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let seg = |last_seq| Segment {
+            first_seq: 1,
+            last_seq,
+            path: PathBuf::new(),
+            bytes: 0,
+        };
+        let mut st = State {
+            segments: VecDeque::from([seg(100)]),
+            acked: 100,
+            total_bytes: 0,
+            marks: VecDeque::from([(1, at(0))]),
+            checkpointed: 0,
+        };
+        assert_eq!(oldest_unacked_age(&st, at(150)), Duration::ZERO);
+        // 150 s later three beacons arrive (a new mark) and are not acknowledged.
+        st.segments[0].last_seq = 103;
+        st.marks.push_back((101, at(150)));
+        assert_eq!(oldest_unacked_age(&st, at(190)), Duration::from_secs(40));
+        // Two acknowledged: the third still dates from its group's mark.
+        st.acked = 102;
+        prune_marks(&mut st.marks, 103);
+        assert_eq!(st.marks.len(), 1);
+        assert_eq!(oldest_unacked_age(&st, at(200)), Duration::from_secs(50));
+        st.acked = 103;
+        assert_eq!(oldest_unacked_age(&st, at(200)), Duration::ZERO);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

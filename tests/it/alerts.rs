@@ -230,3 +230,53 @@ fn a_live_collector_and_stage_export_every_metric_the_rules_and_dashboard_read()
         "read by the rules or the dashboard, exported by neither process: {missing:?}"
     );
 }
+
+/// The gauge the backlog alert reads is right at every scrape with traffic stopped: three
+/// beacons that no stage takes grow older scrape after scrape (it read 0 for 35 s, then
+/// dated them from a mark of long acknowledged records), `beacon_spool_bytes` holds their
+/// bytes, and the age falls to 0 once a stage acknowledges them, with no new traffic.
+#[test]
+fn the_backlog_age_is_right_at_every_scrape_with_traffic_stopped() {
+    use crate::common::*;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.admin.enabled = true;
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let bin = Binary::serve(dir.path(), &c);
+    let addr = bin.listening();
+    let admin: std::net::SocketAddr = bin.wait_for("admin listening", Duration::from_secs(10))
+        ["addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let gauge = |name: &str| -> f64 {
+        let text = String::from_utf8_lossy(&get(admin, "/metrics").body).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not exported"))
+    };
+    for i in 0..3 {
+        assert_eq!(get(addr, &format!("/beacon?k=stuck{i}")).status, 204);
+    }
+    let sent = std::time::Instant::now();
+    // No stage: nothing is acknowledged, nothing else is written. The age follows the clock.
+    let mut last = 0.0;
+    wait_until(Duration::from_secs(60), || {
+        let age = gauge("beacon_spool_oldest_unacked_seconds");
+        assert!(age >= last, "the age went back: {last} then {age}");
+        assert!(
+            age <= sent.elapsed().as_secs_f64() + 1.0,
+            "{age} s for beacons sent {:?} ago",
+            sent.elapsed()
+        );
+        last = age;
+        age >= 2.0
+    });
+    assert!(gauge("beacon_spool_bytes") > 0.0);
+    let _stage = Stage::start(dir.path(), &c);
+    wait_until(Duration::from_secs(60), || {
+        gauge("beacon_spool_oldest_unacked_seconds") == 0.0
+    });
+    assert_eq!(records(&c.processor.data_dir).len(), 3);
+}
