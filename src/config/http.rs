@@ -40,8 +40,8 @@ pub struct HttpConfig {
     /// (a zip bomb costs at most this much memory). At least `max_body_bytes`.
     pub max_decoded_body_bytes: usize,
     /// Seconds a keep-alive connection may live (0: no limit). Past it (each connection's
-    /// limit spread ±10 %), the next answer says `Connection: close` and an idle connection is
-    /// closed. Behind an L4 load balancer (NLB, HAProxy in TCP mode) a browser pinging every
+    /// limit spread ±10 %), the next answer says `Connection: close`; an idle connection is
+    /// left to the idle timeout (closing it races the client's next request). Behind an L4 load balancer (NLB, HAProxy in TCP mode) a browser pinging every
     /// 15 s otherwise stays on one collector for as long as the page is open, so a collector
     /// added to the fleet gets no existing client.
     pub max_connection_age_seconds: u64,

@@ -138,13 +138,24 @@ pub async fn serve(
     let conn = Rc::new(conn);
     let svc_state = state.clone();
     let worker = w.clone();
+    // Past its age the next answer says `Connection: close` (hyper then closes); an idle
+    // connection is left to its idle timeout, as nginx's `keepalive_time`: closing it idle
+    // races the browser's next request on it.
+    let expires = w.expiry_instant(w.connection_expiry());
     let svc = hyper::service::service_fn(move |req| {
         let w = worker.clone();
         let st = svc_state.clone();
         let conn = conn.clone();
         async move {
             st.phase.store(BUSY, Ordering::Release);
-            let resp = handle(&w, &conn, req).await;
+            let mut resp = handle(&w, &conn, req).await;
+            if expires.is_some_and(|e| tokio::time::Instant::now() >= e)
+                && !resp.headers().contains_key(header::CONNECTION)
+            {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                w.aged_out();
+            }
             // The next byte read belongs to the next request.
             st.phase.store(IDLE, Ordering::Release);
             Ok::<_, std::convert::Infallible>(resp)
@@ -160,7 +171,6 @@ pub async fn serve(
     tokio::pin!(conn);
     let mut deadline: Option<(tokio::time::Instant, u64)> = None;
     let mut graceful = false;
-    let expires = w.expiry_instant(w.connection_expiry());
     loop {
         let cur = *phase.borrow();
         if cur >= Phase::Draining && !graceful {
@@ -193,13 +203,6 @@ pub async fn serve(
                     tracing::debug!("request headers not complete within header_timeout_seconds; closing");
                     break;
                 }
-            }
-            // Past its age: hyper answers an in-flight request with `connection: close` and
-            // closes an idle connection, as for a drain.
-            _ = async { tokio::time::sleep_until(expires.expect("guarded")).await }, if expires.is_some() && !graceful => {
-                conn.as_mut().graceful_shutdown();
-                graceful = true;
-                w.aged_out();
             }
             r = phase.changed() => {
                 if r.is_err() {
