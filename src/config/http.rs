@@ -55,6 +55,10 @@ pub struct HttpConfig {
     pub batch_path: String,
     /// Most events in one batch. More: 413 `too_many_events`.
     pub max_batch_events: usize,
+    /// Most bytes one batch's records may take in the spool. Every record repeats the
+    /// request's query string and headers, so a small request of many tiny events under large
+    /// headers stores far more than it sent. More: 413 `batch_too_large`.
+    pub max_batch_stored_bytes: usize,
     /// Path of the load balancer health check. 200 while serving, 503 while draining.
     pub health_path: String,
     /// Readiness (`/readyz`): the same answer as `health_path`, by the name orchestrators use:
@@ -98,6 +102,7 @@ impl Default for HttpConfig {
             gif_path: "/beacon.gif".into(),
             batch_path: "/beacon/batch".into(),
             max_batch_events: 100,
+            max_batch_stored_bytes: 1024 * 1024,
             health_path: "/healthz".into(),
             ready_path: "/readyz".into(),
             live_path: "/livez".into(),
@@ -155,6 +160,17 @@ impl HttpConfig {
         }
         positive("http.max_params", h.max_params as u64)?;
         positive("http.max_batch_events", h.max_batch_events as u64)?;
+        if h.max_batch_stored_bytes < h.max_decoded_body_bytes {
+            return Err(ConfigError::new(
+                "http.max_batch_stored_bytes",
+                format!(
+                    "{} is below http.max_decoded_body_bytes ({}): a batch as large as the body \
+                     limit could never be stored",
+                    h.max_batch_stored_bytes, h.max_decoded_body_bytes
+                ),
+                "use at least http.max_decoded_body_bytes (default 1048576, four times it)",
+            ));
+        }
         positive("http.max_param_name_bytes", h.max_param_name_bytes as u64)?;
         positive("http.max_param_value_bytes", h.max_param_value_bytes as u64)?;
         if h.max_decoded_body_bytes < h.max_body_bytes {

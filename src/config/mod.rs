@@ -83,13 +83,14 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub const LIVE: [&'static str; 17] = [
+    pub const LIVE: [&'static str; 18] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
         "http.trusted_proxies",
         "http.max_body_bytes",
         "http.max_decoded_body_bytes",
+        "http.max_batch_stored_bytes",
         "http.max_params",
         "http.max_param_name_bytes",
         "http.max_param_value_bytes",

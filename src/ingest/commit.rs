@@ -41,6 +41,8 @@ struct State {
 pub struct Frames<'a> {
     buf: &'a mut BytesMut,
     count: usize,
+    /// Where this request's records start in `buf`.
+    start: usize,
 }
 
 impl Frames<'_> {
@@ -66,6 +68,11 @@ impl Frames<'_> {
     /// Records framed so far.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// Bytes this request's records take in the spool so far (frame headers included).
+    pub fn bytes(&self) -> usize {
+        self.buf.len() - self.start
     }
 }
 
@@ -127,6 +134,7 @@ impl Committer {
         let mut frames = Frames {
             buf: &mut st.buf,
             count: 0,
+            start,
         };
         let res = encode(&mut frames);
         let added = frames.count;

@@ -121,9 +121,7 @@ pub async fn run(
             break;
         }
         if !process_pending {
-            let want = st
-                .deadline
-                .unwrap_or_else(|| idle_until(&w, last_active));
+            let want = st.deadline.unwrap_or_else(|| idle_until(&w, last_active));
             if want < timer.deadline() {
                 timer.as_mut().reset(want);
             }
@@ -150,9 +148,7 @@ pub async fn run(
                 Wake::Phase => continue,
                 Wake::Error => break,
                 Wake::Timer => {
-                    let want = st
-                        .deadline
-                        .unwrap_or_else(|| idle_until(&w, last_active));
+                    let want = st.deadline.unwrap_or_else(|| idle_until(&w, last_active));
                     if TokioInstant::now() < want {
                         // Activity moved the deadline: re-arm, no wake-up per request.
                         timer.as_mut().reset(want);

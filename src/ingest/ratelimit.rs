@@ -110,6 +110,26 @@ impl RateLimiter {
         }
     }
 
+    /// Takes `tokens` more from `ip`'s bucket after a request that stored more than one
+    /// beacon's worth (a batch, a large body): owed, so the bucket may go below zero and the
+    /// client waits until it has paid; never below minus one burst, so a client sharing the
+    /// slot by a hash collision is never held for long.
+    pub fn charge(&self, ip: IpAddr, tokens: f64) {
+        if tokens <= 0.0 {
+            return;
+        }
+        let key = self
+            .hasher
+            .hash_one(crate::ingest::forwarded_for::canonical(ip))
+            | 1;
+        let mut slot = self.slots[(key >> 1) as usize % self.slots.len()]
+            .lock()
+            .expect("not poisoned");
+        if slot.key == key {
+            slot.tokens = (slot.tokens - tokens).max(-self.limits.burst);
+        }
+    }
+
     /// Bytes the table takes, whatever the traffic (for the docs and a test).
     pub fn table_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Mutex<Slot>>()
@@ -159,6 +179,26 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(r.check_at(a, 2000 * MS), Decision::Allow);
         }
+    }
+
+    /// What a batch owes is paid before the next request: 1 token taken, 9 charged, then
+    /// denied until the rate has refilled them.
+    #[test]
+    fn charged_tokens_are_owed() {
+        let r = RateLimiter::new(Limits {
+            per_second: 10.0,
+            burst: 10.0,
+            slots: 64,
+        });
+        let a = ip("192.0.2.9");
+        assert_eq!(r.check_at(a, Duration::ZERO), Decision::Allow);
+        r.charge(a, 9.0);
+        assert!(matches!(r.check_at(a, Duration::ZERO), Decision::Deny(_)));
+        assert!(matches!(r.check_at(a, 50 * MS), Decision::Deny(_)));
+        assert_eq!(r.check_at(a, 101 * MS), Decision::Allow);
+        // Never owed more than one burst.
+        r.charge(a, 1e9);
+        assert_eq!(r.check_at(a, 2200 * MS), Decision::Allow);
     }
 
     #[test]

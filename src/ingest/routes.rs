@@ -336,6 +336,9 @@ pub enum Reject {
     EmptyBatch,
     /// A batch with more events than `http.max_batch_events`.
     TooManyEvents,
+    /// A batch whose records (each with the request's query and headers) would take more
+    /// than `http.max_batch_stored_bytes` in the spool.
+    BatchTooLarge,
     /// A `Content-Encoding` we do not decode (br, stacked codings).
     UnsupportedContentEncoding,
     /// A body that is not what its `Content-Encoding` says.
@@ -364,7 +367,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 25] = [
+    pub const ALL: [Reject; 26] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -378,6 +381,7 @@ impl Reject {
         Reject::InvalidMultipart,
         Reject::EmptyBatch,
         Reject::TooManyEvents,
+        Reject::BatchTooLarge,
         Reject::UnsupportedContentEncoding,
         Reject::BadContentEncoding,
         Reject::DecodedBodyTooLarge,
@@ -399,7 +403,10 @@ impl Reject {
             Reject::UnsupportedTransferCoding => 501,
             Reject::UriTooLong => 414,
             Reject::HeadersTooLarge => 431,
-            Reject::BodyTooLarge | Reject::DecodedBodyTooLarge | Reject::TooManyEvents => 413,
+            Reject::BodyTooLarge
+            | Reject::DecodedBodyTooLarge
+            | Reject::TooManyEvents
+            | Reject::BatchTooLarge => 413,
             Reject::Param(_)
             | Reject::InvalidJson
             | Reject::JsonTooDeep
@@ -433,6 +440,7 @@ impl Reject {
             Reject::InvalidMultipart => "invalid_multipart",
             Reject::EmptyBatch => "empty_batch",
             Reject::TooManyEvents => "too_many_events",
+            Reject::BatchTooLarge => "batch_too_large",
             Reject::UnsupportedContentEncoding => "unsupported_content_encoding",
             Reject::BadContentEncoding => "bad_content_encoding",
             Reject::DecodedBodyTooLarge => "decoded_body_too_large",
@@ -831,6 +839,31 @@ pub fn build_record<'a>(
     body: &'a [u8],
     out: &mut Frames<'_>,
 ) -> Result<Built, Reject> {
+    let client = plan.forwarded.unwrap_or(conn.client);
+    let built = build_decoded(app, stats, conn, head, plan, body, out)?;
+    // The limit counts beacons, and a request stores more than one when it is a batch or
+    // large: it costs a token per record or per STORED_BYTES_PER_TOKEN stored, whichever is
+    // more. One was taken before the body; the rest is owed (see RateLimiter::charge).
+    if let Some(limiter) = &app.limiter {
+        let cost = (built.records as usize).max(out.bytes().div_ceil(STORED_BYTES_PER_TOKEN));
+        limiter.charge(client, cost.saturating_sub(1) as f64);
+    }
+    Ok(built)
+}
+
+/// Stored bytes that cost one rate-limit token (a beacon with its metadata is ~1 KB).
+pub const STORED_BYTES_PER_TOKEN: usize = 16 * 1024;
+
+/// [`build_record`] after undoing the body's content coding.
+fn build_decoded<'a>(
+    app: &App,
+    stats: &Stats,
+    conn: &'a Conn,
+    head: &Head<'a>,
+    plan: Plan<'a>,
+    body: &'a [u8],
+    out: &mut Frames<'_>,
+) -> Result<Built, Reject> {
     use super::encoding::{self, DecodeError};
     let coding = match (&plan.media, head.header("content-encoding")) {
         (Some(_), Some(v)) => {
@@ -965,6 +998,9 @@ fn build_batch<'a>(
         super::batch::BatchError::TooMany => Reject::TooManyEvents,
     })?;
     let forwarded = plan.forwarded.map(Inline::new);
+    // Each record repeats the request's query string and headers: 100 tiny events under an
+    // 8 KB query and a 12 KB User-Agent stored 2 MB from a 20 KB request. Bounded here.
+    let cap = app.http.max_batch_stored_bytes;
     for event in &events {
         let json = record::compact_json(event, app.http.max_json_depth)?;
         let params = plan.params.clone();
@@ -979,6 +1015,9 @@ fn build_batch<'a>(
             params,
             body,
         )?;
+        if out.bytes() > cap {
+            return Err(Reject::BatchTooLarge);
+        }
     }
     Ok(Built {
         kind: Kind::Json,

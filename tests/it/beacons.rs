@@ -473,3 +473,49 @@ fn spool_and_data_files_are_private_to_their_user() {
         assert!(files >= 3, "lock, checkpoint or segment, and a data file");
     }
 }
+
+/// Batch amplification: every record repeats the request's query and headers, so 100 tiny
+/// events under an 8 KB query and a 12 KB User-Agent stored 2,082,400 bytes from ~20 KB
+/// (x103). Over `http.max_batch_stored_bytes` such a batch is 413 and nothing of it is stored;
+/// under it, a batch pays the rate limit per record. Both engines.
+#[test]
+fn batch_amplification_is_bounded_and_rate_limited() {
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        c.server.engine = engine;
+        c.http.max_uri_bytes = 16 * 1024;
+        c.http.max_param_value_bytes = 16 * 1024;
+        c.http.max_header_bytes = 32 * 1024;
+        c.rate_limit.enabled = true;
+        c.rate_limit.burst = 120;
+        c.rate_limit.per_client_per_second = 0.01;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let events = format!("[{}]", vec![r#"{"e":1}"#; 100].join(","));
+        let send = |query: &str, ua: &str, body: &str| {
+            let raw = format!(
+                "POST /beacon/batch?{query} HTTP/1.1\r\nHost: t\r\nUser-Agent: {ua}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            Conn::open(srv.addr)
+                .request(raw.as_bytes())
+                .expect("an answer")
+        };
+        let big_query = format!("k=amp&q={}", "q".repeat(8000));
+        let r = send(&big_query, &"u".repeat(12_000), &events);
+        assert_eq!(r.status, 413, "{engine:?}");
+        assert_eq!(String::from_utf8_lossy(&r.body).trim(), "batch_too_large");
+        // 100 small events: 204, and 100 of the 119 tokens left are gone (the 413 took one).
+        assert_eq!(send("k=ok", "ua", &events).status, 204, "{engine:?}");
+        for i in 0..19 {
+            assert_eq!(get(srv.addr, &format!("/beacon?k=one{i}")).status, 204);
+        }
+        assert_eq!(get(srv.addr, "/beacon?k=over").status, 429, "{engine:?}");
+        srv.shutdown(Shutdown::Graceful).unwrap();
+        stage.stop();
+        let recs = records(&c.processor.data_dir);
+        assert!(recs.iter().all(|r| param(r, "k").unwrap() != "amp"));
+        assert_eq!(recs.len(), 100 + 19, "{engine:?}");
+    }
+}
