@@ -214,11 +214,12 @@ impl Forwarder {
                         return ConnEnd::Lost(Disconnect::Closed);
                     }
                     let seq = *ack_rx.borrow_and_update();
+                    // New or repeated (a heartbeat): the stage is alive and working.
+                    last_progress = Instant::now();
                     if seq > acked {
                         metrics::counter!(m::FORWARD_ACKED_RECORDS_TOTAL).increment(seq.min(sent) - acked);
                         acked = seq.min(sent);
                         self.spool.ack(acked);
-                        last_progress = Instant::now();
                     }
                 }
                 () = tokio::time::sleep_until((last_send + self.linger).into()), if lingering && position <= written && !stalled => {}
@@ -248,7 +249,7 @@ impl Forwarder {
                         continue;
                     }
                     sent = self.frame(&mut batch, &mut buf);
-                    if let Err(reason) = write(&mut wr, &mut buf, io_timeout).await {
+                    if let Err(reason) = write_heard(&mut wr, &mut buf, io_timeout, &ack_rx).await {
                         return ConnEnd::Lost(reason);
                     }
                 }
@@ -301,19 +302,16 @@ impl Forwarder {
 /// Reads ACKs in a task of its own, so that reading a frame is never cancelled half-way by
 /// the connection's select; publishes the latest cumulative ACK. The sender dropped (EOF,
 /// error, protocol violation) means the connection is gone. The task ends with the guard.
+///
+/// Every ACK frame wakes the receiver, a repeated one too: a stage whose sink holds a batch
+/// repeats its last ACK every [`protocol::HEARTBEAT`], which says it is alive and working.
 fn ack_reader(mut rd: tokio::net::unix::OwnedReadHalf) -> (watch::Receiver<u64>, AbortOnDrop<()>) {
     let (ack_tx, ack_rx) = watch::channel(0u64);
     let reader_task = tokio::spawn(async move {
         loop {
             match protocol::read_frame(&mut rd).await {
                 Ok(Some(Frame::Ack { seq })) => {
-                    ack_tx.send_if_modified(|cur| {
-                        let newer = seq > *cur;
-                        if newer {
-                            *cur = seq;
-                        }
-                        newer
-                    });
+                    ack_tx.send_modify(|cur| *cur = (*cur).max(seq));
                 }
                 Ok(Some(other)) => {
                     tracing::error!(frame = ?other, "processing stage sent an unexpected frame");
@@ -328,6 +326,45 @@ fn ack_reader(mut rd: tokio::net::unix::OwnedReadHalf) -> (watch::Receiver<u64>,
         }
     });
     (ack_rx, AbortOnDrop(reader_task))
+}
+
+/// [`write`], with `limit` counted from the last ACK frame heard rather than from the start:
+/// a stage whose sink holds batches stops reading (its sink inbox is full) but keeps sending
+/// heartbeats, and dropping that connection only resends what it is working on.
+async fn write_heard(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    buf: &mut BytesMut,
+    limit: Duration,
+    acks: &watch::Receiver<u64>,
+) -> Result<(), Disconnect> {
+    // A clone: what it marks seen is its own, the connection loop still sees every ACK.
+    let mut heard = acks.clone();
+    let mut deadline = tokio::time::Instant::now() + limit;
+    let res = {
+        let mut writing = std::pin::pin!(wr.write_all(buf));
+        loop {
+            tokio::select! {
+                r = &mut writing => break Ok(r),
+                changed = heard.changed() => match changed {
+                    Ok(()) => deadline = tokio::time::Instant::now() + limit,
+                    // The ACK reader is gone (the stage closed, or broke the protocol): no
+                    // more heartbeats, so the deadline as it stands.
+                    Err(_) => {
+                        break tokio::time::timeout_at(deadline, &mut writing)
+                            .await
+                            .map_err(|_| ())
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => break Err(()),
+            }
+        }
+    };
+    buf.clear();
+    match res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Disconnect::WriteError),
+        Err(()) => Err(Disconnect::WriteTimeout),
+    }
 }
 
 async fn write(

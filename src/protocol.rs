@@ -16,6 +16,10 @@ const HELLO: u8 = 0x01;
 const BATCH: u8 = 0x02;
 const ACK: u8 = 0x03;
 
+/// How often a stage repeats its last ACK while a sink holds a batch (see `PROTOCOL.md`): a
+/// collector's `forward.ack_timeout_seconds` must be longer.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {

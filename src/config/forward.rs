@@ -36,7 +36,9 @@ pub struct ForwardConfig {
     /// Longest reconnect delay in milliseconds.
     pub reconnect_max_ms: u64,
     /// Seconds without an acknowledgement while records are outstanding before the connection
-    /// is considered stuck, dropped and re-established (records are then resent).
+    /// is considered stuck, dropped and re-established (records are then resent). A stage
+    /// whose sink is retrying repeats its last ACK every 5 s, which counts: so this fires only
+    /// for a stage that is silent, not for one waiting on its broker. At least 10.
     pub ack_timeout_seconds: u64,
 }
 
@@ -98,6 +100,19 @@ impl ForwardConfig {
             ));
         }
         positive("forward.ack_timeout_seconds", f.ack_timeout_seconds)?;
+        let heartbeat = crate::protocol::HEARTBEAT.as_secs();
+        if f.ack_timeout_seconds < 2 * heartbeat {
+            return Err(ConfigError::new(
+                "forward.ack_timeout_seconds",
+                format!(
+                    "{} s is under two of the stage's {heartbeat} s heartbeats: a stage whose \
+                     sink is retrying would be taken for a stuck one, and everything in flight \
+                     sent again",
+                    f.ack_timeout_seconds
+                ),
+                format!("use at least {} (default 30)", 2 * heartbeat),
+            ));
+        }
         Ok(())
     }
 }

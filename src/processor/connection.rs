@@ -84,13 +84,33 @@ pub(super) async fn run(
     );
     // ACKs go out in order: the ACK task awaits every sink's answer for a batch before the
     // next batch, so an ACK never runs ahead of any sink.
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Vec<oneshot::Receiver<bool>>)>();
+    let (ack_tx, mut ack_rx) =
+        mpsc::unbounded_channel::<(u64, u64, Vec<oneshot::Receiver<bool>>)>();
     let ack_seen = seen.clone();
     let mut acker = tokio::spawn(async move {
         let mut buf = BytesMut::new();
-        while let Some((seq, answers)) = ack_rx.recv().await {
-            for done in answers {
-                if done.await != Ok(true) {
+        // The last ACK this connection sent (or the position the collector started from).
+        let mut last_ack: Option<u64> = None;
+        while let Some((first, seq, answers)) = ack_rx.recv().await {
+            let said = *last_ack.get_or_insert(first.saturating_sub(1));
+            for mut done in answers {
+                // While a sink holds a batch (a broker away, retrying), the last ACK is
+                // repeated: the collector counts it as a sign of life, so its ack and write
+                // timeouts do not drop a connection whose batches are still being worked on
+                // (which resent everything in flight).
+                let ok = loop {
+                    tokio::select! {
+                        r = &mut done => break r == Ok(true),
+                        () = tokio::time::sleep(protocol::HEARTBEAT) => {
+                            Frame::Ack { seq: said }.encode(&mut buf);
+                            if wr.write_all(&buf).await.is_err() {
+                                return;
+                            }
+                            buf.clear();
+                        }
+                    }
+                };
+                if !ok {
                     return;
                 }
             }
@@ -104,6 +124,7 @@ pub(super) async fn run(
                 return;
             }
             buf.clear();
+            last_ack = Some(seq);
         }
         let _ = wr.shutdown().await;
     });
@@ -164,7 +185,7 @@ pub(super) async fn run(
                 answers.push(rx);
             }
         }
-        if ack_tx.send((last, answers)).is_err() {
+        if ack_tx.send((first_seq, last, answers)).is_err() {
             break;
         }
     }
