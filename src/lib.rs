@@ -9,8 +9,8 @@
 //!    ├─ ingest::worker ×cores                           ├─ protocol (HELLO/BATCH/ACK)
 //!    │    listener → native | hyper_engine              ├─ record (decode, NDJSON)
 //!    │    routes (limits, CORS, request → record)       └─ sink ─┬─ files (rotated NDJSON)
-//!    │    commit (group commit per turn)                         └─ nats (JetStream, subject)
-//!    │         │
+//!    │    commit (group commit per turn)                         ├─ nats (JetStream, subject)
+//!    │         │                                                 └─ kafka (topic, beacon-id)
 //!    │         ▼                unix socket
 //!    ├─ spool (frame, writer, reader)  ──▶ forwarder ══BATCH══▶ processor
 //!    │                                   ◀══ACK═════
