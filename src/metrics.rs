@@ -123,6 +123,9 @@ pub const KAFKA_ERRORS_TOTAL: &str = "beacon_sink_kafka_errors_total";
 /// Kafka sink: records handed to the producer and not yet reported on (the collector keeps
 /// them spooled meanwhile).
 pub const KAFKA_INFLIGHT_RECORDS: &str = "beacon_sink_kafka_inflight_records";
+/// Kafka sink: records sent to `processor.kafka.overflow_topic` because their rendered topic
+/// would have been one more than `max_topics`.
+pub const KAFKA_TOPIC_OVERFLOW_TOTAL: &str = "beacon_sink_kafka_topic_overflow_total";
 /// Kafka sink: brokers the producer is connected to.
 pub const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
 

@@ -684,3 +684,46 @@ fn a_missing_topic_is_not_created_by_the_broker_behind_the_sinks_back() {
         "the broker created the topic"
     );
 }
+
+/// A topic template with a client-chosen value (`{param.t}`) creates at most `max_topics`
+/// topics: records whose topic would be one more go to the overflow topic, counted. A beacon
+/// without a site is keyed by its record id, not by an empty key (one partition for all).
+#[test]
+fn client_chosen_topics_are_capped_and_siteless_beacons_keyed_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    c.processor.kafka.topic = "beacons.{param.t}".into();
+    c.processor.kafka.max_topics = 2;
+    c.processor.kafka.overflow_topic = "beacons.overflow".into();
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let mut keys = Vec::new();
+    for t in ["a", "b", "a", "c", "d", "b"] {
+        let k = format!("cap-{t}-{}", keys.len());
+        assert_eq!(get(srv.addr, &format!("/beacon?k={k}&t={t}")).status, 204);
+        keys.push(k);
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let brokers = [kafka.addr()];
+    let sorted = |c: &Contents| {
+        let mut k = c.keys.clone();
+        k.sort();
+        k
+    };
+    let a = read_topic(&brokers, "beacons.a");
+    let b = read_topic(&brokers, "beacons.b");
+    let over = read_topic(&brokers, "beacons.overflow");
+    assert_eq!(sorted(&a), ["cap-a-0", "cap-a-2"]);
+    assert_eq!(sorted(&b), ["cap-b-1", "cap-b-5"]);
+    assert_eq!(sorted(&over), ["cap-c-3", "cap-d-4"]);
+    // No `u`, no Referer: no site. Keyed by the record id (a text UUID), one per beacon.
+    for c in [&a, &b, &over] {
+        for (k, key) in &c.message_keys {
+            assert!(c.ids.contains(key), "{k}: key {key:?} is not its record id");
+        }
+    }
+}

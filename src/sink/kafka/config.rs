@@ -63,8 +63,15 @@ pub struct KafkaConfig {
     /// literal or one of `{site}`, `{path}`, `{kind}`, `{method}`, `{param.NAME}` (values
     /// reduced to `[a-z0-9_-]`, at most 64 bytes, empty is `_`), e.g. `beacons.{kind}`.
     pub topic: String,
-    /// The message key: `"site"` (one site's beacons in order, in one partition) or `"id"`
-    /// (the record id: even spread, no order).
+    /// Most distinct topics a template may render (each created on first sight): a template
+    /// with `{site}` or `{param.NAME}` lets any page name a topic. Past it, records whose
+    /// topic is new go to `overflow_topic`, counted.
+    pub max_topics: usize,
+    /// Where records go whose rendered topic would exceed `max_topics`. A plain name.
+    pub overflow_topic: String,
+    /// The message key: `"site"` (one site's beacons in order, in one partition; a beacon
+    /// without a site is keyed by its id, so they spread) or `"id"` (the record id: even
+    /// spread, no order).
     pub key: KeyBy,
     /// `"none"`, `"lz4"` or `"zstd"`.
     pub compression: Compression,
@@ -107,6 +114,8 @@ impl Default for KafkaConfig {
         Self {
             bootstrap_servers: vec!["127.0.0.1:9092".into()],
             topic: "beacons".into(),
+            max_topics: 100,
+            overflow_topic: "beacons.overflow".into(),
             key: KeyBy::Site,
             compression: Compression::Lz4,
             linger_ms: 5,
@@ -186,6 +195,20 @@ impl KafkaConfig {
                 "processor.kafka.topic",
                 format!("can render names longer than Kafka's {MAX_TOPIC} bytes"),
                 "use fewer or shorter tokens (each placeholder renders up to 64 bytes)",
+            ));
+        }
+        positive("processor.kafka.max_topics", self.max_topics as u64)?;
+        if self.overflow_topic.is_empty()
+            || self.overflow_topic.len() > MAX_TOPIC
+            || !self
+                .overflow_topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(ConfigError::new(
+                "processor.kafka.overflow_topic",
+                format!("{:?} is not a Kafka topic name", self.overflow_topic),
+                "a plain name of letters, digits, '.', '_' and '-' (no placeholders), e.g. \"beacons.overflow\"",
             ));
         }
         positive("processor.kafka.max_inflight", self.max_inflight as u64)?;

@@ -43,6 +43,7 @@ fn reason(e: &KafkaError) -> &'static str {
 /// Exports the sink's series at 0 (see [`crate::metrics`]).
 fn declare_metrics() {
     metrics::counter!(m::KAFKA_DELIVERED_TOTAL).increment(0);
+    metrics::counter!(m::KAFKA_TOPIC_OVERFLOW_TOTAL).increment(0);
     for r in ERROR_REASONS {
         metrics::counter!(m::KAFKA_ERRORS_TOTAL, "reason" => r).increment(0);
     }
@@ -184,7 +185,7 @@ pub async fn run(
             let _ = job.done.send(false);
             continue;
         }
-        let routes = shared.route(&job.batch);
+        let routes = shared.route(&job.batch, &topics);
         for t in &routes.topics {
             if !topics.contains(t) {
                 tokio::select! {
@@ -244,12 +245,17 @@ struct Routes {
 }
 
 impl Shared {
-    fn route(&self, batch: &Batch) -> Routes {
+    /// Where each record of `batch` goes. A topic not in `known` is new (it will be created):
+    /// once `known` and the batch's new ones reach `max_topics`, further new names become the
+    /// overflow topic.
+    fn route(&self, batch: &Batch, known: &HashSet<String>) -> Routes {
         let mut routes = Routes {
             topics: Vec::new(),
             per_record: Vec::with_capacity(batch.records.len()),
         };
         let mut name = String::new();
+        let mut new_topics = 0;
+        let mut overflowed = 0u64;
         for e in &batch.records {
             // An undecodable record cannot reach a sink (the stage skips it when rendering):
             // the fallbacks are never used in practice.
@@ -264,15 +270,43 @@ impl Shared {
             let t = match routes.topics.iter().position(|t| *t == name) {
                 Some(t) => t,
                 None => {
-                    routes.topics.push(name.clone());
-                    routes.topics.len() - 1
+                    if !known.contains(&name) {
+                        if known.len() + new_topics >= self.cfg.max_topics {
+                            overflowed += 1;
+                            name.clear();
+                            name.push_str(&self.cfg.overflow_topic);
+                        } else {
+                            new_topics += 1;
+                        }
+                    }
+                    match routes.topics.iter().position(|t| *t == name) {
+                        Some(t) => t,
+                        None => {
+                            routes.topics.push(name.clone());
+                            routes.topics.len() - 1
+                        }
+                    }
                 }
             };
-            let key = match self.cfg.key {
-                KeyBy::Site => r.as_ref().and_then(|r| site(r)).unwrap_or(b"").to_vec(),
-                KeyBy::Id => crate::record::format_uuid(&e.id).into_bytes(),
+            // Without a site, the id: an empty key would put every such beacon in one
+            // partition.
+            let key = match (self.cfg.key, r.as_ref().and_then(|r| site(r))) {
+                (KeyBy::Site, Some(s)) if !s.is_empty() => s.to_vec(),
+                _ => crate::record::format_uuid(&e.id).into_bytes(),
             };
             routes.per_record.push((t, key));
+        }
+        if overflowed > 0 {
+            metrics::counter!(m::KAFKA_TOPIC_OVERFLOW_TOTAL).increment(overflowed);
+            if let Some(suppressed) = OVERFLOW_LOG.allow() {
+                tracing::warn!(
+                    max_topics = self.cfg.max_topics,
+                    overflow_topic = %self.cfg.overflow_topic,
+                    records = overflowed,
+                    suppressed,
+                    "Kafka topic template rendered more topics than processor.kafka.max_topics; sending the records of new ones to the overflow topic"
+                );
+            }
         }
         routes
     }
@@ -510,6 +544,10 @@ enum Ensure {
     Fatal(String),
     Retry(String),
 }
+
+/// Overflow warnings, at most one per few seconds.
+static OVERFLOW_LOG: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
 
 /// Warnings about records Kafka did not take, at most one per few seconds for the whole sink
 /// (an outage fails every batch in flight).
