@@ -31,11 +31,16 @@ pub fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener
     Ok(l)
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+/// What `/readyz` says on an admin port that has one: `Err` with the reason for a 503.
+pub type Readiness = fn() -> Result<(), String>;
+
+/// Serves `GET /metrics` (and `GET /readyz` when `ready` is given) on `listener` until `stop`
+/// is cancelled.
 pub async fn serve(
     listener: std::sync::Arc<tokio::net::TcpListener>,
     handle: PrometheusHandle,
     stop: CancellationToken,
+    ready: Option<Readiness>,
 ) {
     let upkeep = handle.clone();
     let upkeep_task = tokio::spawn(async move {
@@ -69,6 +74,15 @@ pub async fn serve(
                         Response::builder()
                             .header("content-type", "text/plain; version=0.0.4")
                             .body(Full::new(Bytes::from(crate::metrics::render(&handle))))
+                    } else if let (Some(ready), "/readyz") = (ready, req.uri().path()) {
+                        match ready() {
+                            Ok(()) => {
+                                Response::builder().body(Full::new(Bytes::from_static(b"ready\n")))
+                            }
+                            Err(why) => Response::builder()
+                                .status(StatusCode::SERVICE_UNAVAILABLE)
+                                .body(Full::new(Bytes::from(format!("not ready\n{why}\n")))),
+                        }
                     } else {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)

@@ -126,6 +126,10 @@ pub const KAFKA_INFLIGHT_RECORDS: &str = "beacon_sink_kafka_inflight_records";
 /// Kafka sink: records sent to `processor.kafka.overflow_topic` because their rendered topic
 /// would have been one more than `max_topics`.
 pub const KAFKA_TOPIC_OVERFLOW_TOTAL: &str = "beacon_sink_kafka_topic_overflow_total";
+/// Processing stage: 1 while a sink cannot do its work and has been retrying long enough that
+/// it will not fix itself without a change (a topic it cannot create, records not taken for a
+/// minute), by `sink`; the stage's `/readyz` answers 503 meanwhile.
+pub const SINK_STALLED: &str = "beacon_sink_stalled";
 /// Kafka sink: brokers the producer is connected to.
 pub const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
 

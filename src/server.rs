@@ -160,7 +160,7 @@ pub async fn run_reloadable(
             "admin",
             stop_admin.clone(),
             None,
-            move || admin::serve(l.clone(), handle.clone(), stop.clone()),
+            move || admin::serve(l.clone(), handle.clone(), stop.clone(), None),
         ));
     }
 

@@ -144,7 +144,12 @@ pub async fn run(
     if let Some(l) = admin {
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(crate::admin::serve(Arc::new(l), handle, stop_admin.clone()));
+                tokio::spawn(crate::admin::serve(
+                    Arc::new(l),
+                    handle,
+                    stop_admin.clone(),
+                    Some(crate::sink::readiness),
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "processing stage metrics listener unusable"),
         }

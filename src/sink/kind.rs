@@ -18,6 +18,15 @@ pub enum SinkKind {
 impl SinkKind {
     /// Every sink, as `processor.sinks` spells it.
     pub const NAMES: &'static str = "\"files\", \"nats\", \"kafka\"";
+
+    /// This sink's name in `processor.sinks` and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Files => "files",
+            SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
+        }
+    }
 }
 
 /// What a broker sink does when its stream or topic exists with settings other than the

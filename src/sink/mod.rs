@@ -23,6 +23,46 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
+/// Sinks that cannot do their work (see [`set_stalled`]), with what they say to change.
+static STALLED: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Marks `sink` stalled with the problem and its fix (`Some`), or working again (`None`);
+/// sets `beacon_sink_stalled{sink}` and logs each change once (the problem itself is logged,
+/// throttled, where it happens).
+pub fn set_stalled(sink: &'static str, problem: Option<String>) {
+    let mut s = STALLED.lock().expect("not poisoned");
+    let changed = match problem {
+        Some(p) => s.insert(sink, p.clone()).is_none().then_some(Some(p)),
+        None => s.remove(sink).is_some().then_some(None),
+    };
+    metrics::gauge!(crate::metrics::SINK_STALLED, "sink" => sink).set(if s.contains_key(sink) {
+        1.0
+    } else {
+        0.0
+    });
+    match changed {
+        Some(Some(p)) => {
+            tracing::error!(sink, problem = %p, "sink stalled: it will not recover without a change; readiness fails")
+        }
+        Some(None) => tracing::info!(sink, "sink working again"),
+        None => {}
+    }
+}
+
+/// The stage's readiness: `Err` with every stalled sink's problem.
+pub fn readiness() -> Result<(), String> {
+    let s = STALLED.lock().expect("not poisoned");
+    if s.is_empty() {
+        return Ok(());
+    }
+    Err(s
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 /// One collector batch, rendered once and shared by every sink.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -122,6 +162,8 @@ pub fn spawn(
     abandon: CancellationToken,
     tasks: &mut JoinSet<Result<(), SinkError>>,
 ) -> Result<(), SinkError> {
+    // Exported at 0 from the start, as every series the alerts read (see crate::metrics).
+    metrics::gauge!(crate::metrics::SINK_STALLED, "sink" => kind.name()).set(0.0);
     match kind {
         SinkKind::Files => {
             tasks.spawn(files::run(files::FileSink::open(p)?, jobs));

@@ -727,3 +727,46 @@ fn client_chosen_topics_are_capped_and_siteless_beacons_keyed_by_id() {
         }
     }
 }
+
+/// A sink that can never work does not look healthy: `replication_factor = 3` against one
+/// broker is retried (a cluster may be starting) but the stage says at once what to change, in
+/// its log and its `/readyz` (503), and `beacon_sink_stalled{sink="kafka"}` is 1 for the
+/// alert rule. The collector keeps answering 204 into its spool meanwhile.
+#[test]
+fn a_topic_that_cannot_be_created_stalls_the_sink_visibly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let mut c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    c.processor.kafka.replication_factor = 3;
+    // Nothing can be delivered: the shutdown does not wait for it (the beacon stays spooled).
+    c.shutdown.flush_timeout_seconds = 1;
+    c.processor.admin_enabled = true;
+    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    assert_eq!(get(srv.addr, "/beacon?k=waits").status, 204);
+    let admin = c.processor.admin_listen;
+    let mut ready = None;
+    wait_until(Duration::from_secs(60), || {
+        let Ok(s) = std::net::TcpStream::connect(admin) else {
+            return false;
+        };
+        drop(s);
+        let r = get(admin, "/readyz");
+        let done = r.status == 503;
+        ready = Some(r);
+        done
+    });
+    let body = String::from_utf8_lossy(&ready.unwrap().body).to_string();
+    assert!(body.contains("replication_factor 3"), "{body}");
+    assert!(body.contains("fix:"), "{body}");
+    let metrics = String::from_utf8_lossy(&get(admin, "/metrics").body).to_string();
+    assert!(
+        metrics.contains("beacon_sink_stalled{sink=\"kafka\"} 1"),
+        "{metrics}"
+    );
+    assert!(Stage::log(dir.path(), 200).contains("sink stalled"));
+    srv.shutdown(Shutdown::Fast).unwrap();
+    stage.stop();
+}

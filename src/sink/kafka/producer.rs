@@ -26,6 +26,10 @@ pub const ID_HEADER: &str = "beacon-id";
 /// Longest wait between two attempts to reach the cluster.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How long the sink retries a topic it cannot create, or records Kafka does not take, before
+/// it reports itself stalled (`beacon_sink_stalled`, the stage's `/readyz`).
+const STALLED_AFTER: Duration = Duration::from_secs(60);
+
 /// The `reason` labels of `KAFKA_ERRORS_TOTAL`.
 const ERROR_REASONS: [&str; 4] = ["timeout", "not_enough_replicas", "queue_full", "rejected"];
 
@@ -49,6 +53,7 @@ fn declare_metrics() {
     }
     metrics::gauge!(m::KAFKA_INFLIGHT_RECORDS).increment(0.0);
     metrics::gauge!(m::KAFKA_BROKERS_UP).set(0.0);
+    metrics::gauge!(m::SINK_STALLED, "sink" => "kafka").set(0.0);
 }
 
 /// librdkafka's callbacks: its log and errors into ours, its statistics into the brokers-up
@@ -345,14 +350,29 @@ impl Shared {
     async fn ensure_topic(&self, name: &str) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
         let log = crate::logging::Throttle::default();
+        let started = std::time::Instant::now();
         loop {
             match self.ensure_once(name).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    crate::sink::set_stalled("kafka", None);
+                    return Ok(());
+                }
                 Err(Ensure::Fatal(msg)) => return Err(SinkError::Config(msg)),
                 Err(Ensure::Retry(msg)) => {
                     if let Some(suppressed) = log.allow() {
                         tracing::warn!(topic = name, problem = %msg, suppressed, "Kafka topic not ready; retrying (the collector keeps records spooled)");
                     }
+                    // A cluster that is starting fixes itself within seconds; past STALLED_AFTER
+                    // it needs a person, and says so.
+                    if started.elapsed() >= STALLED_AFTER {
+                        crate::sink::set_stalled("kafka", Some(format!("topic {name}: {msg}")));
+                    }
+                }
+                Err(Ensure::Stuck(msg)) => {
+                    if let Some(suppressed) = log.allow() {
+                        tracing::error!(topic = name, problem = %msg, suppressed, "Kafka topic cannot be created; retrying (the collector keeps records spooled)");
+                    }
+                    crate::sink::set_stalled("kafka", Some(format!("topic {name}: {msg}")));
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -404,8 +424,17 @@ impl Shared {
                     );
                     Ok(())
                 }
-                // Fewer brokers than the replication factor (a cluster starting), no
-                // controller yet: both pass. Logged with the broker's words.
+                // Fewer brokers than the replication factor: a cluster starting, or a config
+                // that asks more copies than there are brokers. Retried, with the fix.
+                Some(Err((_, RDKafkaErrorCode::InvalidReplicationFactor))) => {
+                    Err(Ensure::Stuck(format!(
+                        "creating the topic: replication_factor {} is more than the cluster's \
+                         brokers; fix: lower processor.kafka.replication_factor (and \
+                         min_insync_replicas) to at most the number of brokers, or add brokers",
+                        cfg.replication_factor
+                    )))
+                }
+                // No controller yet, and the like: passes. Logged with the broker's words.
                 Some(Err((_, code))) => Err(Ensure::Retry(format!("creating the topic: {code}"))),
                 None => Err(Ensure::Retry("creating the topic: no answer".into())),
             };
@@ -543,6 +572,9 @@ fn differences(cfg: &KafkaConfig, found: &Found) -> Vec<String> {
 enum Ensure {
     Fatal(String),
     Retry(String),
+    /// Retried (a cluster still starting can cause it), but most likely needs a change: the
+    /// sink reports itself stalled at once.
+    Stuck(String),
 }
 
 /// Overflow warnings, at most one per few seconds.
@@ -576,6 +608,7 @@ async fn confirm(
     let mut pending: Vec<(usize, Result<DeliveryFuture, KafkaError>)> =
         deliveries.into_iter().enumerate().collect();
     let mut backoff = Duration::from_millis(100);
+    let started = std::time::Instant::now();
     let delivered = loop {
         let mut failed = Vec::new();
         let mut first: Option<KafkaError> = None;
@@ -600,6 +633,15 @@ async fn confirm(
         } else if let Some(suppressed) = UNDELIVERED_LOG.allow() {
             tracing::warn!(error = %e, records = n, failed = failed.len(), suppressed, "Kafka did not take every record of a batch; retrying those records");
         }
+        if started.elapsed() >= STALLED_AFTER {
+            crate::sink::set_stalled(
+                "kafka",
+                Some(format!(
+                    "records not taken for {} s: {e}; fix: see the brokers (beacon_sink_kafka_brokers_up, kafka-topics.sh --describe)",
+                    started.elapsed().as_secs()
+                )),
+            );
+        }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = job.done.closed() => break false,
@@ -617,6 +659,7 @@ async fn confirm(
         metrics::counter!(m::KAFKA_DELIVERED_TOTAL).increment(n as u64);
         if shared.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("Kafka is taking records again");
+            crate::sink::set_stalled("kafka", None);
         }
     }
     let _ = job.done.send(delivered);
