@@ -11,7 +11,8 @@ pub struct ServerConfig {
     /// Address the beacon listener binds, `IP:PORT`. Port 0 picks a free port (tests).
     pub listen: SocketAddr,
     /// Ingest workers: threads that each own a `SO_REUSEPORT` listener, their connections,
-    /// timers, a share of `max_connections` and their own group commit. 0 means one per CPU.
+    /// timers and their own group commit (`max_connections` is one pool for all: a slot freed
+    /// on one worker serves a client waiting on another). 0 means one per CPU.
     #[serde(alias = "worker_threads")]
     pub workers: usize,
     /// The HTTP/1.1 engine: `native` (httparse; idle connections hold no buffers) or `hyper`

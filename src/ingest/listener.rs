@@ -302,10 +302,14 @@ pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) 
 /// How long to pause after a resource error (HAProxy pauses 100 ms, nginx 500 ms).
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// Accepts connections until `stop` is cancelled. A permit from `permits` is taken *before*
-/// `accept`, so at the cap connections wait in the kernel's accept queue (bounded by the
-/// backlog) rather than in the process; the permit travels with the connection and is returned
-/// when the connection is dropped. Returns `Err` only for a fatal accept error.
+/// Accepts connections until `stop` is cancelled. A connection takes a permit from `permits`
+/// (`server.max_connections`, shared by every worker) once accepted; at the cap the accepted
+/// one waits for a permit, unserved, and the next ones wait in the kernel's accept queue
+/// (bounded by the backlog), so at most one connection per listener is held past the cap. A
+/// permit is not taken *before* `accept`: with shared permits, an idle worker would hold one
+/// while another worker's queue had clients waiting for it. The permit travels with the
+/// connection and is returned when the connection is dropped, waking whichever worker waits.
+/// Returns `Err` only for a fatal accept error.
 pub async fn accept_loop<F>(
     listener: TcpListener,
     permits: Arc<Semaphore>,
@@ -317,18 +321,22 @@ where
 {
     let (pause_log, cap_log) = (Throttle::default(), Throttle::default());
     loop {
+        let Some((stream, peer)) = accept_one(&listener, &stop, &pause_log).await? else {
+            return Ok(());
+        };
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // At the cap: new connections wait in the kernel's accept queue (and overflow
-                // it if this lasts). Counted every time, logged once in a while.
+                // At the cap: this connection waits for a slot, the next ones in the kernel's
+                // accept queue (and overflow it if this lasts). Counted every time, logged
+                // once in a while.
                 metrics::counter!(m::CONNECTION_LIMIT_REACHED_TOTAL).increment(1);
                 if let Some(suppressed) = cap_log.allow() {
                     tracing::warn!(
                         suppressed,
-                        "connection limit reached (this worker's share of server.max_connections): \
-                         new connections wait in the accept queue; raise server.max_connections \
-                         (and LimitNOFILE) or add collectors"
+                        "connection limit reached (server.max_connections): new connections \
+                         wait in the accept queue; raise server.max_connections (and \
+                         LimitNOFILE) or add collectors"
                     );
                 }
                 tokio::select! {
@@ -338,42 +346,51 @@ where
                 }
             }
         };
-        loop {
-            let res = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Ok(()),
-                r = listener.accept() => r,
-            };
-            match res {
-                Ok((stream, peer)) => {
-                    metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(1);
-                    on_conn(stream, peer, permit);
-                    break;
-                }
-                Err(e) => {
-                    let (class, kind) = classify_accept_error(&e);
-                    metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => kind).increment(1);
-                    match class {
-                        AcceptErrorClass::Retry => continue,
-                        AcceptErrorClass::Fatal => {
-                            tracing::error!(error = %e, "accept failed; listener is unusable");
-                            return Err(e);
+        on_conn(stream, peer, permit);
+    }
+}
+
+/// Accepts one connection, retrying and pausing on the errors that allow it; `None` once
+/// `stop` is cancelled.
+async fn accept_one(
+    listener: &TcpListener,
+    stop: &crate::lifecycle::CancellationToken,
+    pause_log: &Throttle,
+) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+    loop {
+        let res = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(None),
+            r = listener.accept() => r,
+        };
+        match res {
+            Ok((stream, peer)) => {
+                metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(1);
+                return Ok(Some((stream, peer)));
+            }
+            Err(e) => {
+                let (class, kind) = classify_accept_error(&e);
+                metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => kind).increment(1);
+                match class {
+                    AcceptErrorClass::Retry => continue,
+                    AcceptErrorClass::Fatal => {
+                        tracing::error!(error = %e, "accept failed; listener is unusable");
+                        return Err(e);
+                    }
+                    AcceptErrorClass::Pause => {
+                        if let Some(suppressed) = pause_log.allow() {
+                            tracing::warn!(
+                                error = %e,
+                                kind,
+                                suppressed,
+                                "accept out of resources; pausing {} ms (raise LimitNOFILE / \
+                                 ulimit -n, or lower server.max_connections)",
+                                ACCEPT_PAUSE.as_millis()
+                            );
                         }
-                        AcceptErrorClass::Pause => {
-                            if let Some(suppressed) = pause_log.allow() {
-                                tracing::warn!(
-                                    error = %e,
-                                    kind,
-                                    suppressed,
-                                    "accept out of resources; pausing {} ms (raise LimitNOFILE / \
-                                     ulimit -n, or lower server.max_connections)",
-                                    ACCEPT_PAUSE.as_millis()
-                                );
-                            }
-                            tokio::select! {
-                                _ = stop.cancelled() => return Ok(()),
-                                _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
-                            }
+                        tokio::select! {
+                            _ = stop.cancelled() => return Ok(None),
+                            _ = tokio::time::sleep(ACCEPT_PAUSE) => {}
                         }
                     }
                 }

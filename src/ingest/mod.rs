@@ -87,13 +87,16 @@ impl Ingest {
         let hyper = (config.server.engine == Engine::Hyper)
             .then(|| Arc::new(hyper_engine::builder(config)));
         let h = &config.http;
+        let max_connections = config.server.max_connections.max(1);
+        let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
         for (id, listeners) in per_worker.into_iter().enumerate() {
             let spec = worker::Spec {
                 id,
                 listeners,
                 app: app_rx.clone(),
                 engine: config.server.engine,
-                max_connections: config.server.max_connections.div_ceil(n),
+                connections: connections.clone(),
+                max_connections,
                 queue_capacity: config.queue.capacity.div_ceil(n),
                 socket_options: listener::SocketOptions::from_config(&config.server),
                 phase: phase_rx.clone(),

@@ -30,7 +30,11 @@ pub struct Spec {
     pub app: watch::Receiver<Arc<App>>,
     /// Which HTTP engine serves connections.
     pub engine: Engine,
-    /// This worker's share of `server.max_connections`.
+    /// `server.max_connections`, shared by every worker: a slot freed on one worker is taken
+    /// by whichever worker has a connection waiting. (Split per worker, clients queued on a
+    /// full worker waited while another had free slots.)
+    pub connections: Arc<Semaphore>,
+    /// `server.max_connections` (the permits `connections` started with).
     pub max_connections: usize,
     /// This worker's share of `queue.capacity`.
     pub queue_capacity: usize,
@@ -136,7 +140,7 @@ async fn run(spec: Spec) -> WorkerResult {
     });
     let flusher = tokio::task::spawn_local(committer.clone().run());
     let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());
-    let permits = Arc::new(Semaphore::new(spec.max_connections.max(1)));
+    let permits = spec.connections.clone();
     let mut accepts = tokio::task::JoinSet::new();
     for l in spec.listeners {
         let l = tokio::net::TcpListener::from_std(l)?;
@@ -184,7 +188,8 @@ async fn run(spec: Spec) -> WorkerResult {
         }
     }
     accepts.abort_all();
-    // Drain: wait for every connection of this worker, until the phase says abort.
+    // Drain: wait until every connection is closed (the slots are shared, so every worker's:
+    // they drain together), until the phase says abort.
     let all = u32::try_from(spec.max_connections.max(1)).unwrap_or(u32::MAX);
     let mut phase = spec.phase.clone();
     tokio::select! {
