@@ -93,6 +93,12 @@ pub struct Opts {
     /// Fleet mode: random spread of each interval, percent.
     #[arg(long, default_value_t = 20)]
     pub jitter_percent: u32,
+    /// Fleet mode: do not send a request again on a new connection when it failed on a reused
+    /// keep-alive connection before any byte of an answer came. Browsers do send it again
+    /// (the server may have closed the idle connection as the request left), so by default
+    /// the fleet does too and counts those as `retried`, not as errors.
+    #[arg(long)]
+    pub no_retry_reused: bool,
     /// Source addresses to spread connections over: `127.0.0.1-127.0.0.254`, a comma list, or
     /// `none`. Default: that loopback range in fleet mode against a loopback target.
     #[arg(long)]
@@ -258,6 +264,8 @@ struct Plan {
     jitter: f64,
     sources: Vec<Ipv4Addr>,
     timeout: Duration,
+    /// `--no-retry-reused`.
+    no_retry_reused: bool,
 }
 
 /// Runs the test until the duration is over or `stop` turns true; returns the report (a
@@ -322,6 +330,7 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
         jitter: f64::from(opts.jitter_percent.min(100)) / 100.0,
         sources,
         timeout: opts.timeout,
+        no_retry_reused: opts.no_retry_reused,
     });
     let start = Instant::now();
     let deadline = start + run_length;
@@ -605,6 +614,8 @@ async fn connection(
     let mut out = Vec::with_capacity(1024);
     let mut inbuf = vec![0u8; 16 * 1024];
     let mut n = 0u64;
+    // Requests answered on the current connection (a failure on a reused one may be retried).
+    let mut used = 0u64;
     let mut unpublished = 0u64;
     let watchdog = tokio::time::sleep(plan.timeout);
     tokio::pin!(watchdog);
@@ -690,11 +701,38 @@ async fn connection(
                 .as_mut()
                 .reset((now + plan.timeout + plan.timeout / 2).into());
         }
-        let res = tokio::select! {
+        let mut answered = false;
+        let mut res = tokio::select! {
             biased;
-            r = exchange(s, &out, &mut inbuf) => Some(r),
+            r = exchange(s, &out, &mut inbuf, &mut answered) => Some(r),
             _ = &mut watchdog => None,
         };
+        // A browser sends a request again, once, on a new connection when a reused keep-alive
+        // connection failed before any answer byte: the server closed it as it sat idle (an
+        // idle timeout, a drain, a restart). The fleet does the same, and counts it.
+        if plan.mode == Mode::Fleet
+            && !plan.no_retry_reused
+            && used > 0
+            && !answered
+            && matches!(res, Some(Err(ErrorKind::Closed | ErrorKind::Io(_))))
+        {
+            stats.borrow_mut().retried += 1;
+            stream = None;
+            live.connected.fetch_sub(1, Ordering::Relaxed);
+            match connect(plan.target, source, plan.timeout).await {
+                Ok(mut s) => {
+                    live.connected.fetch_add(1, Ordering::Relaxed);
+                    res = tokio::select! {
+                        biased;
+                        r = exchange(&mut s, &out, &mut inbuf, &mut answered) => Some(r),
+                        _ = &mut watchdog => None,
+                    };
+                    used = 0;
+                    stream = Some(s);
+                }
+                Err(e) => res = Some(Err(e)),
+            }
+        }
         let (keep, outcome) = match res {
             None => (false, Err(ErrorKind::Timeout)),
             Some(Err(e)) => (false, Err(e)),
@@ -715,8 +753,12 @@ async fn connection(
             Err(e) => record_error(&stats, &live, e),
         }
         if !keep {
-            stream = None;
-            live.connected.fetch_sub(1, Ordering::Relaxed);
+            if stream.take().is_some() {
+                live.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+            used = 0;
+        } else {
+            used += 1;
         }
     }
     if stream.is_some() {
@@ -803,7 +845,15 @@ async fn connect(
 }
 
 /// Writes one request and reads one response; returns its head and the bytes read.
-async fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> Result<(Head, u64), ErrorKind> {
+/// One request and its answer. `answered` is set once a byte of the answer has come: a failure
+/// before that, on a reused connection, is what a browser sends again.
+async fn exchange(
+    s: &mut TcpStream,
+    req: &[u8],
+    buf: &mut [u8],
+    answered: &mut bool,
+) -> Result<(Head, u64), ErrorKind> {
+    *answered = false;
     s.write_all(req)
         .await
         .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
@@ -819,6 +869,7 @@ async fn exchange(s: &mut TcpStream, req: &[u8], buf: &mut [u8]) -> Result<(Head
         if n == 0 {
             return Err(ErrorKind::Closed);
         }
+        *answered = true;
         filled += n;
         match http::parse_head(&buf[..filled], false) {
             Ok(None) => continue,

@@ -17,6 +17,8 @@ pub struct Stats {
     /// is updated on every response.
     statuses: Box<[u64; 600]>,
     errors: BTreeMap<String, u64>,
+    /// Requests sent again on a new connection after a reused one failed before answering.
+    pub(crate) retried: u64,
     requests: u64,
     bytes: u64,
     /// Per time bin: latency by intended send time, responses and errors by when they came.
@@ -57,6 +59,7 @@ impl Stats {
             hist: Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds"),
             statuses: Box::new([0; 600]),
             errors: BTreeMap::new(),
+            retried: 0,
             requests: 0,
             bytes: 0,
             bins: Vec::new(),
@@ -102,6 +105,7 @@ impl Stats {
             *self.errors.entry(k).or_default() += v;
         }
         self.requests += o.requests;
+        self.retried += o.retried;
         self.bytes += o.bytes;
         if self.bins.len() < o.bins.len() {
             self.bins.resize_with(o.bins.len(), Bin::new);
@@ -266,6 +270,10 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Total errors.
     pub errors_total: u64,
+    /// Fleet mode: requests sent again on a new connection because a reused keep-alive
+    /// connection failed before any answer byte, as a browser does (not errors unless the
+    /// retry failed too; `--no-retry-reused` makes them errors).
+    pub retried: u64,
     /// Fleet mode only.
     pub connections_held: Option<Held>,
     /// Width of the timeline's bins, seconds.
@@ -362,6 +370,7 @@ impl Report {
                 .map(|(k, &v)| (k.to_string(), v))
                 .collect(),
             errors_total: s.errors.values().sum(),
+            retried: s.retried,
             errors: s.errors,
             connections_held: held,
             bin_seconds,
@@ -489,6 +498,13 @@ impl Report {
                 status.join(", ")
             }
         );
+        if self.retried > 0 {
+            let _ = writeln!(
+                o,
+                "  Retried on a new connection (a reused one failed before answering, as a browser retries): {}",
+                self.retried
+            );
+        }
         if self.errors_total > 0 {
             let _ = writeln!(o, "  Errors: {}", self.errors_total);
             for (k, v) in &self.errors {

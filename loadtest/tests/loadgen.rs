@@ -35,6 +35,7 @@ fn server(stall: Option<(u64, Duration)>) -> Server {
     serve(Behaviour {
         stall,
         service: None,
+        drop_after: None,
     })
 }
 
@@ -44,6 +45,17 @@ fn slow_server(service: Duration) -> Server {
     serve(Behaviour {
         stall: None,
         service: Some((service, Arc::new(tokio::sync::Mutex::new(())))),
+        drop_after: None,
+    })
+}
+
+/// Closes every connection, without a word, once it has answered `n` requests: what an idle
+/// timeout or a drain does to a keep-alive client between two of its requests.
+fn dropping_server(n: u64) -> Server {
+    serve(Behaviour {
+        stall: None,
+        service: None,
+        drop_after: Some(n),
     })
 }
 
@@ -51,6 +63,7 @@ fn slow_server(service: Duration) -> Server {
 struct Behaviour {
     stall: Option<(u64, Duration)>,
     service: Option<(Duration, Arc<tokio::sync::Mutex<()>>)>,
+    drop_after: Option<u64>,
 }
 
 fn serve(behaviour: Behaviour) -> Server {
@@ -91,7 +104,11 @@ async fn serve_conn(
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
+    let mut answered = 0u64;
     loop {
+        if behaviour.drop_after.is_some_and(|n| answered >= n) {
+            return Ok(());
+        }
         let end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
@@ -146,6 +163,7 @@ async fn serve_conn(
             b"HTTP/1.1 204 No Content\r\n\r\n"
         };
         sock.write_all(resp).await?;
+        answered += 1;
         if close {
             return Ok(());
         }
@@ -794,5 +812,43 @@ fn plots_of_a_run_and_of_a_comparison() {
     assert!(
         err.contains("junk.json") && err.contains("schema version 2"),
         "{err}"
+    );
+}
+
+/// A fleet client whose keep-alive connection was closed while it sat idle sends its request
+/// again on a new connection, once, as a browser does: counted as `retried`, not as an error.
+/// `--no-retry-reused` counts them as errors instead.
+#[test]
+fn fleet_retries_a_request_that_failed_on_a_reused_connection() {
+    let args = |s: &Server, extra: &'static [&'static str]| {
+        let mut a = vec![
+            "--clients".to_string(),
+            "20".into(),
+            "--interval".into(),
+            "300ms".into(),
+            "-d".into(),
+            "2s".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(url(s));
+        a
+    };
+    let s = dropping_server(1);
+    let a = args(&s, &[]);
+    let r = go(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.errors_total, 0, "{:?}", r.errors);
+    assert!(
+        r.retried > 0,
+        "the server dropped every connection after one answer"
+    );
+    assert_eq!(r.requests, s.seen.requests.load(Ordering::SeqCst));
+
+    let s = dropping_server(1);
+    let a = args(&s, &["--no-retry-reused"]);
+    let r = go(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(r.retried, 0);
+    assert!(
+        r.errors_total > 0,
+        "without retries the dropped connections are errors"
     );
 }
