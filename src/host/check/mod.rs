@@ -296,7 +296,7 @@ mod tests {
         assert_eq!(n.backlog, 4096);
         assert_eq!(n.fds, 50_256);
         assert_eq!(n.nofile, 131_072);
-        assert_eq!(n.stop_seconds, 75);
+        assert_eq!(n.stop_seconds, 80);
         assert_eq!(n.conntrack_established, 600);
     }
 

@@ -198,6 +198,7 @@ pub const RULES: &[Rule] = &[
     Rule::Sysctl(SOCKET_BUFFER_CAP("net.core.wmem_max")),
     // --- the config's own ordering --------------------------------------------------------
     Rule::Custom(idle_timeout),
+    Rule::Custom(deregistration),
     // --- counters since boot: past trouble --------------------------------------------------
     Rule::Custom(counters),
 ];
@@ -437,6 +438,28 @@ fn idle_timeout(cx: &Context<'_>, out: &mut Vec<Finding>) {
         if h.idle_timeout_seconds > h.lb_idle_timeout_seconds { Ok } else { Fail },
         "If the collector closes idle connections first, the load balancer reuses one being closed and the client gets a 502.",
         format!("set http.idle_timeout_seconds = {}", h.lb_idle_timeout_seconds + 15),
+    );
+}
+
+/// The deregistration delay against the clients' ping interval.
+fn deregistration(cx: &Context<'_>, out: &mut Vec<Finding>) {
+    let s = &cx.config.shutdown;
+    let want = s.delay_covering_clients();
+    push(
+        out,
+        "shutdown.deregistration_delay_seconds",
+        format!(
+            "{} s (clients send every {} s)",
+            s.deregistration_delay_seconds, s.client_interval_seconds
+        ),
+        format!(">= {want} s (1.25 x shutdown.client_interval_seconds), or 0"),
+        if s.deregistration_delay_seconds == 0 || s.deregistration_delay_seconds >= want {
+            Ok
+        } else {
+            Warn
+        },
+        "During the delay every answer says Connection: close; a keep-alive client that sends nothing in it is closed while idle at its end, and its next beacon meets a closed connection (a browser sends it again; other clients lose it).",
+        format!("set shutdown.deregistration_delay_seconds = {want}"),
     );
 }
 
