@@ -14,6 +14,76 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
+/// What this stage has done for each collector instance, shared by its connections, so that a
+/// record sent again after a reconnect is written once whatever the timing: `handled` (every
+/// record up to it is in every sink) and `dispatched` (records up to it were handed to the
+/// sinks by some connection, maybe still in flight). A batch that overlaps records in flight
+/// waits for their outcome before it is rendered; a connection whose collector went away keeps
+/// collecting its sinks' answers (it no longer writes ACKs), so that outcome is known.
+#[derive(Default)]
+pub(super) struct Seen {
+    instances: Mutex<HashMap<u64, Progress>>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Progress {
+    handled: u64,
+    dispatched: u64,
+}
+
+impl Seen {
+    /// Waits until no record of `first..=last` is in flight for `instance` by any connection,
+    /// marks them dispatched, and returns up to where they were handled (skip those).
+    async fn claim(&self, instance: u64, first: u64, last: u64) -> u64 {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read: a change after the read wakes it.
+            changed.as_mut().enable();
+            {
+                let mut all = self.instances.lock().expect("not poisoned");
+                let p = all.entry(instance).or_default();
+                if first > p.dispatched || p.handled >= last.min(p.dispatched) {
+                    p.dispatched = p.dispatched.max(last);
+                    return p.handled;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Every record of `instance` up to `seq` is in every sink.
+    fn handled(&self, instance: u64, seq: u64) {
+        let mut all = self.instances.lock().expect("not poisoned");
+        let p = all.entry(instance).or_default();
+        p.handled = p.handled.max(seq);
+        p.dispatched = p.dispatched.max(p.handled);
+        drop(all);
+        self.changed.notify_waiters();
+    }
+
+    /// A sink gave up a batch: what was in flight beyond `handled` will not be confirmed, and
+    /// is sent again by the collector.
+    fn failed(&self, instance: u64) {
+        let mut all = self.instances.lock().expect("not poisoned");
+        let p = all.entry(instance).or_default();
+        p.dispatched = p.handled;
+        drop(all);
+        self.changed.notify_waiters();
+    }
+
+    /// Up to where `instance`'s records were handled.
+    #[cfg(test)]
+    fn handled_up_to(&self, instance: u64) -> u64 {
+        self.instances
+            .lock()
+            .expect("not poisoned")
+            .get(&instance)
+            .map_or(0, |p| p.handled)
+    }
+}
+
 /// Undecodable records are logged at most every few seconds (a corrupt batch holds many).
 static UNDECODABLE_LOG: crate::logging::Throttle =
     crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
@@ -60,9 +130,9 @@ pub(super) async fn run(
     stream: UnixStream,
     sinks: Arc<Sinks>,
     stop: CancellationToken,
-    seen: Arc<Mutex<HashMap<u64, u64>>>,
+    seen: Arc<Seen>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     let instance = match protocol::read_frame(&mut rd).await {
         Ok(Some(Frame::Hello { version, instance })) if version == protocol::VERSION => instance,
         Ok(Some(Frame::Hello { version, .. })) => {
@@ -87,46 +157,56 @@ pub(super) async fn run(
     let (ack_tx, mut ack_rx) =
         mpsc::unbounded_channel::<(u64, u64, Vec<oneshot::Receiver<bool>>)>();
     let ack_seen = seen.clone();
-    let mut acker = tokio::spawn(async move {
+    let acker = tokio::spawn(async move {
         let mut buf = BytesMut::new();
+        // Gone once the collector is: the answers are still collected, so the records they
+        // confirm count as handled when the collector sends them again.
+        let mut wr = Some(wr);
         // The last ACK this connection sent (or the position the collector started from).
         let mut last_ack: Option<u64> = None;
         while let Some((first, seq, answers)) = ack_rx.recv().await {
             let said = *last_ack.get_or_insert(first.saturating_sub(1));
+            let mut ok = true;
             for mut done in answers {
                 // While a sink holds a batch (a broker away, retrying), the last ACK is
                 // repeated: the collector counts it as a sign of life, so its ack and write
                 // timeouts do not drop a connection whose batches are still being worked on
                 // (which resent everything in flight).
-                let ok = loop {
+                ok = loop {
                     tokio::select! {
                         r = &mut done => break r == Ok(true),
                         () = tokio::time::sleep(protocol::HEARTBEAT) => {
-                            Frame::Ack { seq: said }.encode(&mut buf);
-                            if wr.write_all(&buf).await.is_err() {
-                                return;
+                            if let Some(w) = wr.as_mut() {
+                                Frame::Ack { seq: said }.encode(&mut buf);
+                                if w.write_all(&buf).await.is_err() {
+                                    wr = None;
+                                }
+                                buf.clear();
                             }
-                            buf.clear();
                         }
                     }
                 };
                 if !ok {
-                    return;
+                    break;
                 }
             }
-            {
-                let mut s = ack_seen.lock().expect("not poisoned");
-                let hw = s.entry(instance).or_insert(0);
-                *hw = (*hw).max(seq);
-            }
-            Frame::Ack { seq }.encode(&mut buf);
-            if wr.write_all(&buf).await.is_err() {
+            if !ok {
+                ack_seen.failed(instance);
                 return;
             }
-            buf.clear();
+            ack_seen.handled(instance, seq);
+            if let Some(w) = wr.as_mut() {
+                Frame::Ack { seq }.encode(&mut buf);
+                if w.write_all(&buf).await.is_err() {
+                    wr = None;
+                }
+                buf.clear();
+            }
             last_ack = Some(seq);
         }
-        let _ = wr.shutdown().await;
+        if let Some(mut w) = wr {
+            let _ = w.shutdown().await;
+        }
     });
 
     let mut collector_gone = false;
@@ -157,15 +237,15 @@ pub(super) async fn run(
             continue;
         }
         let last = first_seq + n - 1;
-        // Resends after a reconnect: skip what this stage already handled for this instance.
-        let handled_up_to = seen
-            .lock()
-            .expect("not poisoned")
-            .get(&instance)
-            .copied()
-            .unwrap_or(0);
+        // Resends after a reconnect: skip what this stage already handled for this instance,
+        // after waiting for any of these records still in flight from an earlier connection.
+        let handled_up_to = tokio::select! {
+            h = seen.claim(instance, first_seq, last) => h,
+            _ = stop.cancelled() => break,
+        };
         let batch = render(first_seq, &records, handled_up_to);
         let mut answers = Vec::with_capacity(sinks.inboxes.len());
+        let mut sink_gone = false;
         if batch.records.is_empty() {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(true);
@@ -179,21 +259,66 @@ pub(super) async fn run(
                     done,
                 };
                 if inbox.send(job).await.is_err() {
-                    collector_gone = true;
+                    // A sink has stopped (the stage is going down): never confirm a batch
+                    // without it.
+                    sink_gone = true;
                     break;
                 }
                 answers.push(rx);
             }
         }
-        if ack_tx.send((first_seq, last, answers)).is_err() {
+        if sink_gone || ack_tx.send((first_seq, last, answers)).is_err() {
+            // Claimed above and never to be confirmed here: waiters must not wait for it.
+            seen.failed(instance);
             break;
         }
     }
     drop(ack_tx);
     if collector_gone {
-        // Nobody will read the ACKs, and the collector resends everything unacknowledged
-        // when it reconnects: dropping the answers tells sinks still retrying to let go.
-        acker.abort();
+        // Nobody will read the ACKs; the ACK task still collects the sinks' answers (and ends
+        // by itself), so a resend on the collector's next connection waits for them instead of
+        // writing the same records again.
+        return;
     }
-    let _ = (&mut acker).await;
+    let _ = acker.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resend of records still in flight from an earlier connection waits for their outcome
+    /// and then skips them; a batch that does not overlap goes at once; a failure releases the
+    /// waiters, who then send everything again (duplicates at worst, never a loss).
+    #[tokio::test]
+    async fn a_resend_waits_for_what_is_in_flight_then_skips_it() {
+        let seen = Arc::new(Seen::default());
+        assert_eq!(seen.claim(7, 1, 100).await, 0);
+        // Another instance is not held up.
+        assert_eq!(seen.claim(8, 1, 10).await, 0);
+        // The collector reconnected and sends 1..=100 again while the first is in flight.
+        let again = tokio::spawn({
+            let seen = seen.clone();
+            async move { seen.claim(7, 1, 100).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !again.is_finished(),
+            "waits for the first connection's sinks"
+        );
+        seen.handled(7, 100);
+        assert_eq!(again.await.unwrap(), 100, "then skips every record");
+        assert_eq!(seen.handled_up_to(7), 100);
+        // New records go at once.
+        assert_eq!(seen.claim(7, 101, 150).await, 100);
+        let waiting = tokio::spawn({
+            let seen = seen.clone();
+            async move { seen.claim(7, 101, 150).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        // The sink gave 101..=150 up: the resend writes them.
+        seen.failed(7);
+        assert_eq!(waiting.await.unwrap(), 100);
+    }
 }

@@ -13,11 +13,10 @@ use crate::config::Config;
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
 use crate::sink::{self, setup, Job, SetupError, SinkError};
-use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -138,7 +137,7 @@ pub async fn run(
     }
     let sinks = Arc::new(Sinks { inboxes });
     let stop_conns = CancellationToken::new();
-    let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let seen = Arc::new(connection::Seen::default());
 
     let stop_admin = CancellationToken::new();
     if let Some(l) = admin {

@@ -107,3 +107,73 @@ fn spool_limit_answers_503_and_fails_health_then_recovers_without_loss() {
         "the 503'd beacon is not recorded"
     );
 }
+
+/// The stage's replay filter is exact for a stage that stays alive: a collector that sends a
+/// batch, loses its connection before the ACK, and sends the same records again on a new one
+/// (a write timeout, a reconnect) gets them written once. Before, the first connection's batch
+/// was still being written when the resend arrived, and both were (87 copies in the soak).
+#[test]
+fn a_batch_resent_on_a_new_connection_while_in_flight_is_written_once() {
+    use beacon_collector::protocol::{self, Frame};
+    use beacon_collector::record::{self, ClientIpSource, Kind, RecordRef};
+    use bytes::BytesMut;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let c = test_config(dir.path());
+    let stage = Stage::start(dir.path(), &c);
+    wait_until(Duration::from_secs(10), || c.forward.socket_path.exists());
+    let encoded: Vec<bytes::Bytes> = (0..500)
+        .map(|i| {
+            let key = format!("r{i}");
+            let rec = RecordRef {
+                id: record::new_id(1_700_000_000_000_000 + i),
+                received_us: 1_700_000_000_000_000 + i,
+                peer: b"127.0.0.1:1",
+                client_ip: b"127.0.0.1",
+                client_ip_source: ClientIpSource::Peer,
+                method: b"GET",
+                path: b"/beacon",
+                kind: Kind::Query,
+                user_agent: None,
+                referer: None,
+                origin: None,
+                params: vec![(key.as_bytes().into(), b"1".as_slice().into())],
+                body: b"".as_slice().into(),
+            };
+            let mut b = BytesMut::new();
+            rec.encode(&mut b);
+            b.freeze()
+        })
+        .collect();
+    let mut frames = BytesMut::new();
+    Frame::Hello {
+        version: protocol::VERSION,
+        instance: 0x5eed,
+    }
+    .encode(&mut frames);
+    protocol::encode_batch(1, encoded.iter(), &mut frames);
+    // First connection: the batch, then gone before any ACK.
+    let mut first = std::os::unix::net::UnixStream::connect(&c.forward.socket_path).unwrap();
+    first.write_all(&frames).unwrap();
+    drop(first);
+    // Second connection: the same records again; the ACK covers them all.
+    let mut second = std::os::unix::net::UnixStream::connect(&c.forward.socket_path).unwrap();
+    second.write_all(&frames).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // ACK frames (a heartbeat repeats the last one while the sinks work) until all 500.
+    loop {
+        let mut ack = [0u8; 13];
+        second.read_exact(&mut ack).unwrap();
+        assert_eq!(ack[4], 3, "an ACK frame");
+        if u64::from_be_bytes(ack[5..].try_into().unwrap()) == 500 {
+            break;
+        }
+    }
+    drop(second);
+    stage.stop();
+    let recs = records(&c.processor.data_dir);
+    assert_eq!(recs.len(), 500, "every record once");
+    assert_eq!(unique_ids(&recs).len(), 500);
+}
