@@ -98,8 +98,8 @@ pub async fn run(
     };
     w.open.increment(1.0);
     let _open = Open(&w);
-    // Held for the connection's life: returned when this task ends.
-    let _permit = permit;
+    // Held for the connection's life: returned when the connection is closed.
+    let permit = permit;
     let phase = w.phase_slot();
     let mut st = State {
         pending: Vec::new(),
@@ -216,6 +216,10 @@ pub async fn run(
     if st.aged {
         w.aged_out();
     }
+    // Closed by the worker's closer, a round at a time between other tasks (see
+    // `shared::close_ended`), not here: a close storm would run every close in one go.
+    w.ended.borrow_mut().push((stream, permit));
+    w.ended_wake.notify_one();
 }
 
 /// When an idle connection is closed: its idle timeout. Not its age: an aged connection is

@@ -50,6 +50,36 @@ pub struct Worker {
     pub body_timeout: Duration,
     /// `beacon_connections_open`, held so a connection does no registry lookup.
     pub open: metrics::Gauge,
+    /// Ended connections waiting to be closed by [`close_ended`], a few per turn.
+    pub ended: RefCell<Vec<(TcpStream, tokio::sync::OwnedSemaphorePermit)>>,
+    /// Wakes [`close_ended`].
+    pub ended_wake: tokio::sync::Notify,
+}
+
+/// How many ended connections [`close_ended`] closes before letting every other ready task of
+/// the worker run.
+const CLOSES_PER_TURN: usize = 64;
+
+/// Closes ended connections in rounds of [`CLOSES_PER_TURN`], yielding between rounds. A close
+/// is a syscall that sends the FIN and, on loopback, processes it in the caller's softirq: tens
+/// of microseconds. Thousands of clients going at once (a NAT box, a balancer dropping its
+/// pool) would otherwise close in one run of the event loop, ahead of every live request.
+pub async fn close_ended(w: Rc<Worker>) {
+    loop {
+        w.ended_wake.notified().await;
+        loop {
+            let round: Vec<_> = {
+                let mut ended = w.ended.borrow_mut();
+                let n = ended.len().min(CLOSES_PER_TURN);
+                ended.drain(..n).collect()
+            };
+            if round.is_empty() {
+                break;
+            }
+            drop(round);
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// Connections waiting for the phase to change: a slot each, reused.

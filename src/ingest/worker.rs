@@ -137,8 +137,11 @@ async fn run(spec: Spec) -> WorkerResult {
         header_timeout: spec.header_timeout,
         body_timeout: spec.body_timeout,
         open: metrics::gauge!(m::CONNECTIONS_OPEN),
+        ended: RefCell::new(Vec::new()),
+        ended_wake: tokio::sync::Notify::new(),
     });
     let flusher = tokio::task::spawn_local(committer.clone().run());
+    let closer = tokio::task::spawn_local(super::shared::close_ended(w.clone()));
     let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());
     let permits = spec.connections.clone();
     let mut accepts = tokio::task::JoinSet::new();
@@ -202,6 +205,7 @@ async fn run(spec: Spec) -> WorkerResult {
     committer.close();
     let _ = flusher.await;
     stats_task.abort();
+    closer.abort();
     phase_task.abort();
     w.stats.flush(&w.app());
     match failure {
