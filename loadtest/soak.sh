@@ -12,7 +12,9 @@
 #           collector kill -9'd and started again; SIGTERM and started again
 #
 # Accounting at the end: every beacon answered 2xx is in the NDJSON files (lost = 0), copies
-# counted, every line read by Python's json; the collector's RSS and open fds sampled every
+# counted, every line read by Python's json; the fleet's and the bursts' answers apart (503s
+# while the spool is full are the promise kept: refused, not lost; a closed-loop burst meets
+# many), failed requests and browser-style retries; the collector's RSS and open fds sampled every
 # 10 s (printed: first, peak, last). The collector is started with the release build and the
 # default config but for ports, directories and logging. Bounded: SOAK_MINUTES (default 45) plus
 # the final flush; every process it starts is stopped on exit.
@@ -36,9 +38,11 @@ raise_nofile
 machine
 TMPFS=""
 finish() {
+  local rc=$?
   kill $(jobs -p) 2>/dev/null || true
-  [ -n "$TMPFS" ] && umount "$TMPFS" 2>/dev/null || true
   wait 2>/dev/null || true
+  [ "$rc" = 0 ] || { echo "--- collector log (last lines)"; tail -20 "$WORK/c/collector.log" 2>/dev/null; }
+  [ -n "$TMPFS" ] && umount "$TMPFS" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap finish EXIT
@@ -61,6 +65,7 @@ admin_listen = "127.0.0.1:18092"
 [spool]
 dir = "$D/spool"
 max_bytes = 167772160
+segment_bytes = 16777216
 [log]
 format = "json"
 level = "warn"
@@ -136,15 +141,21 @@ for _ in 1 2; do wait 2>/dev/null || true; done
 python3 - "$WORK" "$D/data" <<'PY'
 import glob, json, os, sys
 work, data = sys.argv[1], sys.argv[2]
-answered = errors = retried = 0
-for f in [os.path.join(work, "fleet.json")] + glob.glob(os.path.join(work, "burst-*.json")):
-    try:
-        r = json.load(open(f))
-    except Exception:
-        continue
-    answered += sum(v for k, v in r["status"].items() if k.startswith("2"))
-    errors += r["errors_total"] + sum(v for k, v in r["status"].items() if not k.startswith("2"))
-    retried += r.get("retried", 0)
+answered = 0
+parts = {}
+for name, files in (("fleet", [os.path.join(work, "fleet.json")]),
+                    ("bursts", glob.glob(os.path.join(work, "burst-*.json")))):
+    p = parts[name] = {"2xx": 0, "503": 0, "other non-2xx": 0, "failed": 0, "retried": 0}
+    for f in files:
+        try:
+            r = json.load(open(f))
+        except Exception:
+            continue
+        for k, v in r["status"].items():
+            p["2xx" if k.startswith("2") else "503" if k == "503" else "other non-2xx"] += v
+        p["failed"] += r["errors_total"]
+        p["retried"] += r.get("retried", 0)
+    answered += p["2xx"]
 lines = ids = 0
 seen = set()
 unreadable = 0
@@ -159,7 +170,8 @@ samples = [tuple(map(int, l.split())) for l in open(os.path.join(work, "samples"
 rss = [s[0] for s in samples]
 fds = [s[1] for s in samples]
 print(f"answered 2xx: {answered:,}  distinct records: {len(seen):,}  lost: {max(0, answered - len(seen)):,}  copies: {lines - len(seen) - unreadable:,}  unreadable lines: {unreadable}")
-print(f"client-visible errors (non-2xx, failed requests): {errors:,}  retried on a new connection: {retried:,}")
+for name, p in parts.items():
+    print(f"{name}: " + ", ".join(f"{k} {v:,}" for k, v in p.items()))
 if rss:
     print(f"collector RSS KB first/peak/last: {rss[0]:,} / {max(rss):,} / {rss[-1]:,}; open fds first/peak/last: {fds[0]} / {max(fds)} / {fds[-1]}")
 sys.exit(0 if answered <= len(seen) and unreadable == 0 else 1)
