@@ -341,6 +341,31 @@ fn steady_load_into_files_and_kafka_loses_nothing() {
     assert_no_loss(&c.processor.data_dir, &keys);
 }
 
+/// After a broker outage under load: stops the load, the collector (which must flush
+/// everything) and the stage; no 503s (the spool absorbed the outage), every 204 in the topic.
+/// Returns the copies.
+fn outage_accounting(
+    name: &str,
+    load: Load,
+    srv: Server,
+    stage: Stage,
+    dir: &Path,
+    kafka: &Kafka,
+) -> usize {
+    let (keys, other) = load.stop();
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(
+        report.remaining,
+        0,
+        "{name}: the collector flushed everything; stage log:\n{}",
+        Stage::log(dir, 40)
+    );
+    assert_eq!(other, 0, "{name}: the spool absorbed the outage: no 503s");
+    let s = read_topic(&[kafka.addr()], "beacons");
+    assert_none_lost(name, &keys, other, &s)
+}
+
 /// The broker is stopped (SIGTERM) for a few seconds under load: the stage keeps running,
 /// production resumes by itself, nothing is lost.
 #[test]
@@ -357,18 +382,7 @@ fn broker_stopped_and_restarted_under_load_loses_nothing() {
     std::thread::sleep(Duration::from_secs(4));
     kafka.start();
     std::thread::sleep(Duration::from_secs(2));
-    let (keys, other) = load.stop();
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    assert_eq!(
-        report.remaining,
-        0,
-        "the collector flushed everything; stage log:\n{}",
-        Stage::log(dir.path(), 40)
-    );
-    assert_eq!(other, 0, "the spool absorbed the outage: no 503s");
-    let s = read_topic(&[kafka.addr()], "beacons");
-    let dups = assert_none_lost("broker restart", &keys, other, &s);
+    let dups = outage_accounting("broker restart", load, srv, stage, dir.path(), &kafka);
     eprintln!("broker restart: {dups} copies (a batch sent again after the outage)");
 }
 
@@ -399,18 +413,14 @@ fn broker_away_longer_than_every_timeout_costs_at_most_one_copy_of_what_was_in_f
         Stage::log(dir.path(), 400).contains("Kafka is taking records again")
     });
     std::thread::sleep(Duration::from_secs(1));
-    let (keys, other) = load.stop();
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    assert_eq!(
-        report.remaining,
-        0,
-        "the collector flushed everything; stage log:\n{}",
-        Stage::log(dir.path(), 40)
+    let dups = outage_accounting(
+        "broker away past every timeout",
+        load,
+        srv,
+        stage,
+        dir.path(),
+        &kafka,
     );
-    assert_eq!(other, 0, "the spool absorbed the outage: no 503s");
-    let s = read_topic(&[kafka.addr()], "beacons");
-    let dups = assert_none_lost("broker away past every timeout", &keys, other, &s);
     assert!(
         dups <= c.processor.kafka.max_inflight,
         "{dups} copies: more than one of what was in flight"
