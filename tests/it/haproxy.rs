@@ -346,6 +346,10 @@ fn fleet_errors_through_haproxy(idle: u64) -> (u64, u64) {
         "1s",
         "--jitter-percent",
         "2",
+        // What the balancer hands its clients, counted as it is: a browser would send again
+        // a request that failed on a reused connection before any answer byte, which hides
+        // part of the race from its user but not from the balancer's logs.
+        "--no-retry-reused",
         "-d",
         "12s",
         &format!("http://{}/beacon", lb.addr),
