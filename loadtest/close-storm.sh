@@ -24,9 +24,7 @@ RUNS=${RUNS:-3}
 FLEET=${FLEET:-12000}
 RATE=${RATE:-5000}
 WORKERS=${WORKERS:-2}
-LG=$ROOT/target/release/beacon-loadgen
-[ -x "$LG" ] && [ -x "$ROOT/target/release/beacon-collector" ] ||
-  { echo "build first: cargo build --release" >&2; exit 2; }
+need_release
 need nginx nginx-light
 need curl curl
 need python3 python3

@@ -20,6 +20,13 @@ need_nginx_bench_tools() {
   need python3 python3
 }
 
+# The release binaries the load scripts run: sets LG and BIN, or says how to build them.
+need_release() {
+  LG=$ROOT/target/release/beacon-loadgen
+  BIN=$ROOT/target/release/beacon-collector
+  [ -x "$LG" ] && [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+}
+
 # Raise the soft nofile limit to the hard one: the fleet scenario holds 10k connections on
 # each side of loopback.
 raise_nofile() { ulimit -n "$(ulimit -Hn)"; }

@@ -17,9 +17,7 @@ FLEET=${FLEET:-3000}
 INTERVAL=${INTERVAL:-5s}
 GAP=${GAP:-1}
 PORT=18095
-LG=$ROOT/target/release/beacon-loadgen
-BIN=$ROOT/target/release/beacon-collector
-[ -x "$LG" ] && [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+need_release
 need curl curl
 need python3 python3
 raise_nofile

@@ -29,9 +29,7 @@ FLEET=${FLEET:-12000}
 BURST_RATE=${BURST_RATE:-20000}
 BURST_EVERY=${BURST_EVERY:-240}
 PORT=18090
-LG=$ROOT/target/release/beacon-loadgen
-BIN=$ROOT/target/release/beacon-collector
-[ -x "$LG" ] && [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
+need_release
 need curl curl
 need python3 python3
 raise_nofile

@@ -456,6 +456,15 @@ impl Binary {
             .unwrap()
     }
 
+    /// Waits for the "admin listening" line and returns the metrics address it names.
+    pub fn admin(&self) -> SocketAddr {
+        self.wait_for("admin listening", Duration::from_secs(10))["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// Waits for the first JSON log line whose message starts with `msg` and returns it.
     pub fn wait_for(&self, msg: &str, limit: Duration) -> serde_json::Value {
         self.wait_for_nth(msg, 1, limit)

@@ -180,12 +180,7 @@ fn a_live_collector_and_stage_export_every_metric_the_rules_and_dashboard_read()
     c.check.sample_interval_seconds = 1;
     let mut bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
-    let admin: std::net::SocketAddr = bin.wait_for("admin listening", Duration::from_secs(10))
-        ["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = bin.admin();
     let stage_admin: std::net::SocketAddr = bin
         .wait_for("processing stage listening", Duration::from_secs(10))["admin"]
         .as_str()
@@ -244,12 +239,7 @@ fn the_backlog_age_is_right_at_every_scrape_with_traffic_stopped() {
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
     let bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
-    let admin: std::net::SocketAddr = bin.wait_for("admin listening", Duration::from_secs(10))
-        ["addr"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = bin.admin();
     let gauge = |name: &str| -> f64 {
         let text = String::from_utf8_lossy(&get(admin, "/metrics").body).to_string();
         text.lines()
