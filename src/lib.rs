@@ -8,8 +8,8 @@
 //!    │  host::check (self-check at start)               │
 //!    ├─ ingest::worker ×cores                           ├─ protocol (HELLO/BATCH/ACK)
 //!    │    listener → native | hyper_engine              ├─ record (decode, NDJSON)
-//!    │    routes (limits, CORS, request → record)       └─ sink ─┬─ files (rotated NDJSON)
-//!    │    commit (group commit per turn)                         ├─ nats (JetStream, subject)
+//!    │    routes → record_build → commit                └─ sink ─┬─ files (rotated NDJSON)
+//!    │    (group commit per turn)                                ├─ nats (JetStream, subject)
 //!    │         │                                                 └─ kafka (topic, beacon-id)
 //!    │         ▼                unix socket
 //!    ├─ spool (frame, writer, reader)  ──▶ forwarder ══BATCH══▶ processor
@@ -30,14 +30,14 @@
 //! - [`forwarder`]: spool → batches on a unix socket → ACKs → spool segments deleted.
 //! - [`protocol`]: the frame format between collector and processing stage.
 //! - [`processor`], [`sink`]: the bundled processing stage and its sinks (rotated NDJSON
-//!   files, NATS JetStream); each sink owns its config section and checks.
+//!   files, NATS JetStream, Kafka); each sink owns its config section and checks.
 //! - [`supervisor`]: runs the embedded processing stage as a child and restarts it;
 //!   [`tasks`]: restarts a background task (forwarder, sampler, admin) that died, and fails
 //!   health while the forwarder is down; [`fault`]: fault points for the tests that prove it.
 //! - [`metrics`]: metric names and the Prometheus recorder; [`admin`] serves them.
 //! - [`host`]: reading `/proc`, the self-check against the config with its generated
 //!   sysctl/limits/systemd files, and kernel counters as metrics.
-//! - [`logging`], [`time`]: log setup; RFC 3339 timestamps without a date-time dependency.
+//! - [`logging`], [`time`]: log setup; RFC 3339 and HTTP dates without a date-time dependency.
 //!
 //! Data path: a worker accepts → frames the request → builds the record into its commit
 //! group → [`spool::Spool::write_group`] once per event-loop turn (503 when it cannot) → 204

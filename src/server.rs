@@ -4,7 +4,7 @@
 
 use crate::config::{Config, ForwardMode};
 use crate::host::{check, kernel, sampler};
-use crate::ingest::{self, listener, App};
+use crate::ingest::{self, listener, SharedState};
 use crate::lifecycle::{CancellationToken, Phase, Shutdown};
 use crate::{admin, forwarder, metrics, spool, supervisor, tasks};
 use std::future::Future;
@@ -127,7 +127,7 @@ pub async fn run_reloadable(
     );
     let acked_at_start = spool.acked();
     let beacon_addr = listeners.beacon_addr();
-    let app = Arc::new(App::new(&config, spool.clone()));
+    let app = Arc::new(SharedState::new(&config, spool.clone()));
     let close = CancellationToken::new();
     let mut fwd_task = tokio::spawn(tasks::supervise(
         "forwarder",
@@ -230,7 +230,7 @@ pub async fn run_reloadable(
 async fn stop_serving(
     kind: Shutdown,
     s: &crate::config::ShutdownConfig,
-    app: &App,
+    app: &SharedState,
     ingest: &mut ingest::Ingest,
 ) {
     crate::lifecycle::notify(

@@ -1,4 +1,5 @@
-//! UTC timestamp formatting (RFC 3339) without a date-time dependency.
+//! UTC timestamp formatting without a date-time dependency: RFC 3339 for records and logs,
+//! IMF-fixdate for HTTP `Date` headers, compact stamps for file names; one calendar algorithm.
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the Unix epoch.
 pub fn rfc3339_micros(us: u64) -> String {
@@ -73,6 +74,69 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     )
 }
 
+/// `Date` header values (IMF-fixdate), formatted at most once a second.
+pub struct DateCache {
+    secs: u64,
+    text: [u8; 29],
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        Self {
+            secs: u64::MAX,
+            text: [b' '; 29],
+        }
+    }
+}
+
+impl DateCache {
+    /// The date now.
+    pub fn get(&mut self) -> &[u8; 29] {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now != self.secs {
+            self.secs = now;
+            self.text = imf_fixdate(now);
+        }
+        &self.text
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86_400;
+    let (y, m, d, hh, mm, ss) = civil(secs);
+    let mut out = [0u8; 29];
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    two(&mut out[5..7], d);
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(m - 1) as usize]);
+    out[11] = b' ';
+    let y = y as u32;
+    two(&mut out[12..14], y / 100);
+    two(&mut out[14..16], y % 100);
+    out[16] = b' ';
+    two(&mut out[17..19], hh);
+    out[19] = b':';
+    two(&mut out[20..22], mm);
+    out[22] = b':';
+    two(&mut out[23..25], ss);
+    out[25..29].copy_from_slice(b" GMT");
+    out
+}
+
+fn two(out: &mut [u8], v: u32) {
+    out[0] = b'0' + (v / 10 % 10) as u8;
+    out[1] = b'0' + (v % 10) as u8;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +164,15 @@ mod tests {
             write_rfc3339_micros(us, &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), rfc3339_micros(us));
         }
+    }
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &imf_fixdate(1_798_761_600),
+            b"Fri, 01 Jan 2027 00:00:00 GMT"
+        );
     }
 }

@@ -65,11 +65,6 @@ impl Frames<'_> {
         }
     }
 
-    /// Records framed so far.
-    pub fn count(&self) -> usize {
-        self.count
-    }
-
     /// Bytes this request's records take in the spool so far (frame headers included).
     pub fn bytes(&self) -> usize {
         self.buf.len() - self.start

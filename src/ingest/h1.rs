@@ -5,7 +5,7 @@
 //! Everything here works on bytes already in memory and never allocates for a request that
 //! is complete in one read, but for a chunked body (copied out of its chunks).
 
-use super::routes::{reason, Answer, Cors, Reject};
+use super::answer::{reason, Answer, Cors, Reject};
 use httparse::{Header, Status};
 use std::mem::MaybeUninit;
 
@@ -424,84 +424,6 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Reject> {
     }
 }
 
-/// `Date` header values (IMF-fixdate), formatted at most once a second.
-pub struct DateCache {
-    secs: u64,
-    text: [u8; 29],
-}
-
-impl Default for DateCache {
-    fn default() -> Self {
-        Self {
-            secs: u64::MAX,
-            text: [b' '; 29],
-        }
-    }
-}
-
-impl DateCache {
-    /// The date now.
-    pub fn get(&mut self) -> &[u8; 29] {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if now != self.secs {
-            self.secs = now;
-            self.text = imf_fixdate(now);
-        }
-        &self.text
-    }
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn imf_fixdate(secs: u64) -> [u8; 29] {
-    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = secs / 86_400;
-    let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    let mut out = [0u8; 29];
-    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
-    out[3..5].copy_from_slice(b", ");
-    two(&mut out[5..7], d);
-    out[7] = b' ';
-    out[8..11].copy_from_slice(MONTHS[(m - 1) as usize]);
-    out[11] = b' ';
-    let y = y as u32;
-    two(&mut out[12..14], y / 100);
-    two(&mut out[14..16], y % 100);
-    out[16] = b' ';
-    two(&mut out[17..19], (sod / 3600) as u32);
-    out[19] = b':';
-    two(&mut out[20..22], (sod / 60 % 60) as u32);
-    out[22] = b':';
-    two(&mut out[23..25], (sod % 60) as u32);
-    out[25..29].copy_from_slice(b" GMT");
-    out
-}
-
-fn two(out: &mut [u8], v: u32) {
-    out[0] = b'0' + (v / 10 % 10) as u8;
-    out[1] = b'0' + (v % 10) as u8;
-}
-
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// `HTTP/1.1 100 Continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -678,16 +600,6 @@ mod tests {
         assert_eq!(
             decode_chunked(b"ffffffffffffffffff\r\n", 100),
             Err(Reject::BadRequest)
-        );
-    }
-
-    #[test]
-    fn dates_are_imf_fixdate() {
-        assert_eq!(&imf_fixdate(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(&imf_fixdate(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            &imf_fixdate(1_798_761_600),
-            b"Fri, 01 Jan 2027 00:00:00 GMT"
         );
     }
 

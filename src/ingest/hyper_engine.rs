@@ -9,11 +9,15 @@
 //! task closes the connection if the head is not complete `header_timeout_seconds` later.
 //! Body reads get their own deadline in the handler.
 
-use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
-use super::shared::{proxy_client, Worker};
-use super::{proxy, Phase};
+use super::answer::{Answer, Cors, Reject};
+use super::conn::{identify, Conn};
+use super::record_build;
+use super::request::{split_target, Head, Route};
+use super::routes::{self, Next};
+use super::stats::Counter;
+use super::worker_state::Worker;
+use super::Phase;
 use crate::config::Config;
-use crate::record::ClientIpSource;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -44,7 +48,7 @@ pub fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
         .header_read_timeout(Duration::from_secs(h.idle_timeout_seconds))
         // hyper answers 431 itself beyond these; the handler applies the exact byte limit.
         .max_headers(h.max_headers)
-        .max_buf_size(routes::max_head_bytes(h))
+        .max_buf_size(super::state::max_head_bytes(h))
         .max_header_size(h.max_uri_bytes + h.max_header_bytes + 1024);
     b
 }
@@ -199,7 +203,7 @@ pub async fn serve(
                 if state.phase.load(Ordering::Acquire) == HEAD
                     && state.generation.load(Ordering::Acquire) == g
                 {
-                    w.stats.header_timeouts.set(w.stats.header_timeouts.get() + 1);
+                    w.stats.add(Counter::HeaderTimeouts, 1);
                     tracing::debug!("request headers not complete within header_timeout_seconds; closing");
                     break;
                 }
@@ -231,7 +235,7 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
         })
         .collect();
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let (path, query) = routes::split_target(target.as_bytes());
+    let (path, query) = split_target(target.as_bytes());
     let head = Head {
         method: parts.method.as_str(),
         path,
@@ -265,7 +269,7 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
                 Err(r) => with_cors(Answer::reject(app, r), cors),
                 Ok(b) => {
                     let pushed = w.committer.push(|group| {
-                        routes::build_record(app, &w.stats, conn, &head, plan, &b, group)
+                        record_build::build_record(app, &w.stats, conn, &head, plan, &b, group)
                     });
                     match pushed {
                         Ok((built, ticket)) => {
@@ -381,15 +385,9 @@ pub fn spawn(
         // Held for the connection's life: returned when the task ends.
         let _permit = permit;
         let mut stream = stream;
-        let conn = if w.app().proxy == proxy::Mode::Off {
-            Conn::new(peer, peer.ip(), ClientIpSource::Peer)
-        } else {
-            let header_timeout = w.header_timeout;
-            let app = w.app().clone();
-            match Box::pin(proxy_client(&app, &mut stream, peer, header_timeout)).await {
-                Some(c) => c,
-                None => return,
-            }
+        let mode = w.app().proxy;
+        let Some(conn) = identify(mode, &mut stream, peer, w.header_timeout).await else {
+            return;
         };
         w.open.increment(1.0);
         let b = hyper.expect("hyper builder for the hyper engine");

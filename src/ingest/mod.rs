@@ -3,33 +3,43 @@
 //! - [`listener`]: socket2 listeners (`SO_REUSEPORT`, backlog vs somaxconn), per-socket TCP
 //!   options, the accept loop with connection permits and error classification.
 //! - [`worker`]: thread-per-core workers, each a current-thread runtime owning its listener,
-//!   connections, timers, scratch buffers, counters and commit group; [`shared`]: what its
-//!   connections share (the worker state, the PROXY-header step).
+//!   connections, timers, scratch buffers, counters and commit group; [`worker_state`]: what
+//!   its connections share.
 //! - [`native`] (default) and [`hyper_engine`]: the two HTTP/1.1 connection engines; [`h1`] is
-//!   the native engine's framing on httparse.
-//! - [`routes`]: what a request means, for both engines: routes, limits, CORS, rejection →
-//!   status, request → record.
+//!   the native engine's framing on httparse; [`conn`]: who a connection's client is (the
+//!   PROXY header).
+//! - Shared by both engines: [`request`] (the head, the route), [`routes`] (the decisions
+//!   from the head), [`record_build`] (request → records), [`answer`] (answers, rejection →
+//!   status), [`stats`] (counters), [`state`] (what every worker reads under the current
+//!   config).
 //! - [`commit`]: group commit of one worker's records to the spool per event-loop turn.
 //! - [`proxy`] (PROXY protocol v1/v2), [`forwarded_for`] (trusted `X-Forwarded-For`),
-//!   [`ratelimit`] (per-client token buckets).
+//!   [`ratelimit`] (per-client token buckets), [`encoding`], [`multipart`], [`batch`]
+//!   (bodies).
 
-pub mod batch;
-pub mod commit;
-pub mod encoding;
-pub mod forwarded_for;
-pub mod h1;
-pub mod hyper_engine;
+mod answer;
+mod batch;
+mod commit;
+mod conn;
+mod encoding;
+pub(crate) mod forwarded_for;
+mod h1;
+mod hyper_engine;
 pub mod listener;
-pub mod multipart;
-pub mod native;
+mod multipart;
+mod native;
 pub mod proxy;
-pub mod ratelimit;
-pub mod routes;
-pub mod shared;
-pub mod worker;
+mod ratelimit;
+mod record_build;
+mod request;
+mod routes;
+mod state;
+mod stats;
+mod worker;
+mod worker_state;
 
-pub use crate::lifecycle::Phase;
-pub use routes::App;
+pub(crate) use crate::lifecycle::Phase;
+pub(crate) use state::SharedState;
 
 use crate::config::Config;
 use crate::lifecycle::CancellationToken;
@@ -52,7 +62,7 @@ pub enum Engine {
 /// The running workers, as `run` drives them through shutdown.
 pub struct Ingest {
     phase: watch::Sender<Phase>,
-    app: watch::Sender<Arc<App>>,
+    app: watch::Sender<Arc<SharedState>>,
     stop_accept: CancellationToken,
     exited: mpsc::UnboundedReceiver<worker::WorkerResult>,
     running: usize,
@@ -63,10 +73,10 @@ impl Ingest {
     /// there are enough; otherwise workers share duplicates of them).
     pub fn start(
         config: &Config,
-        app: Arc<App>,
+        app: Arc<SharedState>,
         listeners: Vec<std::net::TcpListener>,
     ) -> std::io::Result<Self> {
-        routes::declare_metrics();
+        stats::declare_metrics();
         listener::declare_metrics();
         let n = config.workers().max(1);
         let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
@@ -150,7 +160,7 @@ impl Ingest {
     }
 
     /// Hands every worker the state of a reloaded config; each takes it between requests.
-    pub fn set_app(&self, app: Arc<App>) {
+    pub fn set_app(&self, app: Arc<SharedState>) {
         let _ = self.app.send(app);
     }
 

@@ -7,10 +7,16 @@
 //! One task per connection on the worker's `LocalSet`, with one lazily re-armed timer (idle,
 //! header or body deadline, whichever applies).
 
+use super::answer::{Answer, Cors, Reject};
 use super::commit::Ticket;
+use super::conn::{identify, Conn};
 use super::h1::{self, Chunked, Framing, ParsedHead};
-use super::routes::{self, Answer, Conn, Cors, Head, Next, Reject, Route};
-use super::shared::{proxy_client, Worker};
+use super::record_build::{self, Built};
+use super::request::{split_target, Head, Route};
+use super::routes::{self, Next};
+use super::state::SharedState;
+use super::stats::Counter;
+use super::worker_state::Worker;
 use super::Phase;
 use std::future::Future;
 use std::io;
@@ -36,7 +42,7 @@ enum Step {
 struct Committed {
     ticket: Ticket,
     route: Route,
-    built: routes::Built,
+    built: Built,
     cors: Option<Cors>,
     head_only: bool,
     close: bool,
@@ -86,15 +92,9 @@ pub async fn run(
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
 ) {
-    let conn = if w.app().proxy == super::proxy::Mode::Off {
-        Conn::new(peer, peer.ip(), crate::record::ClientIpSource::Peer)
-    } else {
-        let timeout = w.header_timeout;
-        let app = w.app().clone();
-        match Box::pin(proxy_client(&app, &mut stream, peer, timeout)).await {
-            Some(c) => c,
-            None => return,
-        }
+    let mode = w.app().proxy;
+    let Some(conn) = identify(mode, &mut stream, peer, w.header_timeout).await else {
+        return;
     };
     w.open.increment(1.0);
     let _open = Open(&w);
@@ -160,9 +160,7 @@ pub async fn run(
                     } else if st.deadline.is_some() {
                         // Slowloris: the head did not complete in time. Closed without an
                         // answer, like the hyper engine.
-                        w.stats
-                            .header_timeouts
-                            .set(w.stats.header_timeouts.get() + 1);
+                        w.stats.add(Counter::HeaderTimeouts, 1);
                     }
                     break;
                 }
@@ -371,7 +369,7 @@ fn process(
     out: &mut Vec<u8>,
 ) -> (usize, Step) {
     let app_ref = w.app();
-    let app: &routes::App = &app_ref;
+    let app: &SharedState = &app_ref;
     let date = *w.date.borrow_mut().get();
     let max_head = app.max_head_bytes();
     let max_body = app.http.max_body_bytes;
@@ -410,7 +408,7 @@ fn process(
                     return (pos, Step::Close);
                 }
             };
-        let (path, query) = routes::split_target(ph.target);
+        let (path, query) = split_target(ph.target);
         let head = Head {
             method: ph.method,
             path,
@@ -509,7 +507,7 @@ fn process(
         };
         let cors = plan.cors.take();
         let pushed = w.committer.push(|group| {
-            routes::build_record(app, &w.stats, conn, &head, plan, body_bytes, group)
+            record_build::build_record(app, &w.stats, conn, &head, plan, body_bytes, group)
         });
         let close = close_after || !ph.keep_alive || st.aged;
         match pushed {

@@ -130,7 +130,8 @@ impl RateLimiter {
         }
     }
 
-    /// Bytes the table takes, whatever the traffic (for the docs and a test).
+    /// Bytes the table takes, whatever the traffic.
+    #[cfg(test)]
     pub fn table_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Mutex<Slot>>()
     }

@@ -4,13 +4,15 @@
 //! per-request path touches another worker or wakes another thread.
 
 use super::commit::Committer;
-use super::h1::DateCache;
 use super::listener::{self, SocketOptions};
-use super::routes::{App, Stats};
-use super::shared::{Waiters, Worker};
+use super::state::SharedState;
+use super::stats::Counter;
+use super::stats::Stats;
+use super::worker_state::{Waiters, Worker};
 use super::{native, Engine, Phase};
 use crate::lifecycle::CancellationToken;
 use crate::metrics as m;
+use crate::time::DateCache;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,7 +29,7 @@ pub struct Spec {
     /// The listening sockets this worker accepts from (its own `SO_REUSEPORT` socket).
     pub listeners: Vec<std::net::TcpListener>,
     /// Shared request state.
-    pub app: watch::Receiver<Arc<App>>,
+    pub app: watch::Receiver<Arc<SharedState>>,
     /// Which HTTP engine serves connections.
     pub engine: Engine,
     /// `server.max_connections`, shared by every worker: a slot freed on one worker is taken
@@ -78,7 +80,7 @@ pub fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult
 fn housekeeping(
     w: &Rc<Worker>,
     phase: watch::Receiver<Phase>,
-    app: watch::Receiver<Arc<App>>,
+    app: watch::Receiver<Arc<SharedState>>,
 ) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
     let stats_task = {
         let w = w.clone();
@@ -141,7 +143,7 @@ async fn run(spec: Spec) -> WorkerResult {
         ended_wake: tokio::sync::Notify::new(),
     });
     let flusher = tokio::task::spawn_local(committer.clone().run());
-    let closer = tokio::task::spawn_local(super::shared::close_ended(w.clone()));
+    let closer = tokio::task::spawn_local(super::worker_state::close_ended(w.clone()));
     let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());
     let permits = spec.connections.clone();
     let mut accepts = tokio::task::JoinSet::new();
@@ -163,7 +165,7 @@ async fn run(spec: Spec) -> WorkerResult {
                     tracing::debug!(%peer, error = %e, "setting socket options; dropping connection");
                     return;
                 }
-                w.stats.connections.set(w.stats.connections.get() + 1);
+                w.stats.add(Counter::Connections, 1);
                 let (w, hyper) = (w.clone(), hyper.clone());
                 if engine == Engine::Native {
                     // Memory per idle connection is what a browser fleet costs: the native

@@ -4,13 +4,12 @@
 //! neither of them.
 
 use super::commit::Committer;
-use super::h1::DateCache;
-use super::routes::{App, Conn, Stats};
-use super::{proxy, Phase};
-use crate::metrics as m;
-use crate::record::ClientIpSource;
+use super::state::SharedState;
+use super::stats::Counter;
+use super::stats::Stats;
+use super::Phase;
+use crate::time::DateCache;
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use tokio::sync::watch;
 pub struct Worker {
     /// Shared request state.
     /// The current config's shared state (replaced on SIGHUP; see [`Worker::app`]).
-    pub app: RefCell<Arc<App>>,
+    pub app: RefCell<Arc<SharedState>>,
     /// This worker's group commit.
     pub committer: Rc<Committer>,
     /// This worker's counters.
@@ -107,7 +106,7 @@ pub const NO_EXPIRY: u32 = u32::MAX;
 impl Worker {
     /// The current shared state. Borrow it for synchronous work only (a reload replaces it
     /// between tasks' turns); clone the `Arc` to keep it across an await.
-    pub fn app(&self) -> std::cell::Ref<'_, Arc<App>> {
+    pub fn app(&self) -> std::cell::Ref<'_, Arc<SharedState>> {
         self.app.borrow()
     }
 
@@ -132,7 +131,7 @@ impl Worker {
 
     /// Counts a connection closed because it reached its age.
     pub fn aged_out(&self) {
-        self.stats.aged_out.set(self.stats.aged_out.get() + 1);
+        self.stats.add(Counter::AgedOut, 1);
     }
 
     /// The new lifecycle phase: stored, and every waiting connection woken to read it.
@@ -174,36 +173,4 @@ impl Drop for PhaseSlot {
         ws.slots[self.slot] = None;
         ws.free.push(self.slot);
     }
-}
-
-/// Reads the PROXY header (when the listener expects one) off a fresh connection.
-pub async fn proxy_client(
-    app: &App,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
-    timeout: Duration,
-) -> Option<Conn> {
-    let (client, source) = match app.proxy {
-        proxy::Mode::Off => (peer.ip(), ClientIpSource::Peer),
-        mode => match proxy::read_header(stream, mode, timeout).await {
-            Ok(h) => {
-                let source = if h.version == 1 {
-                    ClientIpSource::ProxyV1
-                } else {
-                    ClientIpSource::ProxyV2
-                };
-                metrics::counter!(m::PROXY_HEADERS_TOTAL, "version" => if h.version == 1 { "1" } else { "2" }).increment(1);
-                // LOCAL / UNKNOWN: the proxy's own connection (health checks).
-                h.source
-                    .map_or((peer.ip(), ClientIpSource::Peer), |a| (a.ip(), source))
-            }
-            Err(e) => {
-                metrics::counter!(m::PROXY_HEADER_ERRORS_TOTAL, "reason" => e.reason())
-                    .increment(1);
-                tracing::debug!(%peer, error = %e, "closing connection without a valid PROXY header");
-                return None;
-            }
-        },
-    };
-    Some(Conn::new(peer, client, source))
 }
