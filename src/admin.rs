@@ -14,17 +14,20 @@ use std::time::Duration;
 #[error("binding {key} {addr}: {source}")]
 pub struct BindError {
     /// The config key that names the address.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The OS error.
     #[source]
-    pub source: std::io::Error,
+    pub(crate) source: std::io::Error,
 }
 
 /// Binds the admin listener at `addr` (`key` names it in the error), non-blocking so a
 /// runtime can take it.
-pub fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+pub(crate) fn bind(
+    key: &'static str,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, BindError> {
     let err = |source| BindError { key, addr, source };
     let l = std::net::TcpListener::bind(addr).map_err(err)?;
     l.set_nonblocking(true).map_err(err)?;
@@ -32,11 +35,11 @@ pub fn bind(key: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener
 }
 
 /// What `/readyz` says on an admin port that has one: `Err` with the reason for a 503.
-pub type Readiness = fn() -> Result<(), String>;
+pub(crate) type Readiness = fn() -> Result<(), String>;
 
 /// Serves `GET /metrics` (and `GET /readyz` when `ready` is given) on `listener` until `stop`
 /// is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: std::sync::Arc<tokio::net::TcpListener>,
     handle: PrometheusHandle,
     stop: CancellationToken,

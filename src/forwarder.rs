@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 /// The forwarder task's state.
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     spool: Spool,
     cfg: ForwardConfig,
     socket_path: PathBuf,
@@ -90,7 +90,7 @@ fn declare_metrics() {
 
 impl Forwarder {
     /// A forwarder for `spool`.
-    pub fn new(spool: Spool, cfg: &ForwardConfig) -> Self {
+    pub(crate) fn new(spool: Spool, cfg: &ForwardConfig) -> Self {
         let acked = spool.acked();
         Self {
             spool,
@@ -104,7 +104,7 @@ impl Forwarder {
     /// Runs until `close` is cancelled and everything in the spool is acknowledged. The caller
     /// bounds that with the shutdown flush deadline; what is left stays in the spool for the
     /// next start.
-    pub async fn run(mut self, close: CancellationToken) {
+    pub(crate) async fn run(mut self, close: CancellationToken) {
         declare_metrics();
         let mut backoff = Duration::from_millis(self.cfg.reconnect_initial_ms);
         let max_backoff = Duration::from_millis(self.cfg.reconnect_max_ms);

@@ -8,7 +8,7 @@
 //! forgotten sender can never leave a task running forever.
 
 use std::future::Future;
-pub use tokio_util::sync::CancellationToken;
+pub(crate) use tokio_util::sync::CancellationToken;
 
 /// How to shut down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub enum Shutdown {
 
 /// The collector's lifecycle as connections see it; the phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Normal service.
     Running,
     /// SIGTERM received: health check fails, every response says `Connection: close`.
@@ -39,7 +39,7 @@ pub enum Phase {
 /// The handlers are installed when this is called, not when the future is first polled, so a
 /// signal that arrives during start-up is not lost to the default action (instant death).
 /// Must be called inside a Tokio runtime.
-pub fn collector_signals() -> std::io::Result<impl Future<Output = Shutdown>> {
+pub(crate) fn collector_signals() -> std::io::Result<impl Future<Output = Shutdown>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -65,14 +65,14 @@ pub fn collector_signals() -> std::io::Result<impl Future<Output = Shutdown>> {
 
 /// SIGHUP, as a stream: `serve` reloads its config on each (installed at once, so a HUP during
 /// start-up is not the default action, which would end the process).
-pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+pub(crate) fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
 /// The processing stage's stop: SIGTERM, SIGINT, or (with `watch_stdin`) end of file on
 /// stdin, which is how a stage started by `serve` learns that its collector is gone, even
 /// after a `kill -9`. Installed at once, like [`collector_signals`].
-pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>> {
+pub(crate) fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::io::AsyncReadExt;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -117,7 +117,7 @@ pub fn stage_stop(watch_stdin: bool) -> std::io::Result<impl Future<Output = ()>
 /// the datagram socket named by `NOTIFY_SOCKET`; nothing at all without one (a terminal, the
 /// tests' in-process servers). A failure to notify is logged, never fatal: the collector
 /// serves either way, and systemd's start timeout reports a missing READY.
-pub fn notify(state: Notify, status: &str) {
+pub(crate) fn notify(state: Notify, status: &str) {
     use sd_notify::NotifyState;
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
@@ -133,7 +133,7 @@ pub fn notify(state: Notify, status: &str) {
 
 /// What [`notify`] says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Notify {
+pub(crate) enum Notify {
     /// Listening and serving (`READY=1`).
     Ready,
     /// Shutting down (`STOPPING=1`).
@@ -141,7 +141,7 @@ pub enum Notify {
 }
 
 /// Builds a multi-thread runtime with `threads` workers and every driver.
-pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()

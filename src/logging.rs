@@ -41,7 +41,7 @@ pub fn init(format: LogFormat, level: &str) {
 }
 
 /// Applies a new `log.level` (SIGHUP). `RUST_LOG`, when set, keeps winning.
-pub fn set_level(level: &str) -> Result<(), String> {
+pub(crate) fn set_level(level: &str) -> Result<(), String> {
     if std::env::var_os("RUST_LOG").is_some() {
         return Err("RUST_LOG is set and overrides log.level".into());
     }
@@ -63,7 +63,7 @@ pub fn use_color(stream: &impl IsTerminal) -> bool {
 /// per accept (disk full, EMFILE, a broker down); the line that is logged says how many were
 /// left out since the one before. Shared freely: two atomics, no lock.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     every_ms: u64,
     /// Milliseconds since [`epoch`] before which nothing more is logged.
     next_ms: std::sync::atomic::AtomicU64,
@@ -71,7 +71,7 @@ pub struct Throttle {
 }
 
 /// The default interval: one line per 5 s per kind of error.
-pub const THROTTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const THROTTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn epoch() -> std::time::Instant {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
@@ -80,7 +80,7 @@ fn epoch() -> std::time::Instant {
 
 impl Throttle {
     /// One line per `every`.
-    pub const fn new(every: std::time::Duration) -> Self {
+    pub(crate) const fn new(every: std::time::Duration) -> Self {
         Self {
             every_ms: every.as_millis() as u64,
             next_ms: std::sync::atomic::AtomicU64::new(0),
@@ -90,7 +90,7 @@ impl Throttle {
 
     /// `Some(left out since the last line)` when this occurrence may be logged, else `None`
     /// (and it is counted).
-    pub fn allow(&self) -> Option<u64> {
+    pub(crate) fn allow(&self) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
         let now = epoch().elapsed().as_millis() as u64;
         let next = self.next_ms.load(Relaxed);

@@ -13,125 +13,125 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 /// HTTP requests answered, by `route` and `status`.
-pub const HTTP_REQUESTS_TOTAL: &str = "beacon_http_requests_total";
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "beacon_http_requests_total";
 /// Request handling time, by `route`.
-pub const HTTP_REQUEST_DURATION_SECONDS: &str = "beacon_http_request_duration_seconds";
+pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "beacon_http_request_duration_seconds";
 /// Request body bytes received on beacon routes.
-pub const HTTP_REQUEST_BODY_BYTES_TOTAL: &str = "beacon_http_request_body_bytes_total";
+pub(crate) const HTTP_REQUEST_BODY_BYTES_TOTAL: &str = "beacon_http_request_body_bytes_total";
 /// Beacons accepted (answered 2xx, queued for the processing stage), by `kind`.
-pub const BEACONS_ACCEPTED_TOTAL: &str = "beacon_accepted_total";
+pub(crate) const BEACONS_ACCEPTED_TOTAL: &str = "beacon_accepted_total";
 /// Beacons refused, by `reason`.
-pub const BEACONS_REJECTED_TOTAL: &str = "beacon_rejected_total";
+pub(crate) const BEACONS_REJECTED_TOTAL: &str = "beacon_rejected_total";
 /// Connections accepted.
-pub const CONNECTIONS_ACCEPTED_TOTAL: &str = "beacon_connections_accepted_total";
+pub(crate) const CONNECTIONS_ACCEPTED_TOTAL: &str = "beacon_connections_accepted_total";
 /// Connections open now.
-pub const CONNECTIONS_OPEN: &str = "beacon_connections_open";
+pub(crate) const CONNECTIONS_OPEN: &str = "beacon_connections_open";
 /// Connections closed because their headers did not arrive within `http.header_timeout_seconds`.
-pub const HEADER_TIMEOUTS_TOTAL: &str = "beacon_http_header_timeouts_total";
+pub(crate) const HEADER_TIMEOUTS_TOTAL: &str = "beacon_http_header_timeouts_total";
 /// Valid PROXY protocol headers read, by `version`.
-pub const PROXY_HEADERS_TOTAL: &str = "beacon_proxy_headers_total";
+pub(crate) const PROXY_HEADERS_TOTAL: &str = "beacon_proxy_headers_total";
 /// Connections closed for a missing or bad PROXY header, by `reason` (`invalid`, `truncated`,
 /// `too_long`, `timeout`).
-pub const PROXY_HEADER_ERRORS_TOTAL: &str = "beacon_proxy_header_errors_total";
+pub(crate) const PROXY_HEADER_ERRORS_TOTAL: &str = "beacon_proxy_header_errors_total";
 /// Requests from a trusted proxy whose `X-Forwarded-For` did not parse (the header was ignored).
-pub const FORWARDED_FOR_INVALID_TOTAL: &str = "beacon_forwarded_for_invalid_total";
+pub(crate) const FORWARDED_FOR_INVALID_TOTAL: &str = "beacon_forwarded_for_invalid_total";
 /// Times a worker found its share of `server.max_connections` taken and left new connections
 /// in the kernel's accept queue.
-pub const CONNECTION_LIMIT_REACHED_TOTAL: &str = "beacon_connection_limit_reached_total";
+pub(crate) const CONNECTION_LIMIT_REACHED_TOTAL: &str = "beacon_connection_limit_reached_total";
 /// `accept(2)` errors, by `kind`.
-pub const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
+pub(crate) const ACCEPT_ERRORS_TOTAL: &str = "beacon_accept_errors_total";
 /// Bytes held in the spool.
-pub const SPOOL_BYTES: &str = "beacon_spool_bytes";
+pub(crate) const SPOOL_BYTES: &str = "beacon_spool_bytes";
 /// Segment files in the spool.
-pub const SPOOL_SEGMENTS: &str = "beacon_spool_segments";
+pub(crate) const SPOOL_SEGMENTS: &str = "beacon_spool_segments";
 /// Age of the oldest unacknowledged record (1 s resolution; 0 when all are acknowledged).
-pub const SPOOL_OLDEST_UNACKED_SECONDS: &str = "beacon_spool_oldest_unacked_seconds";
+pub(crate) const SPOOL_OLDEST_UNACKED_SECONDS: &str = "beacon_spool_oldest_unacked_seconds";
 /// Spool records found corrupt (bad checksum or length) at recovery or when read.
-pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "beacon_spool_corrupt_records_total";
+pub(crate) const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "beacon_spool_corrupt_records_total";
 /// Spool write or fsync failures (each answered 503).
-pub const SPOOL_WRITE_ERRORS_TOTAL: &str = "beacon_spool_write_errors_total";
+pub(crate) const SPOOL_WRITE_ERRORS_TOTAL: &str = "beacon_spool_write_errors_total";
 /// Records per group commit.
-pub const SPOOL_GROUP_RECORDS: &str = "beacon_spool_group_records";
+pub(crate) const SPOOL_GROUP_RECORDS: &str = "beacon_spool_group_records";
 /// Records sent to the processing stage and not yet acknowledged.
-pub const FORWARD_UNACKED_RECORDS: &str = "beacon_forward_unacked_records";
+pub(crate) const FORWARD_UNACKED_RECORDS: &str = "beacon_forward_unacked_records";
 /// Records written to the processing stage (resends included).
-pub const FORWARD_SENT_RECORDS_TOTAL: &str = "beacon_forward_sent_records_total";
+pub(crate) const FORWARD_SENT_RECORDS_TOTAL: &str = "beacon_forward_sent_records_total";
 /// Records the processing stage acknowledged.
-pub const FORWARD_ACKED_RECORDS_TOTAL: &str = "beacon_forward_acked_records_total";
+pub(crate) const FORWARD_ACKED_RECORDS_TOTAL: &str = "beacon_forward_acked_records_total";
 /// Records sent again (replays) after a reconnect.
-pub const FORWARD_RESENT_RECORDS_TOTAL: &str = "beacon_forward_resent_records_total";
+pub(crate) const FORWARD_RESENT_RECORDS_TOTAL: &str = "beacon_forward_resent_records_total";
 /// Connections (re-)established to the processing stage.
-pub const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
+pub(crate) const FORWARD_CONNECTS_TOTAL: &str = "beacon_forward_connects_total";
 /// Connections to the processing stage lost or abandoned, by `reason`.
-pub const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
+pub(crate) const FORWARD_DISCONNECTS_TOTAL: &str = "beacon_forward_disconnects_total";
 /// Background tasks (forwarder, sampler, admin) that died and were restarted, by `task`.
-pub const TASK_RESTARTS_TOTAL: &str = "beacon_task_restarts_total";
+pub(crate) const TASK_RESTARTS_TOTAL: &str = "beacon_task_restarts_total";
 /// Keep-alive connections closed because they reached `http.max_connection_age_seconds`.
-pub const CONNECTIONS_AGED_OUT_TOTAL: &str = "beacon_connections_aged_out_total";
+pub(crate) const CONNECTIONS_AGED_OUT_TOTAL: &str = "beacon_connections_aged_out_total";
 /// Restarts of the embedded processing stage.
-pub const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
+pub(crate) const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.
-pub const DRAINING: &str = "beacon_draining";
+pub(crate) const DRAINING: &str = "beacon_draining";
 
 /// Kernel (host-wide, since boot): accept queue overflows (`TcpExt.ListenOverflows`).
-pub const KERNEL_LISTEN_OVERFLOWS_TOTAL: &str = "beacon_kernel_listen_overflows_total";
+pub(crate) const KERNEL_LISTEN_OVERFLOWS_TOTAL: &str = "beacon_kernel_listen_overflows_total";
 /// Kernel: SYNs to listening sockets dropped (`TcpExt.ListenDrops`).
-pub const KERNEL_LISTEN_DROPS_TOTAL: &str = "beacon_kernel_listen_drops_total";
+pub(crate) const KERNEL_LISTEN_DROPS_TOTAL: &str = "beacon_kernel_listen_drops_total";
 /// Kernel: SYN cookies sent (`TcpExt.SyncookiesSent`).
-pub const KERNEL_SYNCOOKIES_SENT_TOTAL: &str = "beacon_kernel_syncookies_sent_total";
+pub(crate) const KERNEL_SYNCOOKIES_SENT_TOTAL: &str = "beacon_kernel_syncookies_sent_total";
 /// Kernel: invalid SYN cookies received (`TcpExt.SyncookiesFailed`).
-pub const KERNEL_SYNCOOKIES_FAILED_TOTAL: &str = "beacon_kernel_syncookies_failed_total";
+pub(crate) const KERNEL_SYNCOOKIES_FAILED_TOTAL: &str = "beacon_kernel_syncookies_failed_total";
 /// Kernel: packets dropped on a busy socket backlog (`TcpExt.TCPBacklogDrop`).
-pub const KERNEL_TCP_BACKLOG_DROPS_TOTAL: &str = "beacon_kernel_tcp_backlog_drops_total";
+pub(crate) const KERNEL_TCP_BACKLOG_DROPS_TOTAL: &str = "beacon_kernel_tcp_backlog_drops_total";
 /// Kernel: conntrack table fill, 0..1 (absent without conntrack).
-pub const KERNEL_CONNTRACK_FILL_RATIO: &str = "beacon_kernel_conntrack_fill_ratio";
+pub(crate) const KERNEL_CONNTRACK_FILL_RATIO: &str = "beacon_kernel_conntrack_fill_ratio";
 /// Kernel: TCP sockets in TIME_WAIT.
-pub const KERNEL_TCP_TIME_WAIT: &str = "beacon_kernel_tcp_time_wait";
+pub(crate) const KERNEL_TCP_TIME_WAIT: &str = "beacon_kernel_tcp_time_wait";
 /// Kernel: orphaned TCP sockets.
-pub const KERNEL_TCP_ORPHANS: &str = "beacon_kernel_tcp_orphans";
+pub(crate) const KERNEL_TCP_ORPHANS: &str = "beacon_kernel_tcp_orphans";
 /// Process: open file descriptors.
-pub const PROCESS_OPEN_FDS: &str = "beacon_process_open_fds";
+pub(crate) const PROCESS_OPEN_FDS: &str = "beacon_process_open_fds";
 /// Process: `RLIMIT_NOFILE` soft limit.
-pub const PROCESS_MAX_FDS: &str = "beacon_process_max_fds";
+pub(crate) const PROCESS_MAX_FDS: &str = "beacon_process_max_fds";
 
 /// Processing stage: records written to the sink.
-pub const SINK_RECORDS_TOTAL: &str = "beacon_sink_records_total";
+pub(crate) const SINK_RECORDS_TOTAL: &str = "beacon_sink_records_total";
 /// Processing stage: duplicate records dropped (resends it had already written).
-pub const SINK_DUPLICATES_TOTAL: &str = "beacon_sink_duplicates_total";
+pub(crate) const SINK_DUPLICATES_TOTAL: &str = "beacon_sink_duplicates_total";
 /// Processing stage: undecodable records skipped.
-pub const SINK_CORRUPT_RECORDS_TOTAL: &str = "beacon_sink_corrupt_records_total";
+pub(crate) const SINK_CORRUPT_RECORDS_TOTAL: &str = "beacon_sink_corrupt_records_total";
 /// Processing stage: files rotated.
-pub const SINK_FILES_ROTATED_TOTAL: &str = "beacon_sink_files_rotated_total";
+pub(crate) const SINK_FILES_ROTATED_TOTAL: &str = "beacon_sink_files_rotated_total";
 /// NATS sink: records JetStream acknowledged as stored.
-pub const NATS_PUBLISHED_TOTAL: &str = "beacon_sink_nats_published_total";
+pub(crate) const NATS_PUBLISHED_TOTAL: &str = "beacon_sink_nats_published_total";
 /// NATS sink: publishes JetStream acknowledged as duplicates of a stored message (a replay
 /// inside the duplicate window, stored once).
-pub const NATS_DUPLICATES_TOTAL: &str = "beacon_sink_nats_duplicates_total";
+pub(crate) const NATS_DUPLICATES_TOTAL: &str = "beacon_sink_nats_duplicates_total";
 /// NATS sink: publishes not acknowledged, to be sent again, by `reason` (`timeout`,
 /// `disconnected`, `no_stream`, `rejected`).
-pub const NATS_PUBLISH_ERRORS_TOTAL: &str = "beacon_sink_nats_publish_errors_total";
+pub(crate) const NATS_PUBLISH_ERRORS_TOTAL: &str = "beacon_sink_nats_publish_errors_total";
 /// NATS sink: records waiting for JetStream's acknowledgement (the collector keeps them
 /// spooled meanwhile).
-pub const NATS_PENDING_RECORDS: &str = "beacon_sink_nats_pending_records";
+pub(crate) const NATS_PENDING_RECORDS: &str = "beacon_sink_nats_pending_records";
 /// NATS sink: 1 while connected to a server, else 0.
-pub const NATS_CONNECTED: &str = "beacon_sink_nats_connected";
+pub(crate) const NATS_CONNECTED: &str = "beacon_sink_nats_connected";
 /// Kafka sink: records Kafka acknowledged (from all in-sync replicas), in confirmed batches.
-pub const KAFKA_DELIVERED_TOTAL: &str = "beacon_sink_kafka_delivered_total";
+pub(crate) const KAFKA_DELIVERED_TOTAL: &str = "beacon_sink_kafka_delivered_total";
 /// Kafka sink: records the producer could not deliver (their batch is sent again), by `reason`
 /// (`timeout`: past `delivery_timeout_ms`; `not_enough_replicas`; `queue_full`; `rejected`).
-pub const KAFKA_ERRORS_TOTAL: &str = "beacon_sink_kafka_errors_total";
+pub(crate) const KAFKA_ERRORS_TOTAL: &str = "beacon_sink_kafka_errors_total";
 /// Kafka sink: records handed to the producer and not yet reported on (the collector keeps
 /// them spooled meanwhile).
-pub const KAFKA_INFLIGHT_RECORDS: &str = "beacon_sink_kafka_inflight_records";
+pub(crate) const KAFKA_INFLIGHT_RECORDS: &str = "beacon_sink_kafka_inflight_records";
 /// Kafka sink: records sent to `processor.kafka.overflow_topic` because their rendered topic
 /// would have been one more than `max_topics`.
-pub const KAFKA_TOPIC_OVERFLOW_TOTAL: &str = "beacon_sink_kafka_topic_overflow_total";
+pub(crate) const KAFKA_TOPIC_OVERFLOW_TOTAL: &str = "beacon_sink_kafka_topic_overflow_total";
 /// Processing stage: 1 while a sink cannot do its work and has been retrying long enough that
 /// it will not fix itself without a change (a topic it cannot create, records not taken for a
 /// minute), by `sink`; the stage's `/readyz` answers 503 meanwhile.
-pub const SINK_STALLED: &str = "beacon_sink_stalled";
+pub(crate) const SINK_STALLED: &str = "beacon_sink_stalled";
 /// Kafka sink: brokers the producer is connected to.
-pub const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
+pub(crate) const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -168,7 +168,7 @@ static SCRAPE_HOOKS: std::sync::Mutex<Vec<ScrapeHook>> = std::sync::Mutex::new(V
 /// Runs `hook` before every scrape of `/metrics`, until it returns false. For gauges that must
 /// be right when read, not only when something happened: an age keeps growing while nothing is
 /// written or acknowledged, and that is exactly when an alert needs it.
-pub fn before_scrape(hook: impl Fn() -> bool + Send + 'static) {
+pub(crate) fn before_scrape(hook: impl Fn() -> bool + Send + 'static) {
     SCRAPE_HOOKS
         .lock()
         .expect("not poisoned")
@@ -176,7 +176,7 @@ pub fn before_scrape(hook: impl Fn() -> bool + Send + 'static) {
 }
 
 /// The `/metrics` text, after the scrape hooks have set their gauges.
-pub fn render(handle: &PrometheusHandle) -> String {
+pub(crate) fn render(handle: &PrometheusHandle) -> String {
     SCRAPE_HOOKS
         .lock()
         .expect("not poisoned")

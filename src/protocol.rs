@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Protocol version sent in HELLO.
 pub const VERSION: u16 = 1;
 /// Largest frame either side accepts (type byte + body).
-pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 const HELLO: u8 = 0x01;
 const BATCH: u8 = 0x02;
@@ -18,7 +18,7 @@ const ACK: u8 = 0x03;
 
 /// How often a stage repeats its last ACK while a sink holds a batch (see `PROTOCOL.md`): a
 /// collector's `forward.ack_timeout_seconds` must be longer.
-pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub enum Frame {
 
 /// A protocol violation or I/O failure.
 #[derive(Debug, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The socket failed or closed mid-frame.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
@@ -82,7 +82,7 @@ impl Frame {
     }
 
     /// Decodes a frame from its type byte and body (the length prefix already removed).
-    pub fn decode(mut body: Bytes) -> Result<Frame, FrameError> {
+    pub(crate) fn decode(mut body: Bytes) -> Result<Frame, FrameError> {
         if body.is_empty() {
             return Err(FrameError::Length(0));
         }
@@ -152,7 +152,9 @@ pub fn encode_batch<'a>(
 }
 
 /// Reads one frame. `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, FrameError> {
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<Frame>, FrameError> {
     let mut len = [0u8; 4];
     // A clean EOF is only clean before the first byte of a length.
     match r.read(&mut len[..1]).await? {

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One decoded parameter: name and value, raw bytes, borrowed when nothing was decoded.
-pub type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+pub(crate) type Param<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
 /// What a beacon carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in code order.
-    pub const ALL: [Kind; 5] = [
+    pub(crate) const ALL: [Kind; 5] = [
         Kind::Query,
         Kind::Form,
         Kind::Json,
@@ -101,7 +101,7 @@ impl ClientIpSource {
 }
 
 /// The IP part of an `ip:port` peer string (`[v6]:port` included).
-pub fn peer_ip(peer: &[u8]) -> &[u8] {
+pub(crate) fn peer_ip(peer: &[u8]) -> &[u8] {
     let host = match peer.iter().rposition(|&b| b == b':') {
         Some(i) => &peer[..i],
         None => peer,
@@ -145,7 +145,7 @@ pub struct RecordRef<'a> {
 
 /// Why a record could not be decoded from a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// The payload ended before the record did.
     #[error("record truncated")]
     Truncated,
@@ -204,7 +204,7 @@ impl<'a> RecordRef<'a> {
     }
 
     /// Decodes one record; the whole slice must be the record.
-    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf, pos: 0 };
         let id: [u8; 16] = r.take(16)?.try_into().expect("16 bytes");
         let received_us = u64::from_be_bytes(r.take(8)?.try_into().expect("8 bytes"));
@@ -256,7 +256,7 @@ impl<'a> RecordRef<'a> {
     }
 
     /// Appends the record as one NDJSON line (with the trailing `\n`).
-    pub fn write_ndjson(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write_ndjson(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"id\":\"");
         write_uuid(&self.id, out);
         out.extend_from_slice(b"\",\"received_at\":\"");
@@ -425,14 +425,14 @@ pub fn new_id(now_us: u64) -> [u8; 16] {
 }
 
 /// Canonical 8-4-4-4-12 hex form.
-pub fn format_uuid(id: &[u8; 16]) -> String {
+pub(crate) fn format_uuid(id: &[u8; 16]) -> String {
     let mut v = Vec::with_capacity(36);
     write_uuid(id, &mut v);
     String::from_utf8(v).expect("hex digits and dashes")
 }
 
 /// Appends the id in the canonical 8-4-4-4-12 form (no allocation: once per NDJSON line).
-pub fn write_uuid(id: &[u8; 16], out: &mut Vec<u8>) {
+pub(crate) fn write_uuid(id: &[u8; 16], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in id.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
@@ -444,7 +444,7 @@ pub fn write_uuid(id: &[u8; 16], out: &mut Vec<u8>) {
 }
 
 /// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -452,18 +452,18 @@ pub fn now_us() -> u64 {
 
 /// Limits applied while decoding parameters.
 #[derive(Debug, Clone, Copy)]
-pub struct ParamLimits {
+pub(crate) struct ParamLimits {
     /// Most parameters (query and form together).
-    pub max_params: usize,
+    pub(crate) max_params: usize,
     /// Longest decoded name.
-    pub max_name_bytes: usize,
+    pub(crate) max_name_bytes: usize,
     /// Longest decoded value.
-    pub max_value_bytes: usize,
+    pub(crate) max_value_bytes: usize,
 }
 
 /// Which parameter limit was exceeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ParamError {
+pub(crate) enum ParamError {
     /// More parameters than `max_params`.
     #[error("too many parameters")]
     TooMany,
@@ -478,7 +478,7 @@ pub enum ParamError {
 /// Parses `application/x-www-form-urlencoded` bytes (also used for query strings) the way the
 /// WHATWG URL standard does: `&`-separated, first `=` splits, `+` is a space, `%XX` decoded,
 /// a `%` not followed by two hex digits kept literally. Appends to `params`.
-pub fn parse_urlencoded<'a>(
+pub(crate) fn parse_urlencoded<'a>(
     input: &'a [u8],
     limits: &ParamLimits,
     params: &mut Vec<Param<'a>>,
@@ -545,7 +545,7 @@ fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
 
 /// Why a JSON body cannot be stored as JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JsonError {
+pub(crate) enum JsonError {
     /// Not JSON (grammar), or not UTF-8 (RFC 8259 §8.1: JSON text is UTF-8).
     Invalid,
     /// Nested deeper than the limit: readers stop at their recursion limits (serde_json 128,
@@ -555,7 +555,7 @@ pub enum JsonError {
 
 /// The deepest nesting any stored JSON body may have, whatever `http.max_json_depth` says:
 /// with the record object around it a line stays under serde_json's limit of 128.
-pub const MAX_JSON_DEPTH: usize = 100;
+pub(crate) const MAX_JSON_DEPTH: usize = 100;
 
 /// Validates JSON and returns it with insignificant whitespace removed (so it fits on one
 /// NDJSON line), for every reader: the input must be UTF-8 and nested at most `max_depth`
@@ -563,7 +563,7 @@ pub const MAX_JSON_DEPTH: usize = 100;
 /// other readers turn into garbage) becomes `\ufffd`, the replacement character, in place;
 /// a number no reader can hold (see [`readable_number`]) becomes the string of its text.
 /// Other numbers, other strings and key order are kept byte for byte.
-pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError> {
+pub(crate) fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError> {
     std::str::from_utf8(input).map_err(|_| JsonError::Invalid)?;
     let max_depth = max_depth.min(MAX_JSON_DEPTH);
     let mut out = Vec::with_capacity(input.len());
@@ -621,7 +621,7 @@ pub fn compact_json(input: &[u8], max_depth: usize) -> Result<Vec<u8>, JsonError
 /// The longest number text kept as a number. Longer ones are never a measurement (an f64 has
 /// 17 significant digits); an integer of 4,301 digits or more makes Python's `json.loads`
 /// raise, and every digit costs its reader time.
-pub const MAX_JSON_NUMBER_LEN: usize = 40;
+pub(crate) const MAX_JSON_NUMBER_LEN: usize = 40;
 
 /// Copies the number at the start of `s` (up to the first byte that cannot be part of one)
 /// into `out` and returns its length. A well-formed number (RFC 8259 §6) that is longer than

@@ -29,9 +29,9 @@ pub enum BindError {
 /// can bind port 0 and read the address).
 pub struct Listeners {
     /// `SO_REUSEPORT` beacon listeners, all on the same address.
-    pub beacon: Vec<std::net::TcpListener>,
+    pub(crate) beacon: Vec<std::net::TcpListener>,
     /// The admin listener, if enabled.
-    pub admin: Option<std::net::TcpListener>,
+    pub(crate) admin: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -105,7 +105,7 @@ pub async fn run(
 /// [`run`], taking reloaded configurations from `reloads` (validated; sent by the SIGHUP
 /// handler of [`main`]): their live keys (see [`crate::config::Effect`]) reach every worker
 /// between requests, without dropping a connection.
-pub async fn run_reloadable(
+pub(crate) async fn run_reloadable(
     config: Config,
     listeners: Listeners,
     shutdown: impl Future<Output = Shutdown>,

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
 /// A running supervisor.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     stop: Option<oneshot::Sender<()>>,
     restart: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<()>,
@@ -22,13 +22,13 @@ pub struct Supervisor {
 
 /// Asks a supervisor to restart its child (a config reload with processing-stage keys).
 #[derive(Clone)]
-pub struct Restarter(mpsc::UnboundedSender<()>);
+pub(crate) struct Restarter(mpsc::UnboundedSender<()>);
 
 impl Restarter {
     /// Writes `config` for the child, then stops it as at shutdown (SIGTERM, it finishes what
     /// it holds) and starts it again at once; what it had not acknowledged, the collector sends
     /// again.
-    pub fn restart(&self, config: &crate::config::Config) -> std::io::Result<()> {
+    pub(crate) fn restart(&self, config: &crate::config::Config) -> std::io::Result<()> {
         write_stage_config(config)?;
         let _ = self.0.send(());
         Ok(())
@@ -37,13 +37,13 @@ impl Restarter {
 
 /// How to start the child.
 #[derive(Debug, Clone)]
-pub struct ChildSpec {
+pub(crate) struct ChildSpec {
     /// The executable (normally the collector's own).
-    pub program: PathBuf,
+    pub(crate) program: PathBuf,
     /// Its arguments.
-    pub args: Vec<OsString>,
+    pub(crate) args: Vec<OsString>,
     /// First restart delay; doubles while the child keeps dying quickly, up to 10 s.
-    pub restart_delay: Duration,
+    pub(crate) restart_delay: Duration,
 }
 
 impl ChildSpec {
@@ -54,7 +54,7 @@ impl ChildSpec {
     /// validated and runs with, written to [`stage_config_path`] (and rewritten by a reload
     /// before the stage restarts). A file edited later, or broken, never reaches a stage the
     /// supervisor restarts after a crash.
-    pub fn stage(config: &crate::config::Config) -> std::io::Result<Self> {
+    pub(crate) fn stage(config: &crate::config::Config) -> std::io::Result<Self> {
         let path = stage_config_path(config);
         write_stage_config(config)?;
         Ok(Self {
@@ -71,13 +71,13 @@ impl ChildSpec {
 }
 
 /// Where the embedded stage's configuration is written: beside the spool, private like it.
-pub fn stage_config_path(config: &crate::config::Config) -> PathBuf {
+pub(crate) fn stage_config_path(config: &crate::config::Config) -> PathBuf {
     config.spool.dir.join("processing-stage.toml")
 }
 
 /// Writes `config` for the embedded stage (atomically: a stage starting meanwhile reads the old
 /// file or the new one, never half of one).
-pub fn write_stage_config(config: &crate::config::Config) -> std::io::Result<()> {
+pub(crate) fn write_stage_config(config: &crate::config::Config) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = stage_config_path(config);
     std::fs::DirBuilder::new()
@@ -98,7 +98,7 @@ pub fn write_stage_config(config: &crate::config::Config) -> std::io::Result<()>
 
 impl Supervisor {
     /// Starts the child and watches it.
-    pub fn start(spec: ChildSpec) -> Self {
+    pub(crate) fn start(spec: ChildSpec) -> Self {
         metrics::counter!(m::PROCESSOR_RESTARTS_TOTAL).increment(0);
         let (stop_tx, mut stop_rx) = oneshot::channel();
         let (restart, mut restart_rx) = mpsc::unbounded_channel::<()>();
@@ -157,12 +157,12 @@ impl Supervisor {
     }
 
     /// A handle that restarts the child.
-    pub fn restarter(&self) -> Restarter {
+    pub(crate) fn restarter(&self) -> Restarter {
         Restarter(self.restart.clone())
     }
 
     /// Stops the child (SIGTERM, then SIGKILL after 10 s) and waits for it.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }

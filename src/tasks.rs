@@ -17,14 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a restarted task must stay up before its health flag is set again.
-pub const SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const SETTLE: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs `make()` as a task until it ends on its own after `stop` is cancelled (or is aborted),
 /// restarting it whenever it ends before that. `health`, when given, is true while the task is
 /// known to be running.
-pub async fn supervise<F, Fut>(
+pub(crate) async fn supervise<F, Fut>(
     name: &'static str,
     stop: CancellationToken,
     health: Option<Arc<AtomicBool>>,

@@ -12,7 +12,7 @@ pub fn rfc3339_micros(us: u64) -> String {
 
 /// Appends `YYYY-MM-DDTHH:MM:SS.ffffffZ` to `out` without allocating: the date and time of
 /// day are formatted once per second per thread, the microseconds every time.
-pub fn write_rfc3339_micros(us: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_rfc3339_micros(us: u64, out: &mut Vec<u8>) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
@@ -45,7 +45,7 @@ pub fn write_rfc3339_micros(us: u64, out: &mut Vec<u8>) {
 }
 
 /// `YYYYMMDDTHHMMSSZ`, for file names.
-pub fn compact_seconds(secs: u64) -> String {
+pub(crate) fn compact_seconds(secs: u64) -> String {
     let (y, mo, d, h, mi, s) = civil(secs);
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
@@ -75,7 +75,7 @@ fn civil(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 }
 
 /// `Date` header values (IMF-fixdate), formatted at most once a second.
-pub struct DateCache {
+pub(crate) struct DateCache {
     secs: u64,
     text: [u8; 29],
 }
@@ -91,7 +91,7 @@ impl Default for DateCache {
 
 impl DateCache {
     /// The date now.
-    pub fn get(&mut self) -> &[u8; 29] {
+    pub(crate) fn get(&mut self) -> &[u8; 29] {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -104,7 +104,7 @@ impl DateCache {
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT`.
-pub fn imf_fixdate(secs: u64) -> [u8; 29] {
+pub(crate) fn imf_fixdate(secs: u64) -> [u8; 29] {
     const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
     const MONTHS: [&[u8; 3]; 12] = [
         b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",

@@ -14,7 +14,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// A problem with `key`.
-    pub fn new(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
             key: key.to_string(),
             problem: problem.into(),
@@ -41,7 +41,7 @@ pub(crate) fn file_mode(key: &str, v: u32) -> Result<(), ConfigError> {
 }
 
 /// The mode of a directory holding files of mode `file`: search (x) wherever read is allowed.
-pub fn dir_mode(file: u32) -> u32 {
+pub(crate) fn dir_mode(file: u32) -> u32 {
     file | ((file & 0o444) >> 2)
 }
 

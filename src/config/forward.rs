@@ -23,16 +23,16 @@ pub struct ForwardConfig {
     /// Unix socket of the processing stage.
     pub socket_path: PathBuf,
     /// Most records in one BATCH frame.
-    pub batch_max_records: usize,
+    pub(crate) batch_max_records: usize,
     /// Milliseconds the forwarder waits for a batch to fill after its first record arrives.
     /// Beacons are answered before this, so it costs no client latency; it turns one write
     /// and one wake-up per beacon on both sides of the socket into one per batch. 0 disables.
-    pub linger_ms: u64,
+    pub(crate) linger_ms: u64,
     /// Most records sent but not yet acknowledged. When reached the forwarder waits, the queue
     /// fills, and requests get 503: back-pressure instead of unbounded memory.
-    pub max_unacked_records: usize,
+    pub(crate) max_unacked_records: usize,
     /// First reconnect delay in milliseconds; doubles per failure, with jitter.
-    pub reconnect_initial_ms: u64,
+    pub(crate) reconnect_initial_ms: u64,
     /// Longest reconnect delay in milliseconds.
     pub reconnect_max_ms: u64,
     /// Seconds without an acknowledgement while records are outstanding before the connection
@@ -59,7 +59,7 @@ impl Default for ForwardConfig {
 
 impl ForwardConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let f = self;
         if f.socket_path.as_os_str().is_empty() {
             return Err(ConfigError::new(

@@ -35,7 +35,7 @@ pub struct HttpConfig {
     /// Deepest nesting of a JSON body (arrays and objects). Deeper: 400 `json_too_deep`.
     /// At most 100, so every stored line stays readable by serde_json (limit 128), jq and
     /// Python.
-    pub max_json_depth: usize,
+    pub(crate) max_json_depth: usize,
     /// Largest body after undoing its `Content-Encoding` (gzip, deflate, zstd). Larger: 413
     /// (a zip bomb costs at most this much memory). At least `max_body_bytes`.
     pub max_decoded_body_bytes: usize,
@@ -46,27 +46,27 @@ pub struct HttpConfig {
     /// added to the fleet gets no existing client.
     pub max_connection_age_seconds: u64,
     /// Path of the beacon endpoint (GET, HEAD, POST, OPTIONS). Answered with 204.
-    pub beacon_path: String,
+    pub(crate) beacon_path: String,
     /// Path answered with a 43-byte transparent 1x1 GIF (for `<img>` beacons). Empty disables.
-    pub gif_path: String,
+    pub(crate) gif_path: String,
     /// Path of the batch endpoint: `POST` a JSON array, NDJSON, Snowplow's `payload_data`
     /// (`{"schema":…,"data":[…]}`) or PostHog's `{"batch":[…]}`; one record per event, all
     /// spooled or none. Empty disables.
-    pub batch_path: String,
+    pub(crate) batch_path: String,
     /// Most events in one batch. More: 413 `too_many_events`.
     pub max_batch_events: usize,
     /// Most bytes one batch's records may take in the spool. Every record repeats the
     /// request's query string and headers, so a small request of many tiny events under large
     /// headers stores far more than it sent. More: 413 `batch_too_large`.
-    pub max_batch_stored_bytes: usize,
+    pub(crate) max_batch_stored_bytes: usize,
     /// Path of the load balancer health check. 200 while serving, 503 while draining.
-    pub health_path: String,
+    pub(crate) health_path: String,
     /// Readiness (`/readyz`): the same answer as `health_path`, by the name orchestrators use:
     /// 503 while draining, above the spool's high-water mark, or while the forwarder restarts.
-    pub ready_path: String,
+    pub(crate) ready_path: String,
     /// Liveness (`/livez`): 200 while an event loop answers, draining or not: restart the
     /// process only when this fails, send traffic elsewhere when readiness fails.
-    pub live_path: String,
+    pub(crate) live_path: String,
     /// Origins allowed by CORS. `["*"]` allows any.
     pub allowed_origins: Vec<String>,
     /// Answer CORS with `Access-Control-Allow-Credentials: true` (and the exact origin) for the
@@ -75,7 +75,7 @@ pub struct HttpConfig {
     /// never with `*`. The collector never reads cookies either way.
     pub cors_allow_credentials: bool,
     /// Seconds browsers may cache a CORS preflight answer.
-    pub cors_max_age_seconds: u64,
+    pub(crate) cors_max_age_seconds: u64,
     /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
     /// When a connection comes from one of them, the client is the right-most hop that is not.
     pub trusted_proxies: Vec<crate::ingest::forwarded_for::Cidr>,
@@ -116,7 +116,7 @@ impl Default for HttpConfig {
 
 impl HttpConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let h = self;
         positive("http.idle_timeout_seconds", h.idle_timeout_seconds)?;
         if h.idle_timeout_seconds <= h.lb_idle_timeout_seconds {

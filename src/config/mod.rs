@@ -8,7 +8,7 @@
 
 mod admin;
 mod check;
-pub mod error;
+pub(crate) mod error;
 mod forward;
 mod http;
 mod log;
@@ -19,28 +19,24 @@ mod server;
 mod shutdown;
 mod spool;
 
-pub use admin::AdminConfig;
-pub use check::CheckConfig;
+pub use crate::sink::kind::{OnMismatch, SinkKind};
+pub(crate) use admin::AdminConfig;
+pub(crate) use check::CheckConfig;
 pub use error::ConfigError;
 pub use forward::{ForwardConfig, ForwardMode};
-pub use http::HttpConfig;
+pub(crate) use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
-pub use processor::ProcessorConfig;
-pub use queue::QueueConfig;
-pub use rate_limit::RateLimitConfig;
-pub use server::ServerConfig;
-pub use shutdown::ShutdownConfig;
-pub use spool::{AckAfter, SpoolConfig};
-// Sink sections live with their sinks; named here too so `config::` reaches every section.
-pub use crate::sink::kafka::config::{Compression, KafkaConfig, KeyBy};
-pub use crate::sink::kind::{OnMismatch, SinkKind};
-pub use crate::sink::nats::config::{NatsConfig, Retention, Storage};
+pub(crate) use processor::ProcessorConfig;
+pub(crate) use queue::QueueConfig;
+pub(crate) use rate_limit::RateLimitConfig;
+pub(crate) use server::ServerConfig;
+pub(crate) use shutdown::ShutdownConfig;
+pub(crate) use spool::{AckAfter, SpoolConfig};
 
-pub use error::dir_mode;
+pub(crate) use error::dir_mode;
 use error::{path_error, toml_error};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::time::Duration;
 
 /// Every leaf of `v` as (dotted key, value).
 fn leaves(prefix: &str, v: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
@@ -83,7 +79,7 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub const LIVE: [&'static str; 18] = [
+    pub(crate) const LIVE: [&'static str; 18] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
@@ -105,7 +101,7 @@ impl Effect {
     ];
 
     /// How `key` takes effect.
-    pub fn of(key: &str) -> Effect {
+    pub(crate) fn of(key: &str) -> Effect {
         let matches = |p: &&str| key == *p || (p.ends_with('.') && key.starts_with(*p));
         if Self::LIVE.iter().any(matches) {
             Effect::Live
@@ -159,7 +155,7 @@ pub struct Config {
 
 impl Config {
     /// Parses TOML text and validates it.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
@@ -184,7 +180,7 @@ impl Config {
     }
 
     /// Ingest workers after resolving 0 to the CPU count.
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         match self.server.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -192,7 +188,7 @@ impl Config {
     }
 
     /// Listening sockets after resolving 0 to the worker count.
-    pub fn listeners(&self) -> usize {
+    pub(crate) fn listeners(&self) -> usize {
         match self.server.listeners {
             0 => self.workers(),
             n => n,
@@ -201,7 +197,7 @@ impl Config {
 
     /// Checks values serde cannot: ranges and the relations between keys.
     /// Checks values serde cannot: each section, then the rules between sections.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.rate_limit.validate()?;
         self.server.validate()?;
         self.http.validate()?;
@@ -250,11 +246,6 @@ impl Config {
                 effect: Effect::of(k),
             })
             .collect()
-    }
-
-    /// Useful durations.
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.http.idle_timeout_seconds)
     }
 }
 

@@ -20,18 +20,18 @@ pub struct ProcessorConfig {
     /// Directory the NDJSON files are written to (created if missing).
     pub data_dir: PathBuf,
     /// File name prefix: `<prefix>-<UTC time>-<n>.ndjson`.
-    pub file_prefix: String,
+    pub(crate) file_prefix: String,
     /// Rotate the current file when it reaches this size.
-    pub rotate_bytes: u64,
+    pub(crate) rotate_bytes: u64,
     /// Rotate the current file when it is this old, even if idle.
     pub rotate_seconds: u64,
     /// Permission bits of the listening socket file (`0o660`: owner and group may connect).
-    pub socket_mode: u32,
+    pub(crate) socket_mode: u32,
     /// Mode of the NDJSON files the stage writes; `data_dir` gets the matching search bits
     /// (0o640 → 0o750), so a log shipper in the group can read them. The umask applies too.
     pub file_mode: u32,
     /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
-    pub fsync: bool,
+    pub(crate) fsync: bool,
     /// Serve the processing stage's own Prometheus `/metrics` (records written, duplicates
     /// dropped, corrupt records, rotations).
     pub admin_enabled: bool,
@@ -68,7 +68,7 @@ impl Default for ProcessorConfig {
 
 impl ProcessorConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let p = self;
         if p.file_prefix.is_empty() || p.file_prefix.contains('/') {
             return Err(ConfigError::new(

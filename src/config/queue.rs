@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct QueueConfig {
     /// Beacons waiting to be written to the spool (one group commit takes all of them).
     /// When full, requests get 503.
-    pub capacity: usize,
+    pub(crate) capacity: usize,
     /// Value of `Retry-After` on a 503.
     pub retry_after_seconds: u64,
 }
@@ -25,7 +25,7 @@ impl Default for QueueConfig {
 
 impl QueueConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let q = self;
         positive("queue.capacity", q.capacity as u64)?;
         positive("queue.retry_after_seconds", q.retry_after_seconds)?;

@@ -15,7 +15,7 @@ pub struct RateLimitConfig {
     /// Beacons a client may send at once after being idle.
     pub burst: u32,
     /// Buckets in the table: memory is fixed at about 32 bytes each, however many clients.
-    pub table_slots: usize,
+    pub(crate) table_slots: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -31,7 +31,7 @@ impl Default for RateLimitConfig {
 
 impl RateLimitConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let rl = self;
         if !(rl.per_client_per_second.is_finite() && rl.per_client_per_second > 0.0) {
             return Err(ConfigError::new(

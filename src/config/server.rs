@@ -19,7 +19,7 @@ pub struct ServerConfig {
     /// (the reference engine, same routes, limits and records).
     pub engine: crate::ingest::Engine,
     /// Number of `SO_REUSEPORT` listening sockets. 0 means one per worker.
-    pub listeners: usize,
+    pub(crate) listeners: usize,
     /// `listen(2)` backlog per socket. The kernel silently caps it at `net.core.somaxconn`;
     /// the collector reads that at start and warns.
     pub backlog: u32,
@@ -27,18 +27,18 @@ pub struct ServerConfig {
     /// kernel's accept queue holds new connections instead of the collector running out of fds.
     pub max_connections: usize,
     /// Seconds a connection is idle before the first TCP keepalive probe.
-    pub tcp_keepalive_idle_seconds: u64,
+    pub(crate) tcp_keepalive_idle_seconds: u64,
     /// Seconds between TCP keepalive probes.
-    pub tcp_keepalive_interval_seconds: u64,
+    pub(crate) tcp_keepalive_interval_seconds: u64,
     /// Unanswered keepalive probes before the kernel drops the connection.
-    pub tcp_keepalive_probes: u32,
+    pub(crate) tcp_keepalive_probes: u32,
     /// Random spread, in percent, applied per connection to the keepalive idle time so that
     /// probes of connections accepted together do not fire in lockstep.
-    pub tcp_keepalive_jitter_percent: u32,
+    pub(crate) tcp_keepalive_jitter_percent: u32,
     /// `TCP_USER_TIMEOUT`: seconds sent data may stay unacknowledged before the kernel drops
     /// the connection (otherwise `tcp_retries2` keeps a dead peer for up to ~15 minutes).
     /// 0 leaves the kernel default.
-    pub tcp_user_timeout_seconds: u64,
+    pub(crate) tcp_user_timeout_seconds: u64,
     /// Bind even when another socket already listens on `listen` (`SO_REUSEPORT` lets it,
     /// and the kernel then splits connections between the two). Off: the collector refuses
     /// to start and says who holds the port. On for a deliberate hand-over: start the new
@@ -71,7 +71,7 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let s = self;
         positive("server.backlog", s.backlog as u64)?;
         if s.backlog > i32::MAX as u32 {

@@ -15,7 +15,7 @@ pub struct ShutdownConfig {
     pub deregistration_delay_seconds: u64,
     /// How often a keep-alive client sends a beacon on its connection (the tags' ping
     /// interval; 15 s in the field notes), for the self-check of the delay above.
-    pub client_interval_seconds: u64,
+    pub(crate) client_interval_seconds: u64,
     /// Seconds open connections get to finish after accepting stops.
     pub drain_timeout_seconds: u64,
     /// Seconds the forwarder gets to hand every accepted beacon to the processing stage and
@@ -37,12 +37,12 @@ impl Default for ShutdownConfig {
 impl ShutdownConfig {
     /// The shortest deregistration delay in which every client pinging every
     /// `client_interval_seconds` (±25 %: tags jitter their timers) sends once.
-    pub fn delay_covering_clients(&self) -> u64 {
+    pub(crate) fn delay_covering_clients(&self) -> u64 {
         (self.client_interval_seconds * 5).div_ceil(4)
     }
 
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let s = self;
         positive("shutdown.drain_timeout_seconds", s.drain_timeout_seconds)?;
         positive(

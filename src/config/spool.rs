@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// When a beacon counts as accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AckAfter {
+pub(crate) enum AckAfter {
     /// After `write(2)` to the spool: survives a crash or `kill -9` of the collector.
     Write,
     /// After `fdatasync(2)` of the spool (group commit): survives power loss.
@@ -21,7 +21,7 @@ pub struct SpoolConfig {
     /// Directory of the spool segments and checkpoint (created if missing).
     pub dir: PathBuf,
     /// `write` (default) or `fsync`: what must happen before a beacon is answered 204.
-    pub ack_after: AckAfter,
+    pub(crate) ack_after: AckAfter,
     /// A new segment file is started when the current one reaches this size. Segments are
     /// deleted whole once every record in them is acknowledged.
     pub segment_bytes: u64,
@@ -29,9 +29,9 @@ pub struct SpoolConfig {
     /// check fails until the processing stage drains it below the low-water mark.
     pub max_bytes: u64,
     /// High-water mark, percent of `max_bytes`.
-    pub high_water_percent: u8,
+    pub(crate) high_water_percent: u8,
     /// Low-water mark, percent of `max_bytes`, where accepting resumes.
-    pub low_water_percent: u8,
+    pub(crate) low_water_percent: u8,
     /// Mode of the files the spool creates (they hold client IPs and page URLs); its directory
     /// gets the matching search bits (0o640 → 0o750). The process umask applies on top.
     pub file_mode: u32,
@@ -53,7 +53,7 @@ impl Default for SpoolConfig {
 
 impl SpoolConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let sp = self;
         file_mode("spool.file_mode", sp.file_mode)?;
         if sp.dir.as_os_str().is_empty() {

@@ -13,18 +13,18 @@ pub struct ProcRoot {
 
 /// `/proc/net/sockstat`'s TCP line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Sockstat {
+pub(crate) struct Sockstat {
     /// Sockets in use.
-    pub inuse: u64,
+    pub(crate) inuse: u64,
     /// Orphaned sockets (closed by the process, still in the kernel).
-    pub orphan: u64,
+    pub(crate) orphan: u64,
     /// Sockets in TIME_WAIT.
-    pub tw: u64,
+    pub(crate) tw: u64,
 }
 
 /// A resource limit value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     /// A number.
     Value(u64),
     /// `unlimited`.
@@ -33,7 +33,7 @@ pub enum Limit {
 
 impl Limit {
     /// True if at least `n`.
-    pub fn at_least(self, n: u64) -> bool {
+    pub(crate) fn at_least(self, n: u64) -> bool {
         match self {
             Limit::Unlimited => true,
             Limit::Value(v) => v >= n,
@@ -52,7 +52,7 @@ impl std::fmt::Display for Limit {
 
 impl ProcRoot {
     /// The running system's `/proc`.
-    pub fn system() -> Self {
+    pub(crate) fn system() -> Self {
         Self::new("/proc")
     }
 
@@ -62,12 +62,12 @@ impl ProcRoot {
     }
 
     /// The root directory.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// True when the tree has `sys/` and `net/` at all (otherwise nothing can be checked).
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         self.root.join("sys").is_dir() && self.root.join("net").is_dir()
     }
 
@@ -78,7 +78,7 @@ impl ProcRoot {
     /// The process listening on TCP `port` (any address), as (pid, command name): from the
     /// LISTEN sockets in `net/tcp` and `net/tcp6`, then the process whose descriptors hold one.
     /// `None` when nothing listens or the owner is not visible to this user.
-    pub fn listener_of(&self, port: u16) -> Option<(u32, String)> {
+    pub(crate) fn listener_of(&self, port: u16) -> Option<(u32, String)> {
         let want = format!(":{port:04X}");
         let mut inodes = Vec::new();
         for table in ["net/tcp", "net/tcp6"] {
@@ -118,39 +118,39 @@ impl ProcRoot {
     }
 
     /// A sysctl by its dotted name, e.g. `net.core.somaxconn`, trimmed.
-    pub fn sysctl(&self, name: &str) -> Option<String> {
+    pub(crate) fn sysctl(&self, name: &str) -> Option<String> {
         self.read(&format!("sys/{}", name.replace('.', "/")))
             .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 
     /// A numeric sysctl.
-    pub fn sysctl_u64(&self, name: &str) -> Option<u64> {
+    pub(crate) fn sysctl_u64(&self, name: &str) -> Option<u64> {
         self.sysctl(name)?.parse().ok()
     }
 
     /// A two-number sysctl (`ip_local_port_range`).
-    pub fn sysctl_pair(&self, name: &str) -> Option<(u64, u64)> {
+    pub(crate) fn sysctl_pair(&self, name: &str) -> Option<(u64, u64)> {
         let s = self.sysctl(name)?;
         let mut it = s.split_whitespace().map(|v| v.parse().ok());
         Some((it.next()??, it.next()??))
     }
 
     /// `net/netstat` counters as `TcpExt.ListenOverflows` → value.
-    pub fn netstat(&self) -> HashMap<String, u64> {
+    pub(crate) fn netstat(&self) -> HashMap<String, u64> {
         self.read("net/netstat")
             .map(|t| parse_header_value_pairs(&t))
             .unwrap_or_default()
     }
 
     /// `net/snmp` counters as `Tcp.OutSegs` → value.
-    pub fn snmp(&self) -> HashMap<String, u64> {
+    pub(crate) fn snmp(&self) -> HashMap<String, u64> {
         self.read("net/snmp")
             .map(|t| parse_header_value_pairs(&t))
             .unwrap_or_default()
     }
 
     /// The TCP line of `net/sockstat`.
-    pub fn sockstat(&self) -> Option<Sockstat> {
+    pub(crate) fn sockstat(&self) -> Option<Sockstat> {
         let text = self.read("net/sockstat")?;
         let line = text.lines().find(|l| l.starts_with("TCP:"))?;
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -169,7 +169,7 @@ impl ProcRoot {
     }
 
     /// `RLIMIT_NOFILE` (soft, hard) of the process whose `self/limits` this tree has.
-    pub fn nofile(&self) -> Option<(Limit, Limit)> {
+    pub(crate) fn nofile(&self) -> Option<(Limit, Limit)> {
         let text = self.read("self/limits")?;
         let line = text.lines().find(|l| l.starts_with("Max open files"))?;
         let mut it = line["Max open files".len()..].split_whitespace().map(|v| {
@@ -183,7 +183,7 @@ impl ProcRoot {
     }
 
     /// Open file descriptors of `self`.
-    pub fn open_fds(&self) -> Option<u64> {
+    pub(crate) fn open_fds(&self) -> Option<u64> {
         std::fs::read_dir(self.root.join("self/fd"))
             .ok()
             .map(|d| d.count() as u64)
@@ -215,19 +215,19 @@ fn parse_header_value_pairs(text: &str) -> HashMap<String, u64> {
 /// A kernel counter (`/proc/net/netstat`) that means trouble when it is above zero or rising:
 /// the self-check reports it since boot, the sampler exports it and logs when it rises.
 #[derive(Debug, Clone, Copy)]
-pub struct TroubleCounter {
+pub(crate) struct TroubleCounter {
     /// `TcpExt.<name>`.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The metric the sampler exports it as (none: checked at start only).
-    pub metric: Option<&'static str>,
+    pub(crate) metric: Option<&'static str>,
     /// What a rise means.
-    pub means: &'static str,
+    pub(crate) means: &'static str,
     /// What to do.
-    pub fix: &'static str,
+    pub(crate) fix: &'static str,
 }
 
 /// The one list of trouble counters.
-pub const TROUBLE_COUNTERS: [TroubleCounter; 6] = [
+pub(crate) const TROUBLE_COUNTERS: [TroubleCounter; 6] = [
     TroubleCounter {
         key: "TcpExt.ListenOverflows",
         metric: Some(crate::metrics::KERNEL_LISTEN_OVERFLOWS_TOTAL),

@@ -4,4 +4,4 @@
 
 pub mod check;
 pub mod kernel;
-pub mod sampler;
+pub(crate) mod sampler;

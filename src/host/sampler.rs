@@ -10,15 +10,15 @@ use std::time::Duration;
 
 /// What one sample saw.
 #[derive(Debug, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Trouble counters now.
-    pub counters: HashMap<&'static str, u64>,
+    pub(crate) counters: HashMap<&'static str, u64>,
     /// Trouble counters that rose since the previous sample, with the increase (each logged).
-    pub risen: Vec<(&'static str, u64)>,
+    pub(crate) risen: Vec<(&'static str, u64)>,
 }
 
 /// One sample: sets the metrics, logs what rose since `prev`.
-pub fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
+pub(crate) fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
     let netstat = proc.netstat();
     let mut out = Sample::default();
     for c in TROUBLE_COUNTERS {
@@ -73,7 +73,7 @@ pub fn sample(proc: &ProcRoot, prev: &HashMap<&'static str, u64>) -> Sample {
 }
 
 /// Samples every `every` until `stop` is cancelled.
-pub async fn run(proc: ProcRoot, every: Duration, stop: CancellationToken) {
+pub(crate) async fn run(proc: ProcRoot, every: Duration, stop: CancellationToken) {
     let mut prev = HashMap::new();
     let mut tick = tokio::time::interval(every);
     loop {

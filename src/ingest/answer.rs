@@ -7,11 +7,11 @@ use crate::record::{self, ParamError};
 use crate::spool::AppendError;
 
 /// A transparent 1x1 GIF (43 bytes).
-pub const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
+pub(crate) const GIF: &[u8; 43] = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff\x21\xf9\x04\x01\x00\x00\x00\x00\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00\x3b";
 
 /// Why a request was refused: the one place that picks status and metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
+pub(crate) enum Reject {
     /// Malformed request or framing (RFC 9112); the connection closes.
     BadRequest,
     /// A transfer coding other than `chunked`; the connection closes.
@@ -65,7 +65,7 @@ pub enum Reject {
 
 impl Reject {
     /// Every rejection (one of each kind), for tests and metric tables.
-    pub const ALL: [Reject; 26] = [
+    pub(crate) const ALL: [Reject; 26] = [
         Reject::BadRequest,
         Reject::UnsupportedTransferCoding,
         Reject::UriTooLong,
@@ -95,7 +95,7 @@ impl Reject {
     ];
 
     /// The status code.
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             Reject::BadRequest => 400,
             Reject::UnsupportedTransferCoding => 501,
@@ -123,7 +123,7 @@ impl Reject {
     }
 
     /// The metric label (`beacon_rejected_total{reason}`) and response body.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reject::BadRequest => "bad_request",
             Reject::UnsupportedTransferCoding => "unsupported_transfer_coding",
@@ -163,7 +163,7 @@ impl Reject {
 
     /// Whether the connection must close after the answer: the request body may be left
     /// unread, or the framing cannot be trusted.
-    pub fn closes(self) -> bool {
+    pub(crate) fn closes(self) -> bool {
         matches!(
             self,
             Reject::BodyTooLarge
@@ -196,7 +196,7 @@ impl From<record::JsonError> for Reject {
 }
 
 /// Status codes as static label values (a bounded set; every status we send has its own).
-pub const STATUSES: [u16; 16] = [
+pub(crate) const STATUSES: [u16; 16] = [
     200, 204, 400, 403, 404, 405, 408, 413, 414, 415, 429, 431, 500, 501, 503, 0,
 ];
 
@@ -208,7 +208,7 @@ pub(super) fn status_index(s: u16) -> usize {
 }
 
 /// The label of a status (`"other"` only for a status we never send).
-pub fn status_label(s: u16) -> &'static str {
+pub(crate) fn status_label(s: u16) -> &'static str {
     const LABELS: [&str; 16] = [
         "200", "204", "400", "403", "404", "405", "408", "413", "414", "415", "429", "431", "500",
         "501", "503", "other",
@@ -217,7 +217,7 @@ pub fn status_label(s: u16) -> &'static str {
 }
 
 /// The reason phrase of a status we send.
-pub fn reason(s: u16) -> &'static str {
+pub(crate) fn reason(s: u16) -> &'static str {
     match s {
         100 => "Continue",
         200 => "OK",
@@ -240,7 +240,7 @@ pub fn reason(s: u16) -> &'static str {
 
 /// CORS answer headers for an allowed origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cors {
+pub(crate) enum Cors {
     /// `Access-Control-Allow-Origin: *`.
     Any,
     /// The origin echoed, with `Vary: Origin`.
@@ -251,37 +251,37 @@ pub enum Cors {
 
 /// Preflight extras.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Preflight {
+pub(crate) struct Preflight {
     /// The request asked for headers: allow `content-type`.
-    pub allow_headers: bool,
+    pub(crate) allow_headers: bool,
     /// `Access-Control-Max-Age`.
-    pub max_age: u64,
+    pub(crate) max_age: u64,
 }
 
 /// A response, described once for both engines: status, the few headers we ever send, and a
 /// static body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// Body (omitted for HEAD, never sent for 204).
-    pub body: &'static [u8],
+    pub(crate) body: &'static [u8],
     /// `Content-Type`.
-    pub content_type: Option<&'static str>,
+    pub(crate) content_type: Option<&'static str>,
     /// `Cache-Control: no-store`.
-    pub no_store: bool,
+    pub(crate) no_store: bool,
     /// `Retry-After` seconds.
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// `Allow`.
-    pub allow: Option<&'static str>,
+    pub(crate) allow: Option<&'static str>,
     /// CORS headers for an allowed origin.
-    pub cors: Option<Cors>,
+    pub(crate) cors: Option<Cors>,
     /// Preflight headers (only with `cors`).
-    pub preflight: Option<Preflight>,
+    pub(crate) preflight: Option<Preflight>,
     /// `Connection: close` and close after writing.
-    pub close: bool,
+    pub(crate) close: bool,
     /// The rejection behind it, if any (for metrics).
-    pub reject: Option<Reject>,
+    pub(crate) reject: Option<Reject>,
 }
 
 impl Answer {
@@ -316,7 +316,7 @@ impl Answer {
     }
 
     /// The answer to a rejection.
-    pub fn reject(app: &SharedState, r: Reject) -> Self {
+    pub(crate) fn reject(app: &SharedState, r: Reject) -> Self {
         let mut a = Self::plain(r.status(), r.label());
         a.no_store = true;
         a.reject = Some(r);
@@ -331,7 +331,7 @@ impl Answer {
     }
 
     /// Whether a body is sent for this status (never for 1xx, 204).
-    pub fn has_body(&self) -> bool {
+    pub(crate) fn has_body(&self) -> bool {
         self.status >= 200 && self.status != 204
     }
 }

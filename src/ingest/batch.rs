@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 /// Why a batch body is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BatchError {
+pub(crate) enum BatchError {
     /// Not one of the shapes above.
     Invalid,
     /// No event at all.
@@ -25,7 +25,7 @@ struct Wrapped<'a> {
 }
 
 /// The events of `body`, at most `max`.
-pub fn events(body: &[u8], max: usize) -> Result<Vec<&[u8]>, BatchError> {
+pub(crate) fn events(body: &[u8], max: usize) -> Result<Vec<&[u8]>, BatchError> {
     let first = body.iter().position(|b| !b.is_ascii_whitespace());
     let raw: Vec<&RawValue> = match first.map(|i| body[i]) {
         None => return Err(BatchError::Empty),

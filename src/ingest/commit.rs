@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 /// A group a record went into; [`Committer::wait`] resolves when that group is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub(crate) struct Ticket(u64);
 
 struct State {
     /// The group being filled.
@@ -38,7 +38,7 @@ struct State {
 }
 
 /// The records one request adds to a group (see [`Committer::push`]).
-pub struct Frames<'a> {
+pub(crate) struct Frames<'a> {
     buf: &'a mut BytesMut,
     count: usize,
     /// Where this request's records start in `buf`.
@@ -47,7 +47,7 @@ pub struct Frames<'a> {
 
 impl Frames<'_> {
     /// Frames one record: `encode` appends its payload (or refuses it, and nothing is added).
-    pub fn record<E>(
+    pub(crate) fn record<E>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -66,13 +66,13 @@ impl Frames<'_> {
     }
 
     /// Bytes this request's records take in the spool so far (frame headers included).
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.buf.len() - self.start
     }
 }
 
 /// One worker's group committer.
-pub struct Committer {
+pub(crate) struct Committer {
     spool: Spool,
     /// Most records waiting at once (`queue.capacity` divided among the workers); beyond it,
     /// 503 `queue_full`.
@@ -88,7 +88,7 @@ const KEEP_RESULTS: usize = 16;
 
 impl Committer {
     /// A committer for one worker.
-    pub fn new(spool: Spool, capacity: usize) -> Rc<Self> {
+    pub(crate) fn new(spool: Spool, capacity: usize) -> Rc<Self> {
         Rc::new(Self {
             spool,
             capacity: capacity.max(1),
@@ -111,7 +111,7 @@ impl Committer {
     /// with `Busy` when too many records wait, `Full` above the spool's high-water mark,
     /// `Closed` after [`Committer::close`]. The records share a group, so one write makes
     /// them all durable or none.
-    pub fn push<T, E: From<AppendError>>(
+    pub(crate) fn push<T, E: From<AppendError>>(
         &self,
         encode: impl FnOnce(&mut Frames<'_>) -> Result<T, E>,
     ) -> Result<(T, Ticket), E> {
@@ -154,7 +154,7 @@ impl Committer {
     }
 
     /// Resolves with the result of `ticket`'s group.
-    pub async fn wait(&self, ticket: Ticket) -> Result<(), AppendError> {
+    pub(crate) async fn wait(&self, ticket: Ticket) -> Result<(), AppendError> {
         poll_fn(|cx| {
             let mut st = self.st.borrow_mut();
             if ticket.0 > st.completed {
@@ -173,14 +173,14 @@ impl Committer {
     }
 
     /// Stops taking records; [`Committer::run`] writes what it has and returns.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.st.borrow_mut().closed = true;
         self.work.notify_one();
     }
 
     /// The flusher: writes each group once the ready connections of the turn have added to
     /// it. Runs on the worker's `LocalSet` until [`Committer::close`] and the last group.
-    pub async fn run(self: Rc<Self>) {
+    pub(crate) async fn run(self: Rc<Self>) {
         let mut spare = BytesMut::with_capacity(64 * 1024);
         loop {
             let (empty, closed) = {

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 /// Text that fits inline: an `ip:port` or an IP address, formatted once per connection so a
 /// connection owns no heap memory for it.
 #[derive(Clone, Copy)]
-pub struct Inline {
+pub(crate) struct Inline {
     buf: [u8; 64],
     len: u8,
 }
@@ -32,26 +32,26 @@ impl Inline {
     }
 
     /// The text.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
     }
 }
 
 /// Who is on the other end of a connection, as recorded in each beacon.
-pub struct Conn {
+pub(crate) struct Conn {
     /// `ip:port` of the TCP peer.
-    pub peer: Inline,
+    pub(crate) peer: Inline,
     /// The connection's client: the peer, or the PROXY header's source.
-    pub client: IpAddr,
+    pub(crate) client: IpAddr,
     /// `client`, formatted.
-    pub client_ip: Inline,
+    pub(crate) client_ip: Inline,
     /// Where `client` came from.
-    pub client_ip_source: ClientIpSource,
+    pub(crate) client_ip_source: ClientIpSource,
 }
 
 impl Conn {
     /// A connection whose client is `client` (from `source`), reached through `peer`.
-    pub fn new(peer: SocketAddr, client: IpAddr, source: ClientIpSource) -> Self {
+    pub(crate) fn new(peer: SocketAddr, client: IpAddr, source: ClientIpSource) -> Self {
         Self {
             peer: Inline::new(peer),
             client,

@@ -8,7 +8,7 @@ use std::io::Read;
 
 /// A body coding we decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coding {
+pub(crate) enum Coding {
     /// `gzip` / `x-gzip`.
     Gzip,
     /// `deflate`: zlib-wrapped per the RFC; raw deflate accepted too.
@@ -19,7 +19,7 @@ pub enum Coding {
 
 /// Why a coded body cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// A coding we do not decode (or more than one): 415.
     Unsupported,
     /// The bytes are not what the coding says: 400.
@@ -29,7 +29,7 @@ pub enum DecodeError {
 }
 
 /// The coding named by a `Content-Encoding` value; `None` for `identity` (or empty).
-pub fn coding(value: &[u8]) -> Result<Option<Coding>, DecodeError> {
+pub(crate) fn coding(value: &[u8]) -> Result<Option<Coding>, DecodeError> {
     let mut found = None;
     for c in value.split(|&b| b == b',') {
         let c = c.trim_ascii().to_ascii_lowercase();
@@ -51,7 +51,7 @@ pub fn coding(value: &[u8]) -> Result<Option<Coding>, DecodeError> {
 /// Decodes `body` into at most `cap` bytes. The whole body is decoded: every gzip member, every
 /// zstd frame (skippable frames skipped), and bytes after the end of the coded data are refused
 /// as corrupt rather than dropped: part of a body is never stored as if it were the whole.
-pub fn decode(coding: Coding, body: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
+pub(crate) fn decode(coding: Coding, body: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
     match coding {
         // Multi-member: `cat a.gz b.gz` is one valid gzip body (RFC 1952 §2.2); trailing bytes
         // that are not another member are an error in MultiGzDecoder.
@@ -357,7 +357,7 @@ mod tests {
         static A: Counting = Counting;
 
         /// The most `f` had allocated at once on this thread, above what was held before.
-        pub fn of<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        pub(crate) fn of<T>(f: impl FnOnce() -> T) -> (T, usize) {
             let base = NOW.with(|n| n.get());
             PEAK.with(|p| p.set(base));
             let out = f();

@@ -49,13 +49,13 @@ impl From<Cidr> for String {
 impl Cidr {
     /// Whether `ip` is in the range. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`, what a
     /// dual-stack listener reports for IPv4 peers) match IPv4 ranges.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         self.0.contains(&canonical(ip))
     }
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v) => v.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -78,7 +78,7 @@ fn hop(s: &str) -> Option<IpAddr> {
 
 /// What `X-Forwarded-For` says about the client of a connection from `immediate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Not applicable: no trusted proxies configured, the connection is not from one, or
     /// there is no header. The immediate address is the client.
     NotUsed,
@@ -91,7 +91,7 @@ pub enum Verdict {
 
 /// Finds the client: every `X-Forwarded-For` value in order (several header lines are one
 /// list), walked from the right past trusted proxies.
-pub fn client<'a>(
+pub(crate) fn client<'a>(
     immediate: IpAddr,
     trusted: &[Cidr],
     values: impl Iterator<Item = &'a [u8]>,

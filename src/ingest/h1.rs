@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// No body.
     None,
     /// `Content-Length`.
@@ -22,26 +22,26 @@ pub enum Framing {
 
 /// A complete, checked request head.
 #[derive(Debug)]
-pub struct ParsedHead<'b> {
+pub(crate) struct ParsedHead<'b> {
     /// Method token.
-    pub method: &'b str,
+    pub(crate) method: &'b str,
     /// Request target as sent.
-    pub target: &'b [u8],
+    pub(crate) target: &'b [u8],
     /// True for HTTP/1.0.
-    pub http10: bool,
+    pub(crate) http10: bool,
     /// Bytes of the head, final CRLF included.
-    pub len: usize,
+    pub(crate) len: usize,
     /// How the body is delimited.
-    pub framing: Framing,
+    pub(crate) framing: Framing,
     /// The connection may carry another request after this one.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// `Expect: 100-continue`.
-    pub expect_continue: bool,
+    pub(crate) expect_continue: bool,
 }
 
 /// Parses the head at the start of `buf` into `headers`. `Ok(None)`: incomplete (and not yet
 /// over `max_head`). Errors are the answer to send before closing.
-pub fn parse_head<'b, 'h>(
+pub(crate) fn parse_head<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [MaybeUninit<Header<'b>>],
     max_head: usize,
@@ -85,20 +85,20 @@ pub fn parse_head<'b, 'h>(
 
 /// What the headers of a request say about its framing and its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadFacts {
+pub(crate) struct HeadFacts {
     /// How the body is delimited.
-    pub framing: Framing,
+    pub(crate) framing: Framing,
     /// The connection may carry another request after this one.
-    pub keep_alive: bool,
+    pub(crate) keep_alive: bool,
     /// `Expect: 100-continue` (HTTP/1.1 only).
-    pub expect_continue: bool,
+    pub(crate) expect_continue: bool,
 }
 
 /// The RFC 9112 checks on a request's headers that decide where it ends and whom it is for:
 /// one `Content-Length` value, `Transfer-Encoding` only as a final `chunked` (other codings
 /// 501), never both (§6.1: a smuggling attempt), exactly one valid `Host` on HTTP/1.1 (§3.2).
 /// Both engines call this, so they refuse the same heads.
-pub fn check_headers(hs: &[Header<'_>], http10: bool) -> Result<HeadFacts, Reject> {
+pub(crate) fn check_headers(hs: &[Header<'_>], http10: bool) -> Result<HeadFacts, Reject> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -165,7 +165,7 @@ pub fn check_headers(hs: &[Header<'_>], http10: bool) -> Result<HeadFacts, Rejec
 /// (`/path?query`), absolute form with an `http`/`https` scheme and a plain authority, or `*`.
 /// The characters allowed are those of the `http` crate's URI parser (so both engines refuse
 /// the same targets), and the target must be UTF-8.
-pub fn check_target(t: &[u8]) -> Result<&[u8], Reject> {
+pub(crate) fn check_target(t: &[u8]) -> Result<&[u8], Reject> {
     if t == b"*" {
         return Ok(t);
     }
@@ -308,7 +308,7 @@ pub(crate) fn valid_host(v: &[u8]) -> bool {
 
 /// A chunked body decoded from the bytes after the head.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Chunked {
+pub(crate) enum Chunked {
     /// More bytes are needed.
     Incomplete,
     /// The body, how many bytes (last chunk and trailers included) it took, and how many
@@ -321,7 +321,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// Decodes a chunked body at the start of `buf`. Over `max_body` decoded bytes (counted from
 /// the declared sizes, before the data arrives): 413.
-pub fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Chunked, Reject> {
+pub(crate) fn decode_chunked(buf: &[u8], max_body: usize) -> Result<Chunked, Reject> {
     let mut pos = 0;
     let mut declared = 0usize;
     let mut body_len = 0usize;
@@ -425,12 +425,12 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Reject> {
 }
 
 /// `HTTP/1.1 100 Continue`.
-pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Appends `a` as an HTTP/1.1 response. `head_only`: a HEAD request (no body bytes, the same
 /// headers). `close`: say `Connection: close`; `keep_alive_10`: an HTTP/1.0 client asked to
 /// keep the connection.
-pub fn write_answer(
+pub(crate) fn write_answer(
     out: &mut Vec<u8>,
     a: &Answer,
     date: &[u8; 29],

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// The hyper connection builder with our limits and timers.
-pub fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
+pub(crate) fn builder(config: &Config) -> hyper::server::conn::http1::Builder {
     let h = &config.http;
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new())
@@ -126,7 +126,7 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves one connection until it closes, the header deadline passes, or the phase says so.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     conn: Conn,
     w: Rc<Worker>,
@@ -374,7 +374,7 @@ fn to_response(a: &Answer, draining: bool) -> Resp {
 }
 
 /// A connection on the hyper engine: the PROXY header first (when expected), then hyper.
-pub fn spawn(
+pub(crate) fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,

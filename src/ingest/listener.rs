@@ -14,33 +14,33 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Where the kernel publishes the cap it applies to every `listen(2)` backlog.
-pub const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+pub(crate) const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
 
 /// A failed listener set-up step.
 #[derive(Debug, thiserror::Error)]
 #[error("listener {addr}: {step}")]
 pub struct ListenError {
     /// The address being bound.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Which step failed (`"socket"`, `"SO_REUSEPORT"`, `"bind"`, ...).
-    pub step: &'static str,
+    pub(crate) step: &'static str,
     /// The OS error.
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 /// The backlog the kernel will really use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backlog {
+pub(crate) struct Backlog {
     /// What the config asked for.
-    pub requested: u32,
+    pub(crate) requested: u32,
     /// `net.core.somaxconn`, if readable.
-    pub somaxconn: Option<u32>,
+    pub(crate) somaxconn: Option<u32>,
 }
 
 impl Backlog {
     /// Reads somaxconn from `path` (normally [`SOMAXCONN_PATH`]).
-    pub fn probe(requested: u32, path: &str) -> Self {
+    pub(crate) fn probe(requested: u32, path: &str) -> Self {
         let somaxconn = std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -51,18 +51,18 @@ impl Backlog {
     }
 
     /// The backlog after the kernel's silent cap.
-    pub fn effective(&self) -> u32 {
+    pub(crate) fn effective(&self) -> u32 {
         self.somaxconn
             .map_or(self.requested, |s| self.requested.min(s))
     }
 
     /// True when the kernel will silently shorten the configured backlog.
-    pub fn truncated(&self) -> bool {
+    pub(crate) fn truncated(&self) -> bool {
         self.effective() < self.requested
     }
 
     /// Logs the effective backlog, and a warning with the fix when it is truncated.
-    pub fn log(&self) {
+    pub(crate) fn log(&self) {
         if self.truncated() {
             tracing::warn!(
                 requested = self.requested,
@@ -88,7 +88,10 @@ impl Backlog {
 
 /// Binds `count` `SO_REUSEPORT` sockets on `cfg.listen`. With port 0, the first socket picks
 /// the port and the others join it. Sockets are non-blocking, ready for tokio.
-pub fn bind(cfg: &ServerConfig, count: usize) -> Result<Vec<std::net::TcpListener>, ListenError> {
+pub(crate) fn bind(
+    cfg: &ServerConfig,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ListenError> {
     let mut addr = cfg.listen;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
@@ -132,7 +135,7 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> Result<std::net::TcpListener, Lis
 /// and data directory. A probe socket without `SO_REUSEPORT` finds out: its bind fails while
 /// anyone listens there. Skipped for port 0, and by the caller for sockets from the service
 /// manager or with `server.share_port` (a deliberate hand-over).
-pub fn refuse_shared_port(addr: SocketAddr) -> Result<(), ListenError> {
+pub(crate) fn refuse_shared_port(addr: SocketAddr) -> Result<(), ListenError> {
     if addr.port() == 0 {
         return Ok(());
     }
@@ -179,22 +182,22 @@ pub fn refuse_shared_port(addr: SocketAddr) -> Result<(), ListenError> {
 
 /// Per-connection TCP options from the config.
 #[derive(Debug, Clone, Copy)]
-pub struct SocketOptions {
+pub(crate) struct SocketOptions {
     /// Keepalive idle time before jitter.
-    pub keepalive_idle: Duration,
+    pub(crate) keepalive_idle: Duration,
     /// Keepalive probe interval.
-    pub keepalive_interval: Duration,
+    pub(crate) keepalive_interval: Duration,
     /// Keepalive probes.
-    pub keepalive_probes: u32,
+    pub(crate) keepalive_probes: u32,
     /// Jitter on the idle time, percent.
-    pub jitter_percent: u32,
+    pub(crate) jitter_percent: u32,
     /// `TCP_USER_TIMEOUT`, if set.
-    pub user_timeout: Option<Duration>,
+    pub(crate) user_timeout: Option<Duration>,
 }
 
 impl SocketOptions {
     /// From the `[server]` section.
-    pub fn from_config(cfg: &ServerConfig) -> Self {
+    pub(crate) fn from_config(cfg: &ServerConfig) -> Self {
         Self {
             keepalive_idle: Duration::from_secs(cfg.tcp_keepalive_idle_seconds),
             keepalive_interval: Duration::from_secs(cfg.tcp_keepalive_interval_seconds),
@@ -207,7 +210,7 @@ impl SocketOptions {
 
     /// The keepalive idle time for one connection: base ± jitter, whole seconds (the kernel's
     /// unit), at least 1 s.
-    pub fn jittered_idle(&self) -> Duration {
+    pub(crate) fn jittered_idle(&self) -> Duration {
         let base = self.keepalive_idle.as_secs();
         let spread = base * u64::from(self.jitter_percent) / 100;
         let secs = if spread == 0 {
@@ -219,7 +222,7 @@ impl SocketOptions {
     }
 
     /// Applies the options to an accepted socket.
-    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+    pub(crate) fn apply(&self, stream: &TcpStream) -> io::Result<()> {
         let s = SockRef::from(stream);
         s.set_tcp_nodelay(true)?;
         let ka = TcpKeepalive::new()
@@ -236,7 +239,7 @@ impl SocketOptions {
 
 /// What to do about an `accept(2)` error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AcceptErrorClass {
+pub(crate) enum AcceptErrorClass {
     /// The failure belonged to one connection (or a signal): accept again at once.
     Retry,
     /// Out of a resource (fds, buffers, memory): pause before accepting again so a full
@@ -261,7 +264,7 @@ const ACCEPT_ERROR_KINDS: [&str; 10] = [
 ];
 
 /// Exports the listener's series at 0 (see [`crate::metrics`]).
-pub fn declare_metrics() {
+pub(crate) fn declare_metrics() {
     metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(0);
     metrics::counter!(m::CONNECTION_LIMIT_REACHED_TOTAL).increment(0);
     for kind in ACCEPT_ERROR_KINDS {
@@ -270,7 +273,7 @@ pub fn declare_metrics() {
 }
 
 /// Classifies an accept error, with a bounded metric label.
-pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) {
+pub(crate) fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) {
     use AcceptErrorClass::*;
     match e.raw_os_error() {
         Some(libc::ECONNABORTED) => (Retry, "econnaborted"),
@@ -300,7 +303,7 @@ pub fn classify_accept_error(e: &io::Error) -> (AcceptErrorClass, &'static str) 
 }
 
 /// How long to pause after a resource error (HAProxy pauses 100 ms, nginx 500 ms).
-pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Accepts connections until `stop` is cancelled. A connection takes a permit from `permits`
 /// (`server.max_connections`, shared by every worker) once accepted; at the cap the accepted
@@ -310,7 +313,7 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// while another worker's queue had clients waiting for it. The permit travels with the
 /// connection and is returned when the connection is dropped, waking whichever worker waits.
 /// Returns `Err` only for a fatal accept error.
-pub async fn accept_loop<F>(
+pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     permits: Arc<Semaphore>,
     stop: crate::lifecycle::CancellationToken,
@@ -406,7 +409,7 @@ async fn accept_one(
 /// connections wait in its accept queue and the new process accepts them, so none is refused.
 /// (Binding a fresh `SO_REUSEPORT` socket instead would not do: the connections in the old
 /// process's queue are reset when it closes its socket.)
-pub fn inherited() -> Result<Option<Vec<std::net::TcpListener>>, ListenError> {
+pub(crate) fn inherited() -> Result<Option<Vec<std::net::TcpListener>>, ListenError> {
     use std::os::fd::FromRawFd;
     let for_us = std::env::var("LISTEN_PID")
         .ok()

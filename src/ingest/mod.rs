@@ -25,7 +25,7 @@ mod encoding;
 pub(crate) mod forwarded_for;
 mod h1;
 mod hyper_engine;
-pub mod listener;
+pub(crate) mod listener;
 mod multipart;
 mod native;
 pub mod proxy;
@@ -60,7 +60,7 @@ pub enum Engine {
 }
 
 /// The running workers, as `run` drives them through shutdown.
-pub struct Ingest {
+pub(crate) struct Ingest {
     phase: watch::Sender<Phase>,
     app: watch::Sender<Arc<SharedState>>,
     stop_accept: CancellationToken,
@@ -71,7 +71,7 @@ pub struct Ingest {
 impl Ingest {
     /// Starts `config.workers()` workers on `listeners` (each worker its own socket when
     /// there are enough; otherwise workers share duplicates of them).
-    pub fn start(
+    pub(crate) fn start(
         config: &Config,
         app: Arc<SharedState>,
         listeners: Vec<std::net::TcpListener>,
@@ -140,7 +140,7 @@ impl Ingest {
     }
 
     /// Resolves when a worker stops on its own (a fatal accept error or a panic).
-    pub async fn failed(&mut self) -> std::io::Error {
+    pub(crate) async fn failed(&mut self) -> std::io::Error {
         loop {
             match self.exited.recv().await {
                 Some(res) => {
@@ -155,23 +155,23 @@ impl Ingest {
     }
 
     /// Tells every connection the lifecycle phase.
-    pub fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         let _ = self.phase.send(p);
     }
 
     /// Hands every worker the state of a reloaded config; each takes it between requests.
-    pub fn set_app(&self, app: Arc<SharedState>) {
+    pub(crate) fn set_app(&self, app: Arc<SharedState>) {
         let _ = self.app.send(app);
     }
 
     /// Stops accepting on every worker.
-    pub fn stop_accepting(&self) {
+    pub(crate) fn stop_accepting(&self) {
         self.stop_accept.cancel();
     }
 
     /// Waits up to `timeout` for every worker to finish (connections drained, last group
     /// written). True when all did.
-    pub async fn wait(&mut self, timeout: Duration) -> bool {
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.running > 0 {
             match tokio::time::timeout_at(deadline, self.exited.recv()).await {

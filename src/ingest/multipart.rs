@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 /// Why a multipart body is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MultipartError {
+pub(crate) enum MultipartError {
     /// Not multipart/form-data as RFC 7578 frames it (no boundary, no closing delimiter, a
     /// part without `Content-Disposition: form-data; name=...`).
     Malformed,
@@ -23,7 +23,7 @@ pub enum MultipartError {
 
 /// The `boundary` parameter of a `multipart/form-data` content type (RFC 2046: 1 to 70
 /// characters, quoted or not).
-pub fn boundary(content_type: &[u8]) -> Option<&[u8]> {
+pub(crate) fn boundary(content_type: &[u8]) -> Option<&[u8]> {
     let (_, params) = split_once(content_type, b';')?;
     for p in params.split(|&b| b == b';') {
         let Some((k, v)) = split_once(p, b'=') else {
@@ -42,7 +42,7 @@ pub fn boundary(content_type: &[u8]) -> Option<&[u8]> {
 }
 
 /// Parses `body` into `params` (name, value), within `limits`.
-pub fn parse<'a>(
+pub(crate) fn parse<'a>(
     body: &'a [u8],
     boundary: &[u8],
     limits: &ParamLimits,

@@ -86,7 +86,7 @@ struct State {
 /// Longer than the house limit of ~120 lines on purpose: this is the future every idle
 /// browser connection is, and its size is the memory per idle connection. Helpers that await
 /// would each add their own state to it; the non-awaiting work is already in [`process`].
-pub async fn run(
+pub(crate) async fn run(
     mut stream: TcpStream,
     peer: std::net::SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,

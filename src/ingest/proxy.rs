@@ -33,20 +33,20 @@ pub enum Mode {
 
 /// A parsed header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// 1 or 2.
-    pub version: u8,
+    pub(crate) version: u8,
     /// The client as the proxy saw it. `None` for v1 `UNKNOWN`, v2 `LOCAL` (the proxy's own
     /// health checks) and address families other than IPv4/IPv6: the TCP peer is then the
     /// client, as the spec says.
-    pub source: Option<SocketAddr>,
+    pub(crate) source: Option<SocketAddr>,
     /// Bytes the header takes at the start of the stream.
-    pub len: usize,
+    pub(crate) len: usize,
 }
 
 /// Why a header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// More bytes are needed to decide.
     #[error("incomplete PROXY header")]
     Incomplete,
@@ -66,7 +66,7 @@ pub enum Error {
 
 impl Error {
     /// Label for the `reason` of the error counter.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Error::Incomplete | Error::Closed => "truncated",
             Error::Invalid(_) => "invalid",
@@ -82,10 +82,10 @@ pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 const V1_MAX: usize = 107;
 /// The longest v2 header accepted: 16 bytes of fixed part and up to 2 KiB of addresses and
 /// TLVs (load balancers add a few TLVs: AWS's VPC endpoint id, HAProxy's SSL and unique id).
-pub const MAX_HEADER: usize = 16 + 2048;
+pub(crate) const MAX_HEADER: usize = 16 + 2048;
 
 /// Parses a header at the start of `buf`.
-pub fn parse(buf: &[u8], mode: Mode) -> Result<Header, Error> {
+pub(crate) fn parse(buf: &[u8], mode: Mode) -> Result<Header, Error> {
     let v1 = matches!(mode, Mode::V1 | Mode::Any);
     let v2 = matches!(mode, Mode::V2 | Mode::Any);
     if v2 && starts_like(buf, &V2_SIGNATURE) {
@@ -260,7 +260,7 @@ fn parse_v2(buf: &[u8]) -> Result<Header, Error> {
 
 /// Reads a PROXY header off a fresh connection without reading past it: peeks until a header
 /// parses, then consumes exactly its bytes, so the HTTP request behind it stays in the socket.
-pub async fn read_header(
+pub(crate) async fn read_header(
     stream: &mut TcpStream,
     mode: Mode,
     timeout: Duration,

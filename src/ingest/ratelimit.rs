@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 /// The limiter's settings, from `[rate_limit]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Sustained beacons per second per client.
-    pub per_second: f64,
+    pub(crate) per_second: f64,
     /// Bucket size: beacons a client may send at once after being idle.
-    pub burst: f64,
+    pub(crate) burst: f64,
     /// Buckets in the table.
-    pub slots: usize,
+    pub(crate) slots: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +39,7 @@ struct Slot {
 
 /// The outcome for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Go ahead.
     Allow,
     /// Over the limit: try again after this long (`Retry-After`, whole seconds, at least 1).
@@ -47,7 +47,7 @@ pub enum Decision {
 }
 
 /// A bounded table of token buckets.
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limits: Limits,
     slots: Box<[Mutex<Slot>]>,
     hasher: std::collections::hash_map::RandomState,
@@ -56,7 +56,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// An empty table (`slots` buckets, allocated once).
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         let empty = Slot {
             key: 0,
             tokens: 0.0,
@@ -73,7 +73,7 @@ impl RateLimiter {
     }
 
     /// Takes one token from `ip`'s bucket.
-    pub fn check(&self, ip: IpAddr) -> Decision {
+    pub(crate) fn check(&self, ip: IpAddr) -> Decision {
         self.check_at(ip, self.start.elapsed())
     }
 
@@ -114,7 +114,7 @@ impl RateLimiter {
     /// beacon's worth (a batch, a large body): owed, so the bucket may go below zero and the
     /// client waits until it has paid; never below minus one burst, so a client sharing the
     /// slot by a hash collision is never held for long.
-    pub fn charge(&self, ip: IpAddr, tokens: f64) {
+    pub(crate) fn charge(&self, ip: IpAddr, tokens: f64) {
         if tokens <= 0.0 {
             return;
         }
@@ -132,7 +132,7 @@ impl RateLimiter {
 
     /// Bytes the table takes, whatever the traffic.
     #[cfg(test)]
-    pub fn table_bytes(&self) -> usize {
+    pub(crate) fn table_bytes(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Mutex<Slot>>()
     }
 }

@@ -15,30 +15,30 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// What the head decided ([`super::routes::before_body`]), for [`build_record`].
-pub struct Plan<'a> {
+pub(crate) struct Plan<'a> {
     /// The route (`Beacon` or `Gif`).
-    pub route: Route,
+    pub(crate) route: Route,
     /// The POST body's media kind, if POST.
-    pub media: Option<Kind>,
+    pub(crate) media: Option<Kind>,
     pub(super) forwarded: Option<IpAddr>,
     pub(super) params: Vec<Param<'a>>,
     /// CORS headers to add to the answer.
-    pub cors: Option<Cors>,
+    pub(crate) cors: Option<Cors>,
     pub(super) received_us: u64,
 }
 
 /// What an accepted request added to its commit group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Built {
+pub(crate) struct Built {
     /// The kind of its records.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// How many (one, or the events of a batch).
-    pub records: u32,
+    pub(crate) records: u32,
 }
 
 /// Builds the record(s) of an accepted request from its head and (complete) body and frames
 /// them into `out`: one record, or one per event of a batch, all or none.
-pub fn build_record<'a>(
+pub(crate) fn build_record<'a>(
     app: &SharedState,
     stats: &Stats,
     conn: &'a Conn,
@@ -60,7 +60,7 @@ pub fn build_record<'a>(
 }
 
 /// Stored bytes that cost one rate-limit token (a beacon with its metadata is ~1 KB).
-pub const STORED_BYTES_PER_TOKEN: usize = 16 * 1024;
+pub(crate) const STORED_BYTES_PER_TOKEN: usize = 16 * 1024;
 
 /// [`build_record`] after undoing the body's content coding.
 fn build_decoded<'a>(

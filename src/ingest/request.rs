@@ -5,22 +5,22 @@
 use super::state::SharedState;
 
 /// A request head as an engine framed it. Header names may be in any case.
-pub struct Head<'a> {
+pub(crate) struct Head<'a> {
     /// The method token.
-    pub method: &'a str,
+    pub(crate) method: &'a str,
     /// Path of the request target (without the query).
-    pub path: &'a [u8],
+    pub(crate) path: &'a [u8],
     /// The query, without `?`, if the target had one.
-    pub query: Option<&'a [u8]>,
+    pub(crate) query: Option<&'a [u8]>,
     /// Bytes of the target as [`SharedState::http`]'s `max_uri_bytes` counts them (path and query).
-    pub target_len: usize,
+    pub(crate) target_len: usize,
     /// Header fields in order.
-    pub headers: &'a [httparse::Header<'a>],
+    pub(crate) headers: &'a [httparse::Header<'a>],
 }
 
 impl<'a> Head<'a> {
     /// The first value of header `name` (lower case).
-    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+    pub(crate) fn header(&self, name: &str) -> Option<&'a [u8]> {
         self.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
@@ -28,7 +28,7 @@ impl<'a> Head<'a> {
     }
 
     /// Every value of header `name` (lower case), in order.
-    pub fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub(crate) fn all(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         let hs = self.headers;
         hs.iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
@@ -44,7 +44,7 @@ impl<'a> Head<'a> {
 }
 
 /// Splits an origin-form (or absolute-form) request target into path and query.
-pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+pub(crate) fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
     let mut t = target;
     // Absolute form (`http://host/path?q`): the path starts at the first `/` after the
     // authority, or is `/`.
@@ -68,14 +68,14 @@ pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 /// `Text/Plain; charset=UTF-8` → `text/plain`.
-pub fn media_type(v: &[u8]) -> Vec<u8> {
+pub(crate) fn media_type(v: &[u8]) -> Vec<u8> {
     let end = v.iter().position(|&b| b == b';').unwrap_or(v.len());
     v[..end].trim_ascii().to_ascii_lowercase()
 }
 
 /// Which endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// The beacon endpoint.
     Beacon,
     /// The GIF endpoint.
@@ -92,7 +92,7 @@ pub enum Route {
 
 impl Route {
     /// Every route, in the order of their counters.
-    pub const ALL: [Route; 6] = [
+    pub(crate) const ALL: [Route; 6] = [
         Route::Beacon,
         Route::Gif,
         Route::Batch,
@@ -102,7 +102,7 @@ impl Route {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Route::Beacon => "beacon",
             Route::Gif => "gif",
@@ -118,7 +118,7 @@ impl Route {
     }
 
     /// The route of `path`.
-    pub fn of(app: &SharedState, path: &[u8]) -> Route {
+    pub(crate) fn of(app: &SharedState, path: &[u8]) -> Route {
         let h = &app.http;
         if path == h.beacon_path.as_bytes() {
             Route::Beacon

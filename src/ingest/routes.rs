@@ -22,7 +22,7 @@ use crate::spool::AppendError;
 use std::sync::atomic::Ordering;
 
 /// What to do after the head.
-pub enum Next<'a> {
+pub(crate) enum Next<'a> {
     /// Answer now (no record); the body, if any, is not needed.
     Answer(Answer),
     /// Read the body (if any), then [`build_record`].
@@ -34,7 +34,7 @@ pub enum Next<'a> {
 /// body is read: an abusive client costs as little as possible), query parameters, media
 /// type, declared body length. `charge` is false when the same head is checked again after
 /// its body arrived (the rate limit was already taken).
-pub fn before_body<'a>(
+pub(crate) fn before_body<'a>(
     app: &SharedState,
     stats: &Stats,
     conn: &Conn,
@@ -155,7 +155,7 @@ pub fn before_body<'a>(
 }
 
 /// The answer once the commit of an accepted record finished.
-pub fn after_commit(
+pub(crate) fn after_commit(
     app: &SharedState,
     stats: &Stats,
     route: Route,

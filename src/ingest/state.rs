@@ -26,31 +26,31 @@ fn limiter(r: &crate::config::RateLimitConfig) -> Option<Arc<RateLimiter>> {
 /// per configuration: SIGHUP builds the next with [`SharedState::reload`], sharing the spool, the
 /// counters, the flags and (when its section did not change) the rate limiter's table, and
 /// every worker takes it between requests.
-pub struct SharedState {
+pub(crate) struct SharedState {
     /// The `[http]` section.
-    pub http: crate::config::HttpConfig,
+    pub(crate) http: crate::config::HttpConfig,
     /// PROXY protocol mode of the listener.
-    pub proxy: proxy::Mode,
+    pub(crate) proxy: proxy::Mode,
     pub(super) trusted_proxies: Vec<forwarded_for::Cidr>,
     pub(super) limiter: Option<Arc<RateLimiter>>,
     pub(super) rate_limit: crate::config::RateLimitConfig,
     pub(super) limits: ParamLimits,
     /// Where accepted beacons go.
-    pub spool: Spool,
+    pub(crate) spool: Spool,
     pub(super) retry_after: u64,
     pub(super) any_origin: bool,
     /// Beacons answered 2xx (each one is in the spool); workers add theirs every second and
     /// when they stop.
-    pub accepted: Arc<AtomicU64>,
+    pub(crate) accepted: Arc<AtomicU64>,
     draining: Arc<AtomicBool>,
     /// False while the forwarder is down (died, not yet restarted and settled): the health
     /// check fails so the load balancer moves traffic while the spool holds what arrives.
-    pub forwarder_up: Arc<AtomicBool>,
+    pub(crate) forwarder_up: Arc<AtomicBool>,
 }
 
 impl SharedState {
     /// Builds the shared state from a validated config.
-    pub fn new(config: &Config, spool: Spool) -> Self {
+    pub(crate) fn new(config: &Config, spool: Spool) -> Self {
         let h = &config.http;
         Self {
             limits: ParamLimits {
@@ -75,7 +75,7 @@ impl SharedState {
     /// The state for a reloaded config: its `[http]` and `[rate_limit]` sections, sharing the
     /// spool, the counters and flags, and the rate limiter's buckets when that section is the
     /// same. (What else the config says is only read at start.)
-    pub fn reload(&self, config: &Config) -> Self {
+    pub(crate) fn reload(&self, config: &Config) -> Self {
         let mut next = Self::new(config, self.spool.clone());
         next.proxy = self.proxy;
         next.retry_after = self.retry_after;
@@ -89,13 +89,13 @@ impl SharedState {
     }
 
     /// Turns the health check to 503 and adds `Connection: close` to every response.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         metrics::gauge!(crate::metrics::DRAINING).set(1.0);
     }
 
     /// True once SIGTERM (or shutdown) began.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
@@ -110,13 +110,13 @@ impl SharedState {
 
     /// The largest request head an engine buffers before answering 431 (the same bound for
     /// both engines, so they refuse the same heads).
-    pub fn max_head_bytes(&self) -> usize {
+    pub(crate) fn max_head_bytes(&self) -> usize {
         max_head_bytes(&self.http)
     }
 }
 
 /// The largest request head either engine buffers before answering 431: target and header
 /// limits plus room for the request line and field syntax.
-pub fn max_head_bytes(h: &crate::config::HttpConfig) -> usize {
+pub(crate) fn max_head_bytes(h: &crate::config::HttpConfig) -> usize {
     (h.max_uri_bytes + h.max_header_bytes + 1024).max(8192)
 }

@@ -23,47 +23,47 @@ use tokio::sync::{watch, Semaphore};
 const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// What a worker thread needs, handed over by [`super::Ingest::start`].
-pub struct Spec {
+pub(crate) struct Spec {
     /// Worker number (thread name, logs).
-    pub id: usize,
+    pub(crate) id: usize,
     /// The listening sockets this worker accepts from (its own `SO_REUSEPORT` socket).
-    pub listeners: Vec<std::net::TcpListener>,
+    pub(crate) listeners: Vec<std::net::TcpListener>,
     /// Shared request state.
-    pub app: watch::Receiver<Arc<SharedState>>,
+    pub(crate) app: watch::Receiver<Arc<SharedState>>,
     /// Which HTTP engine serves connections.
-    pub engine: Engine,
+    pub(crate) engine: Engine,
     /// `server.max_connections`, shared by every worker: a slot freed on one worker is taken
     /// by whichever worker has a connection waiting. (Split per worker, clients queued on a
     /// full worker waited while another had free slots.)
-    pub connections: Arc<Semaphore>,
+    pub(crate) connections: Arc<Semaphore>,
     /// `server.max_connections` (the permits `connections` started with).
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// This worker's share of `queue.capacity`.
-    pub queue_capacity: usize,
+    pub(crate) queue_capacity: usize,
     /// Per-connection socket options.
-    pub socket_options: SocketOptions,
+    pub(crate) socket_options: SocketOptions,
     /// Lifecycle, from `run`.
-    pub phase: watch::Receiver<Phase>,
+    pub(crate) phase: watch::Receiver<Phase>,
     /// Cancelled when accepting must stop.
-    pub stop_accept: CancellationToken,
+    pub(crate) stop_accept: CancellationToken,
     /// `http.idle_timeout_seconds` and the other deadlines.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// `http.max_connection_age_seconds`, when set.
-    pub max_age: Option<Duration>,
+    pub(crate) max_age: Option<Duration>,
     /// `http.header_timeout_seconds`.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// `http.body_timeout_seconds`.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// The hyper builder, for `engine = "hyper"`.
-    pub hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+    pub(crate) hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
 }
 
 /// Why a worker stopped early.
-pub type WorkerResult = Result<(), std::io::Error>;
+pub(crate) type WorkerResult = Result<(), std::io::Error>;
 
 /// Starts a worker thread. It returns when accepting stopped and its connections are gone
 /// (or were dropped at `Phase::Abort`), after writing its last group and counters.
-pub fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult>> {
+pub(crate) fn spawn(spec: Spec) -> std::io::Result<std::thread::JoinHandle<WorkerResult>> {
     std::thread::Builder::new()
         .name(format!("ingest-{}", spec.id))
         .spawn(move || {

@@ -17,42 +17,42 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// A worker's own state, shared by its connection tasks (one thread: `Rc`, `RefCell`).
-pub struct Worker {
+pub(crate) struct Worker {
     /// Shared request state.
     /// The current config's shared state (replaced on SIGHUP; see [`Worker::app`]).
-    pub app: RefCell<Arc<SharedState>>,
+    pub(crate) app: RefCell<Arc<SharedState>>,
     /// This worker's group commit.
-    pub committer: Rc<Committer>,
+    pub(crate) committer: Rc<Committer>,
     /// This worker's counters.
-    pub stats: Stats,
+    pub(crate) stats: Stats,
     /// Where reads land first (borrowed only between awaits).
-    pub scratch: RefCell<Vec<u8>>,
+    pub(crate) scratch: RefCell<Vec<u8>>,
     /// Where answers are formatted (borrowed only between awaits).
-    pub out: RefCell<Vec<u8>>,
+    pub(crate) out: RefCell<Vec<u8>>,
     /// The `Date` header, formatted once a second.
-    pub date: RefCell<DateCache>,
+    pub(crate) date: RefCell<DateCache>,
     /// Lifecycle, from `run` (for the hyper engine's connections).
-    pub phase: watch::Receiver<Phase>,
+    pub(crate) phase: watch::Receiver<Phase>,
     /// Lifecycle as this worker last saw it, with the connections waiting for it to change:
     /// a worker-local broadcast, so a connection's wait costs no lock or atomic.
-    pub phase_now: std::cell::Cell<Phase>,
+    pub(crate) phase_now: std::cell::Cell<Phase>,
     pub(super) phase_waiters: RefCell<Waiters>,
     /// Idle keep-alive timeout.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// `http.max_connection_age_seconds`, when set.
-    pub max_age: Option<Duration>,
+    pub(crate) max_age: Option<Duration>,
     /// When the worker started: connection expiries are kept as milliseconds since then.
-    pub epoch: tokio::time::Instant,
+    pub(crate) epoch: tokio::time::Instant,
     /// Slowloris deadline from a request's first byte.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Deadline for a body once its head is in.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// `beacon_connections_open`, held so a connection does no registry lookup.
-    pub open: metrics::Gauge,
+    pub(crate) open: metrics::Gauge,
     /// Ended connections waiting to be closed by [`close_ended`], a few per turn.
-    pub ended: RefCell<Vec<(TcpStream, tokio::sync::OwnedSemaphorePermit)>>,
+    pub(crate) ended: RefCell<Vec<(TcpStream, tokio::sync::OwnedSemaphorePermit)>>,
     /// Wakes [`close_ended`].
-    pub ended_wake: tokio::sync::Notify,
+    pub(crate) ended_wake: tokio::sync::Notify,
 }
 
 /// How many ended connections [`close_ended`] closes before letting every other ready task of
@@ -63,7 +63,7 @@ const CLOSES_PER_TURN: usize = 64;
 /// is a syscall that sends the FIN and, on loopback, processes it in the caller's softirq: tens
 /// of microseconds. Thousands of clients going at once (a NAT box, a balancer dropping its
 /// pool) would otherwise close in one run of the event loop, ahead of every live request.
-pub async fn close_ended(w: Rc<Worker>) {
+pub(crate) async fn close_ended(w: Rc<Worker>) {
     loop {
         w.ended_wake.notified().await;
         loop {
@@ -83,7 +83,7 @@ pub async fn close_ended(w: Rc<Worker>) {
 
 /// Connections waiting for the phase to change: a slot each, reused.
 #[derive(Default)]
-pub struct Waiters {
+pub(crate) struct Waiters {
     slots: Vec<Option<std::task::Waker>>,
     free: Vec<usize>,
 }
@@ -95,18 +95,18 @@ impl Waiters {
 }
 
 /// A connection's place in its worker's phase broadcast; released when dropped.
-pub struct PhaseSlot {
+pub(crate) struct PhaseSlot {
     w: Rc<Worker>,
     slot: usize,
 }
 
 /// [`Worker::connection_expiry`] of a connection without an age limit.
-pub const NO_EXPIRY: u32 = u32::MAX;
+pub(crate) const NO_EXPIRY: u32 = u32::MAX;
 
 impl Worker {
     /// The current shared state. Borrow it for synchronous work only (a reload replaces it
     /// between tasks' turns); clone the `Arc` to keep it across an await.
-    pub fn app(&self) -> std::cell::Ref<'_, Arc<SharedState>> {
+    pub(crate) fn app(&self) -> std::cell::Ref<'_, Arc<SharedState>> {
         self.app.borrow()
     }
 
@@ -114,7 +114,7 @@ impl Worker {
     /// [`Worker::epoch`] ([`NO_EXPIRY`] without an age limit): the configured age spread ±10 %
     /// so the connections of one burst do not all reconnect at once. Four bytes, kept in a
     /// connection's padding: an idle connection's size is the fleet's memory.
-    pub fn connection_expiry(&self) -> u32 {
+    pub(crate) fn connection_expiry(&self) -> u32 {
         match self.max_age {
             None => NO_EXPIRY,
             Some(a) => {
@@ -125,17 +125,17 @@ impl Worker {
     }
 
     /// The instant of an expiry from [`Worker::connection_expiry`].
-    pub fn expiry_instant(&self, expiry: u32) -> Option<tokio::time::Instant> {
+    pub(crate) fn expiry_instant(&self, expiry: u32) -> Option<tokio::time::Instant> {
         (expiry != NO_EXPIRY).then(|| self.epoch + Duration::from_millis(u64::from(expiry)))
     }
 
     /// Counts a connection closed because it reached its age.
-    pub fn aged_out(&self) {
+    pub(crate) fn aged_out(&self) {
         self.stats.add(Counter::AgedOut, 1);
     }
 
     /// The new lifecycle phase: stored, and every waiting connection woken to read it.
-    pub fn set_phase(&self, p: Phase) {
+    pub(crate) fn set_phase(&self, p: Phase) {
         self.phase_now.set(p);
         for waker in self.phase_waiters.borrow_mut().take_all() {
             waker.wake();
@@ -143,7 +143,7 @@ impl Worker {
     }
 
     /// A slot for a connection to wait on phase changes with.
-    pub fn phase_slot(self: &Rc<Self>) -> PhaseSlot {
+    pub(crate) fn phase_slot(self: &Rc<Self>) -> PhaseSlot {
         let mut ws = self.phase_waiters.borrow_mut();
         let slot = ws.free.pop().unwrap_or_else(|| {
             ws.slots.push(None);
@@ -158,7 +158,7 @@ impl Worker {
 
 impl PhaseSlot {
     /// Wakes this task at the next phase change (call when about to return `Pending`).
-    pub fn register(&self, cx: &std::task::Context<'_>) {
+    pub(crate) fn register(&self, cx: &std::task::Context<'_>) {
         let mut ws = self.w.phase_waiters.borrow_mut();
         let entry = &mut ws.slots[self.slot];
         if !entry.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

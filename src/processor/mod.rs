@@ -43,7 +43,7 @@ pub enum ProcessError {
 
 /// Binds the unix socket, replacing a stale socket file left by a crashed stage but refusing
 /// to steal the socket of a live one. Sets the configured mode.
-pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
+pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(setup("create directory", dir))?;
     }
@@ -114,7 +114,7 @@ pub(crate) struct Sinks {
 
 /// Runs the processing stage until `stop` resolves, then finishes pending writes, closes the
 /// current file and returns. Returns early with the error when a sink fails for good.
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     listener: UnixListener,
     admin: Option<std::net::TcpListener>,

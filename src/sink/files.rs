@@ -14,7 +14,10 @@ use tokio::sync::mpsc;
 /// Writes jobs until every sender is gone, rotating old files once a second. The first write
 /// error ends it: then the stage exits non-zero, the supervisor restarts it, and the collector
 /// resends everything unacknowledged. Never confirm what is not written.
-pub async fn run(mut sink: FileSink, mut jobs: mpsc::Receiver<Job>) -> Result<(), SinkError> {
+pub(crate) async fn run(
+    mut sink: FileSink,
+    mut jobs: mpsc::Receiver<Job>,
+) -> Result<(), SinkError> {
     for name in [m::SINK_RECORDS_TOTAL, m::SINK_FILES_ROTATED_TOTAL] {
         metrics::counter!(name).increment(0);
     }
@@ -41,7 +44,7 @@ pub async fn run(mut sink: FileSink, mut jobs: mpsc::Receiver<Job>) -> Result<()
 
 /// The NDJSON file sink. The file being written is `<name>.ndjson.open`; it is renamed to
 /// `<name>.ndjson` when rotated or closed, so a shipper can take every `*.ndjson` file whole.
-pub struct FileSink {
+pub(crate) struct FileSink {
     cfg: ProcessorConfig,
     current: Option<Current>,
     counter: u64,
@@ -58,7 +61,7 @@ impl FileSink {
     /// Creates the data directory and finishes files a crashed stage left open: a torn last
     /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
     /// file is renamed to `.ndjson`.
-    pub fn open(cfg: &ProcessorConfig) -> Result<Self, SinkError> {
+    pub(crate) fn open(cfg: &ProcessorConfig) -> Result<Self, SinkError> {
         // Records hold client IPs and page URLs: the owner, and the group if configured.
         std::os::unix::fs::DirBuilderExt::mode(
             std::fs::DirBuilder::new().recursive(true),
@@ -85,7 +88,7 @@ impl FileSink {
     }
 
     /// Appends whole lines (`records` of them) to the current file.
-    pub fn write(&mut self, lines: &[u8], records: u64) -> Result<(), SinkError> {
+    pub(crate) fn write(&mut self, lines: &[u8], records: u64) -> Result<(), SinkError> {
         if self
             .current
             .as_ref()
@@ -172,7 +175,7 @@ impl FileSink {
     }
 
     /// Closes (and renames) the current file.
-    pub fn close(&mut self) -> Result<(), SinkError> {
+    pub(crate) fn close(&mut self) -> Result<(), SinkError> {
         self.rotate()
     }
 }

@@ -17,10 +17,10 @@ pub enum SinkKind {
 
 impl SinkKind {
     /// Every sink, as `processor.sinks` spells it.
-    pub const NAMES: &'static str = "\"files\", \"nats\", \"kafka\"";
+    pub(crate) const NAMES: &'static str = "\"files\", \"nats\", \"kafka\"";
 
     /// This sink's name in `processor.sinks` and in metric labels.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SinkKind::Files => "files",
             SinkKind::Nats => "nats",

@@ -6,13 +6,13 @@
 //! in [`SinkKind`], a field for its section and a `validate` arm in `config::ProcessorConfig`,
 //! and an arm in [`spawn`] below. `docs/DEVELOPING.md` walks through it.
 
-pub mod files;
-pub mod kafka;
-pub mod kind;
-pub mod nats;
-pub mod template;
+pub(crate) mod files;
+pub(crate) mod kafka;
+pub(crate) mod kind;
+pub(crate) mod nats;
+pub(crate) mod template;
 
-pub use kind::{OnMismatch, SinkKind};
+pub(crate) use kind::{OnMismatch, SinkKind};
 
 use crate::config::ProcessorConfig;
 use crate::lifecycle::CancellationToken;
@@ -30,7 +30,7 @@ static STALLED: std::sync::Mutex<std::collections::BTreeMap<&'static str, String
 /// Marks `sink` stalled with the problem and its fix (`Some`), or working again (`None`);
 /// sets `beacon_sink_stalled{sink}` and logs each change once (the problem itself is logged,
 /// throttled, where it happens).
-pub fn set_stalled(sink: &'static str, problem: Option<String>) {
+pub(crate) fn set_stalled(sink: &'static str, problem: Option<String>) {
     let mut s = STALLED.lock().expect("not poisoned");
     let changed = match problem {
         Some(p) => s.insert(sink, p.clone()).is_none().then_some(Some(p)),
@@ -51,7 +51,7 @@ pub fn set_stalled(sink: &'static str, problem: Option<String>) {
 }
 
 /// The stage's readiness: `Err` with every stalled sink's problem.
-pub fn readiness() -> Result<(), String> {
+pub(crate) fn readiness() -> Result<(), String> {
     let s = STALLED.lock().expect("not poisoned");
     if s.is_empty() {
         return Ok(());
@@ -65,29 +65,29 @@ pub fn readiness() -> Result<(), String> {
 
 /// One collector batch, rendered once and shared by every sink.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// NDJSON: one line per record, each ending in `\n`.
-    pub lines: Bytes,
+    pub(crate) lines: Bytes,
     /// Per record, in order.
-    pub records: Vec<Entry>,
+    pub(crate) records: Vec<Entry>,
 }
 
 /// One record of a [`Batch`]: where its line is, its id, and the record itself for a sink
 /// that derives more from it (the NATS subject, say).
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Offset just past this record's `\n`.
-    pub end: usize,
+    pub(crate) end: usize,
     /// The record id (UUIDv7): a broker's deduplication key, formatted by the sink that needs
     /// it (the files sink does not).
-    pub id: [u8; 16],
+    pub(crate) id: [u8; 16],
     /// The encoded record (a slice of the collector's frame, not a copy).
-    pub record: Bytes,
+    pub(crate) record: Bytes,
 }
 
 impl Batch {
     /// Record `i`'s JSON line without its newline.
-    pub fn line(&self, i: usize) -> Bytes {
+    pub(crate) fn line(&self, i: usize) -> Bytes {
         let start = if i == 0 { 0 } else { self.records[i - 1].end };
         self.lines.slice(start..self.records[i].end - 1)
     }
@@ -96,11 +96,11 @@ impl Batch {
 /// A batch for one sink, and where to say whether the sink has it (`true`) or gave up
 /// (`false`: the batch is not acknowledged and the collector sends it again).
 #[derive(Debug)]
-pub struct Job {
+pub(crate) struct Job {
     /// The records.
-    pub batch: Arc<Batch>,
+    pub(crate) batch: Arc<Batch>,
     /// The sink's answer.
-    pub done: oneshot::Sender<bool>,
+    pub(crate) done: oneshot::Sender<bool>,
 }
 
 /// A sink failed for good: the stage stops (and is restarted by its supervisor); what the sink
@@ -133,12 +133,12 @@ pub enum SinkError {
 #[error("{what} {path}: {source}")]
 pub struct SetupError {
     /// The step.
-    pub what: &'static str,
+    pub(crate) what: &'static str,
     /// The path involved.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The OS error.
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 /// `map_err` for a setup step on `path`.
@@ -155,7 +155,7 @@ pub(crate) fn setup<'a>(
 
 /// Starts the sink `kind` as a task in `tasks`, taking jobs from `jobs` until every sender is
 /// gone; `abandon` tells a sink still retrying to give up (its records stay spooled).
-pub fn spawn(
+pub(crate) fn spawn(
     kind: SinkKind,
     p: &ProcessorConfig,
     jobs: mpsc::Receiver<Job>,

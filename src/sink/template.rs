@@ -9,7 +9,7 @@ const MAX_TOKEN: usize = 64;
 
 /// A parsed subject template, e.g. `beacons.{site}.{kind}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
+pub(crate) struct Template {
     tokens: Vec<Token>,
 }
 
@@ -26,7 +26,7 @@ enum Token {
 
 impl Template {
     /// Parses a template; the error says what is wrong.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if s.is_empty() {
             return Err("empty".into());
         }
@@ -56,7 +56,7 @@ impl Template {
     }
 
     /// The subject for one record, into `out` (cleared first).
-    pub fn render(&self, r: &RecordRef<'_>, out: &mut String) {
+    pub(crate) fn render(&self, r: &RecordRef<'_>, out: &mut String) {
         out.clear();
         for (i, t) in self.tokens.iter().enumerate() {
             if i > 0 {
@@ -77,7 +77,7 @@ impl Template {
     }
 
     /// The longest name this template can render (each placeholder at most `MAX_TOKEN`).
-    pub fn max_len(&self) -> usize {
+    pub(crate) fn max_len(&self) -> usize {
         let tokens: usize = self
             .tokens
             .iter()
@@ -90,13 +90,13 @@ impl Template {
     }
 
     /// Whether every token is a literal: the template is one fixed name.
-    pub fn is_fixed(&self) -> bool {
+    pub(crate) fn is_fixed(&self) -> bool {
         self.tokens.iter().all(|t| matches!(t, Token::Literal(_)))
     }
 
     /// The subject with every placeholder rendered as `x`: any rendered subject matches the
     /// same wildcard patterns as this one (a placeholder is always exactly one token).
-    pub fn sample(&self) -> String {
+    pub(crate) fn sample(&self) -> String {
         let parts: Vec<&str> = self
             .tokens
             .iter()
@@ -146,7 +146,7 @@ pub(crate) fn literal_token(t: &str) -> Result<(), String> {
 
 /// The site of a beacon: the host of its page (the `u` parameter, boomerang's page URL), else
 /// of its Origin, else of its Referer.
-pub fn site<'b>(r: &'b RecordRef<'_>) -> Option<&'b [u8]> {
+pub(crate) fn site<'b>(r: &'b RecordRef<'_>) -> Option<&'b [u8]> {
     r.params
         .iter()
         .find(|p| p.0.as_ref() == b"u")

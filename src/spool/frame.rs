@@ -6,23 +6,23 @@
 use bytes::{BufMut, BytesMut};
 
 /// Bytes before each payload: len, crc, seq.
-pub const HEADER_BYTES: usize = 16;
+pub(crate) const HEADER_BYTES: usize = 16;
 /// Largest payload accepted (a record is at most a few hundred KiB; anything bigger is corrupt).
-pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 
 /// A frame header as read from a segment.
 #[derive(Debug, Clone, Copy)]
-pub struct Header {
+pub(crate) struct Header {
     /// Payload length.
-    pub len: usize,
+    pub(crate) len: usize,
     crc: u32,
     /// Sequence number.
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 impl Header {
     /// Reads a header; `None` for an impossible length (nothing after it can be framed).
-    pub fn parse(b: &[u8; HEADER_BYTES]) -> Option<Header> {
+    pub(crate) fn parse(b: &[u8; HEADER_BYTES]) -> Option<Header> {
         let len = u32::from_be_bytes(b[0..4].try_into().expect("4")) as usize;
         (len <= MAX_RECORD_BYTES).then(|| Header {
             len,
@@ -32,14 +32,14 @@ impl Header {
     }
 
     /// Whether `payload` is what this header's checksum covers.
-    pub fn checks(&self, payload: &[u8]) -> bool {
+    pub(crate) fn checks(&self, payload: &[u8]) -> bool {
         crc32c(crc32c(0, &self.seq.to_be_bytes()), payload) == self.crc
     }
 }
 
 /// Numbers and checksums, in place, the frames of a group built with [`frame_start`] and
 /// [`frame_end`], from `first_seq` on. Returns the next sequence number.
-pub fn seal(frames: &mut [u8], first_seq: u64) -> u64 {
+pub(crate) fn seal(frames: &mut [u8], first_seq: u64) -> u64 {
     let mut pos = 0;
     let mut seq = first_seq;
     while pos < frames.len() {
@@ -58,48 +58,48 @@ pub fn seal(frames: &mut [u8], first_seq: u64) -> u64 {
 /// Starts a frame for a record in a group buffer: the header with the length left to
 /// [`frame_end`] and the sequence number and checksum to [`Spool::write_group`](super::Spool::write_group). Returns the
 /// frame's offset.
-pub fn frame_start(buf: &mut BytesMut) -> usize {
+pub(crate) fn frame_start(buf: &mut BytesMut) -> usize {
     let at = buf.len();
     buf.put_bytes(0, HEADER_BYTES);
     at
 }
 
 /// Finishes the frame started at `at`: the payload is everything appended since.
-pub fn frame_end(buf: &mut BytesMut, at: usize) {
+pub(crate) fn frame_end(buf: &mut BytesMut, at: usize) {
     let len = (buf.len() - at - HEADER_BYTES) as u32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Drops a frame started at `at` (its record was refused after all).
-pub fn frame_abort(buf: &mut BytesMut, at: usize) {
+pub(crate) fn frame_abort(buf: &mut BytesMut, at: usize) {
     buf.truncate(at);
 }
 
 /// What a segment scan found.
 #[derive(Debug, Default)]
-pub struct Scan {
-    pub records: u64,
-    pub corrupt: u64,
-    pub truncated: u64,
-    pub valid_bytes: u64,
-    pub last_seq: Option<u64>,
-    pub seqs: Vec<u64>,
+pub(crate) struct Scan {
+    pub(crate) records: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) truncated: u64,
+    pub(crate) valid_bytes: u64,
+    pub(crate) last_seq: Option<u64>,
+    pub(crate) seqs: Vec<u64>,
 }
 
 impl Scan {
     /// Records above `acked`.
-    pub fn seqs_above(&self, acked: u64) -> u64 {
+    pub(crate) fn seqs_above(&self, acked: u64) -> u64 {
         self.seqs.iter().filter(|&&s| s > acked).count() as u64
     }
 }
 
 /// A record found by [`parse_record`]: sequence number, payload, bytes it spans.
-pub type Parsed<'a> = (u64, &'a [u8], usize);
+pub(crate) type Parsed<'a> = (u64, &'a [u8], usize);
 
 /// Parses one framed record at the start of `buf`: `Ok(Some((seq, payload, size)))`,
 /// `Ok(None)` if `buf` ends before the record does, `Err(skip)` for a bad checksum with a
 /// plausible length (skip that many bytes) or `Err(0)` for an impossible length.
-pub fn parse_record(buf: &[u8]) -> Result<Option<Parsed<'_>>, usize> {
+pub(crate) fn parse_record(buf: &[u8]) -> Result<Option<Parsed<'_>>, usize> {
     let Some(head) = buf.first_chunk::<HEADER_BYTES>() else {
         return Ok(None);
     };
@@ -120,7 +120,7 @@ pub fn parse_record(buf: &[u8]) -> Result<Option<Parsed<'_>>, usize> {
 /// Scans framed records: complete checksummed ones are kept, a record with a bad checksum
 /// but a plausible length is skipped and counted, and scanning stops at the first impossible
 /// length or incomplete record (`valid_bytes` says where).
-pub fn scan_bytes(data: &[u8]) -> Scan {
+pub(crate) fn scan_bytes(data: &[u8]) -> Scan {
     let mut scan = Scan::default();
     let mut pos = 0usize;
     while pos < data.len() {
@@ -144,7 +144,7 @@ pub fn scan_bytes(data: &[u8]) -> Scan {
 
 /// Appends `seq`/`payload` framed to `out`.
 #[cfg(test)]
-pub fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
+pub(crate) fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
     let seq_bytes = seq.to_be_bytes();
     out.put_u32(payload.len() as u32);
     out.put_u32(crc32c(crc32c(0, &seq_bytes), payload));
@@ -154,6 +154,6 @@ pub fn encode_record(seq: u64, payload: &[u8], out: &mut BytesMut) {
 
 /// CRC-32C (Castagnoli), the checksum of iSCSI, ext4 and most logs, continuing `crc`
 /// (hardware instructions where the CPU has them).
-pub fn crc32c(crc: u32, data: &[u8]) -> u32 {
+pub(crate) fn crc32c(crc: u32, data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, data)
 }

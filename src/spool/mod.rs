@@ -19,7 +19,6 @@
 
 use crate::config::{AckAfter, SpoolConfig};
 use crate::metrics as m;
-use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -34,16 +33,16 @@ mod frame;
 mod reader;
 mod writer;
 
-pub use frame::{crc32c, frame_abort, frame_end, frame_start, HEADER_BYTES, MAX_RECORD_BYTES};
+pub(crate) use frame::{frame_abort, frame_end, frame_start};
 use frame::{scan_bytes, Scan};
-pub use reader::SpoolReader;
+pub(crate) use reader::SpoolReader;
 use writer::Writer;
-pub use writer::Written;
+pub(crate) use writer::Written;
 const CHECKPOINT: &str = "checkpoint";
 
 /// Why an append was refused. Each maps to a 503: the beacon was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AppendError {
+pub(crate) enum AppendError {
     /// More appends waiting than `queue.capacity`.
     #[error("spool queue full")]
     Busy,
@@ -63,12 +62,12 @@ pub enum AppendError {
 #[error("spool {path}: {what}")]
 pub struct SpoolError {
     /// What was being done.
-    pub what: &'static str,
+    pub(crate) what: &'static str,
     /// The file or directory.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The OS error.
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -81,15 +80,15 @@ fn err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Spoo
 
 /// What recovery found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Recovery {
+pub(crate) struct Recovery {
     /// Complete, checksummed records kept (acknowledged ones included until their segment goes).
-    pub records: u64,
+    pub(crate) records: u64,
     /// Records waiting to be sent (above the checkpoint).
-    pub unacked: u64,
+    pub(crate) unacked: u64,
     /// Records with a bad checksum or impossible length, skipped.
-    pub corrupt: u64,
+    pub(crate) corrupt: u64,
     /// Bytes cut from a torn tail.
-    pub truncated_bytes: u64,
+    pub(crate) truncated_bytes: u64,
 }
 
 struct Segment {
@@ -139,13 +138,13 @@ struct Shared {
 
 /// A handle to the spool for the ingest workers and the forwarder. Cloning is cheap.
 #[derive(Clone)]
-pub struct Spool {
+pub(crate) struct Spool {
     shared: Arc<Shared>,
 }
 
 impl Spool {
     /// Opens (creating if needed) and recovers the spool.
-    pub fn open(
+    pub(crate) fn open(
         cfg: &SpoolConfig,
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
@@ -290,61 +289,42 @@ impl Spool {
         Ok((Spool { shared }, rec))
     }
 
-    /// Appends one record on its own and waits until it is in the spool (written, or
-    /// fsync'd with `ack_after = "fsync"`). The ingest workers batch instead (see
-    /// `ingest::commit`); this is for tools and tests.
-    pub async fn append(&self, record: Bytes) -> Result<(), AppendError> {
-        let mut buf = BytesMut::with_capacity(HEADER_BYTES + record.len());
-        let at = frame_start(&mut buf);
-        buf.put_slice(&record);
-        frame_end(&mut buf, at);
-        match self.write_group(&mut buf, 1)? {
-            Written::Done => Ok(()),
-            Written::NeedsSync(f) => {
-                let me = self.clone();
-                tokio::task::spawn_blocking(move || me.sync(&f))
-                    .await
-                    .unwrap_or(Err(AppendError::Closed))
-            }
-        }
-    }
-
     /// Whether the spool takes appends now (false above the high-water mark).
-    pub fn accepting(&self) -> bool {
+    pub(crate) fn accepting(&self) -> bool {
         self.shared.accepting.load(Ordering::Relaxed)
     }
 
     /// False while above the high-water mark or shortly after a write failure: the load
     /// balancer should send traffic elsewhere.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.shared.accepting.load(Ordering::Relaxed)
             && self.shared.failed_until.load(Ordering::Relaxed) <= unix_secs()
     }
 
     /// The spool's directory.
-    pub fn dir(&self) -> &std::path::Path {
+    pub(crate) fn dir(&self) -> &std::path::Path {
         &self.shared.dir
     }
 
     /// The instance id sent in HELLO (persisted, so the stage can drop replays after a
     /// collector restart).
-    pub fn instance(&self) -> u64 {
+    pub(crate) fn instance(&self) -> u64 {
         self.shared.instance
     }
 
     /// Highest acknowledged sequence number.
-    pub fn acked(&self) -> u64 {
+    pub(crate) fn acked(&self) -> u64 {
         self.shared.state.lock().expect("not poisoned").acked
     }
 
     /// Watches the highest sequence number in the spool.
-    pub fn written(&self) -> watch::Receiver<u64> {
+    pub(crate) fn written(&self) -> watch::Receiver<u64> {
         self.shared.written.subscribe()
     }
 
     /// Records everything up to `seq` as acknowledged; deletes segments that are fully
     /// acknowledged and reopens the spool for appends below the low-water mark.
-    pub fn ack(&self, seq: u64) {
+    pub(crate) fn ack(&self, seq: u64) {
         let mut st = self.shared.state.lock().expect("not poisoned");
         if seq <= st.acked {
             return;
@@ -364,19 +344,19 @@ impl Spool {
     }
 
     /// Persists the acknowledged position (cheap; call every second or so and at exit).
-    pub fn checkpoint(&self) {
+    pub(crate) fn checkpoint(&self) {
         let mut st = self.shared.state.lock().expect("not poisoned");
         self.shared.write_checkpoint(&mut st);
     }
 
     /// Records not yet acknowledged.
-    pub fn unacked(&self) -> u64 {
+    pub(crate) fn unacked(&self) -> u64 {
         let written = *self.shared.written.borrow();
         written.saturating_sub(self.acked())
     }
 
     /// A reader positioned at `from`.
-    pub fn reader(&self, from: u64) -> SpoolReader {
+    pub(crate) fn reader(&self, from: u64) -> SpoolReader {
         SpoolReader::new(self.shared.clone(), from)
     }
 }
@@ -526,8 +506,30 @@ fn scan_segment(path: &Path, last: bool) -> io::Result<Scan> {
 
 #[cfg(test)]
 mod tests {
-    use super::frame::{encode_record, parse_record};
+    use super::frame::{crc32c, encode_record, parse_record, HEADER_BYTES};
     use super::*;
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    impl Spool {
+        /// Appends one record on its own and waits until it is in the spool (written, or
+        /// fsync'd with `ack_after = "fsync"`). The ingest workers batch instead (see
+        /// `ingest::commit`); this is for tests.
+        async fn append(&self, record: Bytes) -> Result<(), AppendError> {
+            let mut buf = BytesMut::with_capacity(HEADER_BYTES + record.len());
+            let at = frame_start(&mut buf);
+            buf.put_slice(&record);
+            frame_end(&mut buf, at);
+            match self.write_group(&mut buf, 1)? {
+                Written::Done => Ok(()),
+                Written::NeedsSync(f) => {
+                    let me = self.clone();
+                    tokio::task::spawn_blocking(move || me.sync(&f))
+                        .await
+                        .unwrap_or(Err(AppendError::Closed))
+                }
+            }
+        }
+    }
 
     /// The byte-at-a-time CRC-32C earlier versions framed records with.
     fn crc32c_by_table(crc: u32, data: &[u8]) -> u32 {

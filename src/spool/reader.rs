@@ -18,7 +18,7 @@ static CORRUPT_LOG: crate::logging::Throttle =
 /// It never reads past a segment's *committed* length (what the writer has finished writing,
 /// as recorded under the state lock), so bytes of a group being written, or of a failed write
 /// that was cut off again, are never seen.
-pub struct SpoolReader {
+pub(crate) struct SpoolReader {
     shared: Arc<Shared>,
     file: Option<OpenSegment>,
     next: u64,
@@ -42,14 +42,19 @@ impl SpoolReader {
     }
 
     /// The sequence number the next read starts at.
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.next
     }
 
     /// Reads up to `max` records with sequence numbers in `position()..=upto`. Records that
     /// fail their checksum are skipped and counted. Blocking file I/O (page cache in the
     /// normal case): call from a blocking context.
-    pub fn read(&mut self, upto: u64, max: usize, out: &mut Vec<(u64, Bytes)>) -> io::Result<()> {
+    pub(crate) fn read(
+        &mut self,
+        upto: u64,
+        max: usize,
+        out: &mut Vec<(u64, Bytes)>,
+    ) -> io::Result<()> {
         while out.len() < max && self.next <= upto {
             if self.file.is_none() && !self.open_at(self.next)? {
                 return Ok(());

@@ -29,7 +29,7 @@ pub(super) struct Writer {
 }
 
 /// What a written group still needs before it may be answered.
-pub enum Written {
+pub(crate) enum Written {
     /// In the page cache: `ack_after = "write"`, answer now.
     Done,
     /// `ack_after = "fsync"`: answer after `fdatasync` of this file succeeded (done by the
@@ -42,7 +42,11 @@ impl Spool {
     /// (`count` of them): numbers them, checksums them and appends them to the active segment
     /// with one `write(2)`. Called on the worker's own thread; blocks only for the write
     /// (page cache). `Ok` is not yet an acknowledgement with `NeedsSync`.
-    pub fn write_group(&self, frames: &mut [u8], count: usize) -> Result<Written, AppendError> {
+    pub(crate) fn write_group(
+        &self,
+        frames: &mut [u8],
+        count: usize,
+    ) -> Result<Written, AppendError> {
         if count == 0 {
             return Ok(Written::Done);
         }
@@ -123,7 +127,7 @@ impl Spool {
 
     /// `fdatasync` of a segment a group was written to (blocking: call off the event loop).
     /// A failure marks the spool failing and retires that segment for appends.
-    pub fn sync(&self, file: &File) -> Result<(), AppendError> {
+    pub(crate) fn sync(&self, file: &File) -> Result<(), AppendError> {
         match file.sync_data() {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -139,7 +143,7 @@ impl Spool {
     }
 
     /// Syncs the active segment (at shutdown).
-    pub fn sync_active(&self) {
+    pub(crate) fn sync_active(&self) {
         let w = self.shared.writer.lock().expect("not poisoned");
         if let Some(a) = &w.active {
             let _ = a.file.sync_data();

@@ -10,7 +10,6 @@ mod emit;
 mod rules;
 
 pub use emit::{emit, emit_limits, emit_sysctl, emit_systemd, Emit};
-pub use rules::{Rule, Sysctl, PORT_RANGE, RULES};
 
 use super::kernel::ProcRoot;
 use crate::config::Config;
@@ -20,7 +19,7 @@ use std::fmt::Write as _;
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// As recommended.
     Ok,
     /// Works, but fails under load or after an incident, or signals past trouble.
@@ -41,49 +40,49 @@ impl Severity {
 
 /// One checked setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// The setting, e.g. `net.core.somaxconn` or `RLIMIT_NOFILE`.
-    pub key: String,
+    pub(crate) key: String,
     /// Its value now (`absent` when the kernel does not have it).
-    pub current: String,
+    pub(crate) current: String,
     /// What the config needs.
-    pub recommended: String,
+    pub(crate) recommended: String,
     /// How bad.
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// The failure it prevents, in one sentence.
-    pub why: String,
+    pub(crate) why: String,
     /// The exact fix (a sysctl line, a limits or systemd setting); empty when ok.
-    pub fix: String,
+    pub(crate) fix: String,
 }
 
 /// The outcome of a check.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// The `/proc` tree read.
-    pub proc_root: String,
+    pub(crate) proc_root: String,
     /// Every finding, in check order.
-    pub findings: Vec<Finding>,
+    pub(crate) findings: Vec<Finding>,
     /// Counts by severity.
-    pub summary: Summary,
+    pub(crate) summary: Summary,
     /// The exit code `check` uses for this report.
-    pub exit_code: i32,
+    pub(crate) exit_code: i32,
 }
 
 /// Counts by severity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Findings that are ok.
-    pub ok: usize,
+    pub(crate) ok: usize,
     /// Warnings.
-    pub warn: usize,
+    pub(crate) warn: usize,
     /// Failures.
-    pub fail: usize,
+    pub(crate) fail: usize,
 }
 
 /// The check could not run.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read kernel settings under {0}: no sys/ and net/ there (is it a /proc tree?)")]
-pub struct CheckError(pub String);
+pub(crate) struct CheckError(pub String);
 
 /// The `check` command: prints the report (a table, coloured when `color`, or JSON) and
 /// returns the exit code: 0 all ok, 1 findings, 2 could not run.
@@ -117,7 +116,7 @@ pub struct StrictFailure(pub usize);
 /// The self-check at start: runs [`run`] against the live system and logs each warn and fail
 /// with its fix; with `check.strict` a fail stops the start. A check that cannot run (no
 /// `/proc`) is logged and skipped.
-pub fn self_check(config: &Config) -> Result<(), StrictFailure> {
+pub(crate) fn self_check(config: &Config) -> Result<(), StrictFailure> {
     let report = match run(config, &ProcRoot::system()) {
         Ok(r) => r,
         Err(e) => {
@@ -150,32 +149,30 @@ pub fn self_check(config: &Config) -> Result<(), StrictFailure> {
 
 /// File descriptors the collector needs beyond one per connection: listeners, spool segments,
 /// data files, logs, the admin listener, the runtime.
-pub const FD_OVERHEAD: u64 = 256;
+pub(crate) const FD_OVERHEAD: u64 = 256;
 /// Linux keeps a socket in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN; not `tcp_fin_timeout`).
-pub const TIME_WAIT_SECONDS: u64 = 60;
+pub(crate) const TIME_WAIT_SECONDS: u64 = 60;
 
 /// Values the config implies.
 #[derive(Debug, Clone, Copy)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// `server.backlog`.
-    pub backlog: u64,
+    pub(crate) backlog: u64,
     /// File descriptors needed at `server.max_connections`.
-    pub fds: u64,
+    pub(crate) fds: u64,
     /// Recommended `RLIMIT_NOFILE` (twice the need, rounded up to a power of two).
-    pub nofile: u64,
+    pub(crate) nofile: u64,
     /// Recommended `nf_conntrack_max`.
-    pub conntrack_max: u64,
+    pub(crate) conntrack_max: u64,
     /// Recommended `nf_conntrack_tcp_timeout_established`.
-    pub conntrack_established: u64,
-    /// Seconds the collector keeps an idle connection (keep-alive, or keepalive probing).
-    pub idle_seconds: u64,
+    pub(crate) conntrack_established: u64,
     /// Recommended `TimeoutStopSec`.
-    pub stop_seconds: u64,
+    pub(crate) stop_seconds: u64,
 }
 
 impl Needs {
     /// From the config.
-    pub fn from_config(c: &Config) -> Self {
+    pub(crate) fn from_config(c: &Config) -> Self {
         let s = &c.server;
         let fds = s.max_connections as u64 + FD_OVERHEAD;
         let keepalive_dead = s.tcp_keepalive_idle_seconds
@@ -189,7 +186,6 @@ impl Needs {
                 .next_power_of_two()
                 .max(262_144),
             conntrack_established: (2 * idle_seconds).max(600),
-            idle_seconds,
             stop_seconds: c.shutdown.deregistration_delay_seconds
                 + c.shutdown.drain_timeout_seconds
                 + c.shutdown.flush_timeout_seconds
@@ -199,7 +195,7 @@ impl Needs {
 }
 
 /// Runs every check against `proc` for `config`, in the order of [`rules::RULES`].
-pub fn run(config: &Config, proc: &ProcRoot) -> Result<Report, CheckError> {
+pub(crate) fn run(config: &Config, proc: &ProcRoot) -> Result<Report, CheckError> {
     if !proc.usable() {
         return Err(CheckError(proc.root().display().to_string()));
     }
@@ -230,7 +226,7 @@ pub fn run(config: &Config, proc: &ProcRoot) -> Result<Report, CheckError> {
 
 impl Report {
     /// The human table: one row per finding, then why/fix under each warn and fail.
-    pub fn render_table(&self, color: bool) -> String {
+    pub(crate) fn render_table(&self, color: bool) -> String {
         let paint = |s: Severity, text: &str| -> String {
             if !color {
                 return text.to_string();

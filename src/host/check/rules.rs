@@ -10,39 +10,39 @@ use crate::host::kernel::{ProcRoot, TROUBLE_COUNTERS};
 use Severity::{Fail, Ok, Warn};
 
 /// What the rules read.
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// The config being checked.
-    pub config: &'a Config,
+    pub(crate) config: &'a Config,
     /// The `/proc` tree.
-    pub proc: &'a ProcRoot,
+    pub(crate) proc: &'a ProcRoot,
     /// What the config implies.
-    pub needs: Needs,
+    pub(crate) needs: Needs,
 }
 
 /// One kernel setting.
 #[derive(Clone, Copy)]
-pub struct Sysctl {
+pub(crate) struct Sysctl {
     /// The sysctl key.
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The severity of a reading (`None`: the key is absent).
-    pub judge: fn(Option<u64>, &Needs) -> Severity,
+    pub(crate) judge: fn(Option<u64>, &Needs) -> Severity,
     /// What to aim for, as the report shows it.
-    pub recommend: fn(&Needs) -> String,
+    pub(crate) recommend: fn(&Needs) -> String,
     /// The failure it prevents.
-    pub why: &'static str,
+    pub(crate) why: &'static str,
     /// The value the fix and the generated sysctl file set; `None` for a key that is never
     /// written (the fix says what to do instead).
-    pub set: Option<fn(&Needs) -> String>,
+    pub(crate) set: Option<fn(&Needs) -> String>,
     /// The fix when `set` is `None`.
-    pub fix: &'static str,
+    pub(crate) fix: &'static str,
     /// The comment above the key in the generated sysctl file.
-    pub note: &'static str,
+    pub(crate) note: &'static str,
     /// `-key = value` in the generated file: ignored when the module is not loaded.
-    pub optional: bool,
+    pub(crate) optional: bool,
 }
 
 /// A check: a row, or a function for the checks that weigh several readings.
-pub enum Rule {
+pub(crate) enum Rule {
     /// A kernel setting.
     Sysctl(Sysctl),
     /// Anything else.
@@ -51,7 +51,7 @@ pub enum Rule {
 
 impl Rule {
     /// Runs this check, adding its findings.
-    pub fn check(&self, cx: &Context<'_>, out: &mut Vec<Finding>) {
+    pub(crate) fn check(&self, cx: &Context<'_>, out: &mut Vec<Finding>) {
         match self {
             Rule::Sysctl(s) => {
                 let v = cx.proc.sysctl_u64(s.key);
@@ -76,10 +76,10 @@ impl Rule {
 
 /// The ephemeral port range the generated file and the fix text set (outbound connections of
 /// a co-located proxy).
-pub const PORT_RANGE: (u64, u64) = (10240, 65535);
+pub(crate) const PORT_RANGE: (u64, u64) = (10240, 65535);
 
 /// Every check, in report order.
-pub const RULES: &[Rule] = &[
+pub(crate) const RULES: &[Rule] = &[
     // --- listen queue ---------------------------------------------------------------------
     Rule::Sysctl(Sysctl {
         key: "net.core.somaxconn",
@@ -205,7 +205,7 @@ pub const RULES: &[Rule] = &[
 
 /// Connection tracking settings: judged together in [`conntrack`] (fill against max), written
 /// with `-` in the sysctl file (ignored when the module is not loaded).
-pub const CONNTRACK: [Sysctl; 2] = [
+pub(crate) const CONNTRACK: [Sysctl; 2] = [
     Sysctl {
         key: "net.netfilter.nf_conntrack_max",
         judge: |_, _| Ok,

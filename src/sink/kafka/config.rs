@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 /// per partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum KeyBy {
+pub(crate) enum KeyBy {
     /// The site (host of the page): one site's beacons stay in order, in one partition.
     Site,
     /// The record id: spread evenly over the partitions, no order kept.
@@ -20,7 +20,7 @@ pub enum KeyBy {
 /// Compression of message batches (done by the producer, undone by consumers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Compression {
+pub(crate) enum Compression {
     /// None.
     None,
     /// LZ4: cheap, the usual choice for small JSON records.
@@ -31,7 +31,7 @@ pub enum Compression {
 
 impl Compression {
     /// librdkafka's name for it.
-    pub fn codec(self) -> &'static str {
+    pub(crate) fn codec(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Lz4 => "lz4",
@@ -43,7 +43,7 @@ impl Compression {
 /// The client properties the sink sets itself: a configured `properties` entry may not change
 /// them, because the sink's promise (a batch is confirmed only when every record is in the
 /// topic, replays are not stored twice by the producer's own retries) rests on them.
-pub const RESERVED: [&str; 6] = [
+pub(crate) const RESERVED: [&str; 6] = [
     "acks",
     "enable.idempotence",
     "bootstrap.servers",
@@ -72,13 +72,13 @@ pub struct KafkaConfig {
     /// The message key: `"site"` (one site's beacons in order, in one partition; a beacon
     /// without a site is keyed by its id, so they spread) or `"id"` (the record id: even
     /// spread, no order).
-    pub key: KeyBy,
+    pub(crate) key: KeyBy,
     /// `"none"`, `"lz4"` or `"zstd"`.
-    pub compression: Compression,
+    pub(crate) compression: Compression,
     /// Milliseconds the producer waits to fill a batch before sending it (`linger.ms`).
-    pub linger_ms: u64,
+    pub(crate) linger_ms: u64,
     /// Most messages in one produce request per partition (`batch.num.messages`).
-    pub batch_messages: usize,
+    pub(crate) batch_messages: usize,
     /// Records handed to the producer and not yet acknowledged by Kafka, at most; at the limit
     /// the stage stops reading from the collector (whose spool holds the rest).
     pub max_inflight: usize,
@@ -86,7 +86,7 @@ pub struct KafkaConfig {
     /// record's batch is not confirmed, stays in the collector's spool and is sent again.
     pub delivery_timeout_ms: u64,
     /// The client id brokers log and quota by.
-    pub client_id: String,
+    pub(crate) client_id: String,
     /// Create the topic (each topic a template renders) when it does not exist, with the
     /// settings below; with `false` a missing topic stops the stage.
     pub create_topic: bool,
@@ -102,11 +102,11 @@ pub struct KafkaConfig {
     /// copies in sync, else it is refused (and retried) rather than kept by too few brokers.
     pub min_insync_replicas: u16,
     /// Hours a message is kept (`retention.ms`); 0 means no age limit.
-    pub retention_hours: u64,
+    pub(crate) retention_hours: u64,
     /// More client properties, passed to librdkafka as they are: security (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...), tuning. The
     /// ones the sink's promise rests on (`acks`, `enable.idempotence`, ...) cannot be set here.
-    pub properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -140,7 +140,7 @@ const MAX_TOPIC: usize = 249;
 impl KafkaConfig {
     /// Checks the section when `processor.sinks` lists `"kafka"`: refused outright in a build
     /// without the client.
-    pub fn validate_for_sink(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate_for_sink(&self) -> Result<(), ConfigError> {
         if !cfg!(feature = "kafka") {
             return Err(ConfigError::new(
                 "processor.sinks",
@@ -152,7 +152,7 @@ impl KafkaConfig {
     }
 
     /// Checks the section (only when `processor.sinks` lists `"kafka"`).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.bootstrap_servers.is_empty() {
             return Err(ConfigError::new(
                 "processor.kafka.bootstrap_servers",

@@ -14,11 +14,11 @@
 //! The config section and its checks (`config.rs`) are always built; the client
 //! (`producer.rs`, rdkafka over librdkafka) is behind the default-on `kafka` cargo feature.
 
-pub mod config;
+pub(crate) mod config;
 #[cfg(feature = "kafka")]
 mod producer;
 
-pub use config::KafkaConfig;
+pub(crate) use config::KafkaConfig;
 
 use super::{Job, SinkError};
 use crate::lifecycle::CancellationToken;
@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 /// Starts the Kafka sink as a task in `tasks`.
-pub fn spawn(
+pub(crate) fn spawn(
     cfg: KafkaConfig,
     jobs: mpsc::Receiver<Job>,
     abandon: CancellationToken,

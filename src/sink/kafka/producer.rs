@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 
 /// The header each message carries its record id in, so a consumer can drop a replay.
-pub const ID_HEADER: &str = "beacon-id";
+pub(crate) const ID_HEADER: &str = "beacon-id";
 
 /// Longest wait between two attempts to reach the cluster.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -141,7 +141,7 @@ fn client_config(cfg: &KafkaConfig) -> ClientConfig {
 /// Publishes jobs until every sender is gone, then waits for what is still in flight.
 /// Returns an error only for what retrying cannot fix (a topic with other settings, no topic
 /// and `create_topic = false`, properties librdkafka refuses).
-pub async fn run(
+pub(crate) async fn run(
     cfg: KafkaConfig,
     mut jobs: mpsc::Receiver<Job>,
     abandon: CancellationToken,

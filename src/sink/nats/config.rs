@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// JetStream retention policy of the stream the stage creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Retention {
+pub(crate) enum Retention {
     /// Kept until `max_age_seconds` / `max_bytes` (any number of consumers, replayable).
     Limits,
     /// Kept until every consumer that exists has acknowledged it.
@@ -20,7 +20,7 @@ pub enum Retention {
 /// JetStream storage of the stream the stage creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Storage {
+pub(crate) enum Storage {
     /// On disk (survives a broker restart).
     File,
     /// In memory (lost when the broker restarts).
@@ -36,41 +36,41 @@ pub struct NatsConfig {
     pub servers: Vec<String>,
     /// A `.creds` file (user JWT + NKey seed) to authenticate with; unset for none.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials_file: Option<PathBuf>,
+    pub(crate) credentials_file: Option<PathBuf>,
     /// The connection name the servers show (`nats server report connections`).
-    pub connection_name: String,
+    pub(crate) connection_name: String,
     /// The stream's name.
-    pub stream: String,
+    pub(crate) stream: String,
     /// The subjects the stream captures (NATS wildcards allowed).
-    pub stream_subjects: Vec<String>,
+    pub(crate) stream_subjects: Vec<String>,
     /// The subject each beacon is published to: dot-separated tokens, each a literal or one
     /// of `{site}` (host of the page: the `u` parameter, else Origin, else Referer), `{path}`,
     /// `{kind}`, `{method}`, `{param.NAME}`. Values are reduced to `[A-Za-z0-9_-]` (anything
     /// else becomes `_`, at most 64 bytes; empty is `_`). Must fall inside `stream_subjects`.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Create the stream when it does not exist (with the settings below).
-    pub create_stream: bool,
+    pub(crate) create_stream: bool,
     /// An existing stream whose settings differ from these: `"fail"` (exit, reporting each
     /// difference) or `"warn"` (report and publish anyway).
-    pub stream_mismatch: OnMismatch,
+    pub(crate) stream_mismatch: OnMismatch,
     /// `"limits"`, `"interest"` or `"workqueue"`.
-    pub retention: Retention,
+    pub(crate) retention: Retention,
     /// `"file"` or `"memory"`.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// Copies of each message (1..=5, at most the number of servers; 3 in a cluster survives
     /// one server down, 5 survives two, 2 survives none).
     pub replicas: usize,
     /// Seconds a message is kept (limits retention); 0 means no age limit.
-    pub max_age_seconds: u64,
+    pub(crate) max_age_seconds: u64,
     /// Bytes the stream may hold before the oldest messages go; 0 means no limit.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Seconds JetStream remembers message ids (`Nats-Msg-Id` = the record id) to drop a
     /// republished beacon: replays after a stage or collector restart within this window are
     /// stored once.
-    pub duplicate_window_seconds: u64,
+    pub(crate) duplicate_window_seconds: u64,
     /// Publishes awaiting JetStream's acknowledgement at once; at the limit the stage stops
     /// reading from the collector (whose spool then holds the rest).
-    pub max_inflight: usize,
+    pub(crate) max_inflight: usize,
     /// Milliseconds to wait for JetStream to acknowledge a publish before sending it again
     /// (with the same message id, so a late first copy is not stored twice).
     pub publish_timeout_ms: u64,
@@ -102,7 +102,7 @@ impl Default for NatsConfig {
 impl NatsConfig {
     /// Checks the section when `processor.sinks` lists `"nats"`: refused outright in a build
     /// without the client.
-    pub fn validate_for_sink(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate_for_sink(&self) -> Result<(), ConfigError> {
         if !cfg!(feature = "nats") {
             return Err(ConfigError::new(
                 "processor.sinks",
@@ -114,7 +114,7 @@ impl NatsConfig {
     }
 
     /// Checks the section (only when `processor.sinks` lists `"nats"`).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.servers.is_empty() {
             return Err(ConfigError::new(
                 "processor.nats.servers",

@@ -34,7 +34,7 @@ fn declare_metrics() {
 /// Publishes jobs until every sender is gone, then waits for what is still unconfirmed.
 /// Returns an error only for what retrying cannot fix (a stream with other settings, no
 /// stream and `create_stream = false`, an unreadable credentials file).
-pub async fn run(
+pub(crate) async fn run(
     cfg: NatsConfig,
     mut jobs: mpsc::Receiver<Job>,
     abandon: CancellationToken,

@@ -10,12 +10,12 @@
 //! always built, so a config file means the same with or without the client; the client
 //! (`jetstream.rs`, async-nats) is behind the default-on `nats` cargo feature.
 
-pub mod config;
+pub(crate) mod config;
 #[cfg(feature = "nats")]
 mod jetstream;
-pub mod subject;
+pub(crate) mod subject;
 
-pub use config::{NatsConfig, Retention, Storage};
+pub(crate) use config::{NatsConfig, Retention, Storage};
 
 use super::{Job, SinkError};
 use crate::lifecycle::CancellationToken;
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 /// Starts the NATS sink as a task in `tasks`.
-pub fn spawn(
+pub(crate) fn spawn(
     cfg: NatsConfig,
     jobs: mpsc::Receiver<Job>,
     abandon: CancellationToken,

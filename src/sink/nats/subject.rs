@@ -5,7 +5,7 @@
 use crate::sink::template::literal_token;
 
 /// Checks a stream subject pattern (`beacons.>`, `beacons.*.get`).
-pub fn check_pattern(p: &str) -> Result<(), String> {
+pub(crate) fn check_pattern(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err("empty".into());
     }
@@ -22,7 +22,7 @@ pub fn check_pattern(p: &str) -> Result<(), String> {
 }
 
 /// NATS subject matching: `*` matches one token, a final `>` one or more.
-pub fn matches(pattern: &str, subject: &str) -> bool {
+pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
     let mut s = subject.split('.');
     for p in pattern.split('.') {
         match (p, s.next()) {
