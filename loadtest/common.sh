@@ -40,9 +40,16 @@ wait_http() { # URL: up to 10 s for the server to answer
 # $WORK/NAME/data; pid in $WORK/NAME/pid. $SERVER_EXTRA goes into [server] (e.g. the engine),
 # $SPOOL_EXTRA into [spool], $PROCESSOR_EXTRA into [processor] (e.g. sinks), $EXTRA_TOML at the
 # end (e.g. a [processor.nats] table); $COLLECTOR_BIN runs another build ($WORKERS_KEY names
-# its worker-count key: `worker_threads` before the thread-per-core workers).
+# its worker-count key: `worker_threads` before the thread-per-core workers; OLD_KEYS=1 writes
+# the [processor] keys as builds before [processor.files] read them).
 start_collector() {
   mkdir -p "$WORK/$1"
+  local stage="[processor.files]
+data_dir = \"$WORK/$1/data\"
+[processor.admin]
+enabled = false"
+  [ -z "${OLD_KEYS:-}" ] || stage="data_dir = \"$WORK/$1/data\"
+admin_enabled = false"
   cat > "$WORK/$1/collector.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
@@ -53,9 +60,8 @@ enabled = false
 [forward]
 socket_path = "$WORK/$1/run/processor.sock"
 [processor]
-data_dir = "$WORK/$1/data"
-admin_enabled = false
 ${PROCESSOR_EXTRA:-}
+$stage
 [spool]
 dir = "$WORK/$1/spool"
 ${SPOOL_EXTRA:-}

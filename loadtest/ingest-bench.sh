@@ -14,7 +14,8 @@
 # Every server runs on loopback and stops with the script.
 #
 # With BEFORE_BIN=path/to/an/older/beacon-collector, that build runs beside the others as
-# "before" in parts 1 and 4 (its config uses `worker_threads`).
+# "before" in parts 1 and 4 (its config uses `worker_threads`, or BEFORE_WORKERS_KEY, and the
+# [processor] keys before [processor.files]).
 #
 # Usage: loadtest/ingest-bench.sh     (about 8 minutes with the defaults)
 # Knobs: RUNS=3 DUR=8s FLEET_CLIENTS=18000 FLEET_DUR=50s PARTS="closed open fsync fleet"
@@ -46,7 +47,7 @@ SERVERS="native hyper nginx"
 [ -z "${BEFORE_BIN:-}" ] || SERVERS="before $SERVERS"
 start() { # server
   case $1 in
-    before) COLLECTOR_BIN=$BEFORE_BIN WORKERS_KEY=worker_threads start_collector before ${PORT[before]} 0 ;;
+    before) COLLECTOR_BIN=$BEFORE_BIN WORKERS_KEY=${BEFORE_WORKERS_KEY:-worker_threads} OLD_KEYS=1 start_collector before ${PORT[before]} 0 ;;
     native) SERVER_EXTRA='engine = "native"' start_collector native ${PORT[native]} 0 ;;
     hyper) SERVER_EXTRA='engine = "hyper"' start_collector hyper ${PORT[hyper]} 0 ;;
     fsync) SERVER_EXTRA='engine = "native"' SPOOL_EXTRA='ack_after = "fsync"' start_collector fsync ${PORT[fsync]} 0 ;;

@@ -46,7 +46,7 @@ for i in $(seq "$RUNS"); do
     port=$((port + 1))
     name="c$port"
     case "$v" in
-      "files (before)") COLLECTOR_BIN="$BEFORE" PROCESSOR_EXTRA="" EXTRA_TOML="" start_collector "$name" "$port" 0 ;;
+      "files (before)") COLLECTOR_BIN="$BEFORE" OLD_KEYS=1 PROCESSOR_EXTRA="" EXTRA_TOML="" start_collector "$name" "$port" 0 ;;
       files) PROCESSOR_EXTRA='sinks = ["files"]' EXTRA_TOML="$NATS_TOML" start_collector "$name" "$port" 0 ;;
       nats) PROCESSOR_EXTRA='sinks = ["nats"]' EXTRA_TOML="$NATS_TOML" start_collector "$name" "$port" 0 ;;
       files+nats) PROCESSOR_EXTRA='sinks = ["files", "nats"]' EXTRA_TOML="$NATS_TOML" start_collector "$name" "$port" 0 ;;

@@ -30,9 +30,10 @@ listen = "127.0.0.1:$PORT"
 enabled = false
 [forward]
 socket_path = "$WORK/run/processor.sock"
-[processor]
+[processor.files]
 data_dir = "$WORK/data"
-admin_enabled = false
+[processor.admin]
+enabled = false
 [spool]
 dir = "$WORK/spool"
 [shutdown]

@@ -57,9 +57,10 @@ listen = "127.0.0.1:$PORT"
 listen = "127.0.0.1:18091"
 [forward]
 socket_path = "$D/run/processor.sock"
-[processor]
+[processor.files]
 data_dir = "$D/data"
-admin_listen = "127.0.0.1:18092"
+[processor.admin]
+listen = "127.0.0.1:18092"
 [spool]
 dir = "$D/spool"
 max_bytes = 167772160

@@ -31,9 +31,10 @@ listen = "127.0.0.1:$port"
 enabled = false
 [forward]
 socket_path = "$WORK/$name/run/p.sock"
-[processor]
+[processor.files]
 data_dir = "$WORK/$name/data"
-admin_enabled = false
+[processor.admin]
+enabled = false
 [shutdown]
 deregistration_delay_seconds = 0
 [log]

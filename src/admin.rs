@@ -1,5 +1,5 @@
 //! The admin listener (`GET /metrics`), for the collector (`admin.listen`) and the processing
-//! stage (`processor.admin_listen`): bound in one place, served until cancelled.
+//! stage (`processor.admin.listen`): bound in one place, served until cancelled.
 
 use crate::lifecycle::CancellationToken;
 use http_body_util::Full;

@@ -112,6 +112,15 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(&config, &e),
             };
             println!("{}: ok", config.display());
+            if !new.deprecations.is_empty() {
+                println!(
+                    "{} key(s) use an old name (read as before; rename them to migrate):",
+                    new.deprecations.len()
+                );
+                for d in &new.deprecations {
+                    println!("  {d}");
+                }
+            }
             if let Some(old_path) = against {
                 let old = match Config::load(&old_path) {
                     Ok(c) => c,
@@ -201,6 +210,9 @@ fn start(
         None => config.log.format,
     };
     logging::init(format, &config.log.level);
+    for d in &config.deprecations {
+        tracing::warn!(old = d.old, new = d.new, "config: {d}");
+    }
     let path = common
         .config
         .as_ref()

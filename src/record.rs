@@ -74,7 +74,7 @@ pub enum ClientIpSource {
     ProxyV1 = 1,
     /// A PROXY protocol v2 header.
     ProxyV2 = 2,
-    /// `X-Forwarded-For`, right-most hop not in `http.trusted_proxies`.
+    /// `X-Forwarded-For`, right-most hop not in `client_ip.trusted_proxies`.
     ForwardedFor = 3,
 }
 

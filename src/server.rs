@@ -115,7 +115,7 @@ pub(crate) async fn run_reloadable(
     let (spool, recovery) = spool::Spool::open(
         &config.spool,
         // After a write failure, stay unhealthy for one Retry-After period.
-        Duration::from_secs(config.queue.retry_after_seconds),
+        Duration::from_secs(config.http.retry_after_seconds),
     )?;
     tracing::info!(
         dir = %config.spool.dir.display(),
@@ -291,6 +291,9 @@ async fn reload_on_hangup(
                 continue;
             }
         };
+        for d in &new.deprecations {
+            tracing::warn!(old = d.old, new = d.new, "SIGHUP: config: {d}");
+        }
         let keys = |effect: Effect, from: &Config| -> Vec<String> {
             from.changes(&new)
                 .into_iter()

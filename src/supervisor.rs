@@ -65,7 +65,7 @@ impl ChildSpec {
                 "-c".into(),
                 path.into(),
             ],
-            restart_delay: Duration::from_millis(config.processor.restart_delay_ms),
+            restart_delay: Duration::from_millis(config.forward.restart_delay_ms),
         })
     }
 }

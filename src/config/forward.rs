@@ -22,6 +22,12 @@ pub struct ForwardConfig {
     pub mode: ForwardMode,
     /// Unix socket of the processing stage.
     pub socket_path: PathBuf,
+    /// Permission bits the stage gives that socket file (`0o660`: owner and group may
+    /// connect).
+    pub(crate) socket_mode: u32,
+    /// With `mode = "embedded"`: milliseconds the collector waits before restarting a
+    /// processing stage that exited; doubles per quick failure up to 10 s.
+    pub restart_delay_ms: u64,
     /// Most records in one BATCH frame.
     pub(crate) batch_max_records: usize,
     /// Milliseconds the forwarder waits for a batch to fill after its first record arrives.
@@ -47,6 +53,8 @@ impl Default for ForwardConfig {
         Self {
             mode: ForwardMode::Embedded,
             socket_path: PathBuf::from("run/processor.sock"),
+            socket_mode: 0o660,
+            restart_delay_ms: 200,
             batch_max_records: 512,
             linger_ms: 2,
             max_unacked_records: 50_000,
@@ -74,6 +82,13 @@ impl ForwardConfig {
                 "forward.socket_path",
                 "longer than the 107 bytes a unix socket path may have",
                 "use a shorter path, e.g. under /run",
+            ));
+        }
+        if f.socket_mode > 0o777 {
+            return Err(ConfigError::new(
+                "forward.socket_mode",
+                format!("{:#o} is not a permission mode", f.socket_mode),
+                "write it as a TOML octal integer, e.g. 0o660",
             ));
         }
         positive("forward.batch_max_records", f.batch_max_records as u64)?;

@@ -76,9 +76,9 @@ pub struct HttpConfig {
     pub cors_allow_credentials: bool,
     /// Seconds browsers may cache a CORS preflight answer.
     pub(crate) cors_max_age_seconds: u64,
-    /// Proxies whose `X-Forwarded-For` is believed (CIDR ranges). Empty: the header is ignored.
-    /// When a connection comes from one of them, the client is the right-most hop that is not.
-    pub trusted_proxies: Vec<crate::ingest::forwarded_for::Cidr>,
+    /// `Retry-After` seconds on every 503 (spool full or failing, commit queue full, shutting
+    /// down).
+    pub retry_after_seconds: u64,
 }
 
 impl Default for HttpConfig {
@@ -109,7 +109,7 @@ impl Default for HttpConfig {
             allowed_origins: vec!["*".into()],
             cors_allow_credentials: false,
             cors_max_age_seconds: 86_400,
-            trusted_proxies: Vec::new(),
+            retry_after_seconds: 5,
         }
     }
 }
@@ -119,6 +119,7 @@ impl HttpConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let h = self;
         positive("http.idle_timeout_seconds", h.idle_timeout_seconds)?;
+        positive("http.retry_after_seconds", h.retry_after_seconds)?;
         if h.idle_timeout_seconds <= h.lb_idle_timeout_seconds {
             return Err(ConfigError::new(
                 "http.idle_timeout_seconds",

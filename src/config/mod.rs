@@ -8,12 +8,13 @@
 
 mod admin;
 mod check;
+mod client_ip;
 pub(crate) mod error;
 mod forward;
 mod http;
 mod log;
+mod migrate;
 mod processor;
-mod queue;
 mod rate_limit;
 mod server;
 mod shutdown;
@@ -22,12 +23,13 @@ mod spool;
 pub use crate::sink::kind::{OnMismatch, SinkKind};
 pub(crate) use admin::AdminConfig;
 pub(crate) use check::CheckConfig;
+pub(crate) use client_ip::ClientIpConfig;
 pub use error::ConfigError;
 pub use forward::{ForwardConfig, ForwardMode};
 pub(crate) use http::HttpConfig;
 pub use log::{LogConfig, LogFormat};
-pub(crate) use processor::ProcessorConfig;
-pub(crate) use queue::QueueConfig;
+pub use migrate::Deprecation;
+pub(crate) use processor::{FilesConfig, ProcessorConfig};
 pub(crate) use rate_limit::RateLimitConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use shutdown::ShutdownConfig;
@@ -79,11 +81,12 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub(crate) const LIVE: [&'static str; 18] = [
+    pub(crate) const LIVE: [&'static str; 19] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
-        "http.trusted_proxies",
+        "client_ip.trusted_proxies",
+        "http.retry_after_seconds",
         "http.max_body_bytes",
         "http.max_decoded_body_bytes",
         "http.max_batch_stored_bytes",
@@ -133,8 +136,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// HTTP limits, timeouts and routes.
     pub http: HttpConfig,
-    /// Requests waiting for the spool writer.
-    pub queue: QueueConfig,
+    /// Who the client is: PROXY protocol and trusted `X-Forwarded-For`.
+    pub client_ip: ClientIpConfig,
     /// Per-client rate limit (off by default).
     pub rate_limit: RateLimitConfig,
     /// The durable local spool every accepted beacon is written to before it is answered.
@@ -151,19 +154,30 @@ pub struct Config {
     pub check: CheckConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Keys the file wrote under their old names (read as the new ones; see `config validate`).
+    #[serde(skip)]
+    pub deprecations: Vec<Deprecation>,
 }
 
 impl Config {
     /// Parses TOML text and validates it.
     pub(crate) fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(text, &e))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = inner.message().to_string();
-            path_error(&key, &msg)
-        })?;
-        config.validate()?;
+        let mut table: toml::Table = text.parse().map_err(|e| toml_error(text, &e))?;
+        // Old key names are moved to their new places first, so what follows sees one schema;
+        // an error in a moved key names it as the file wrote it.
+        let deprecations = migrate::apply(&mut table)?;
+        let as_written = |e: ConfigError| migrate::as_written(e, &deprecations);
+        let de = toml::Value::Table(table);
+        let mut config: Config = serde_path_to_error::deserialize(de)
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let inner = e.into_inner();
+                let msg = inner.message().to_string();
+                path_error(&key, &msg)
+            })
+            .map_err(as_written)?;
+        config.validate().map_err(as_written)?;
+        config.deprecations = deprecations;
         Ok(config)
     }
 
@@ -201,19 +215,18 @@ impl Config {
         self.rate_limit.validate()?;
         self.server.validate()?;
         self.http.validate()?;
-        self.queue.validate()?;
         self.spool.validate()?;
         self.forward.validate()?;
         self.processor.validate()?;
         self.shutdown.validate()?;
         if self.admin.enabled
-            && self.processor.admin_enabled
-            && self.admin.listen == self.processor.admin_listen
+            && self.processor.admin.enabled
+            && self.admin.listen == self.processor.admin.listen
             // Port 0 is "any free port": two of them never collide.
             && self.admin.listen.port() != 0
         {
             return Err(ConfigError::new(
-                "processor.admin_listen",
+                "processor.admin.listen",
                 "same address as admin.listen",
                 "give the processing stage its own metrics port (default 127.0.0.1:9103)",
             ));
@@ -365,18 +378,84 @@ mod tests {
         .unwrap();
     }
 
+    /// Every key that moved is still read under its old name, as the same setting, with a
+    /// deprecation naming the new key.
+    #[test]
+    fn every_old_key_is_still_accepted_with_a_warning() {
+        let mut text = String::new();
+        let mut expected = toml::Table::new();
+        for (i, m) in migrate::MOVED.iter().enumerate() {
+            // A value that is not the default, so a key read and then dropped would show.
+            let (old, new) = match m.new {
+                "processor.files.data_dir" => (
+                    "\"/srv/beacons\"".to_string(),
+                    "\"/srv/beacons\"".to_string(),
+                ),
+                "processor.files.prefix" => ("\"rum\"".into(), "\"rum\"".into()),
+                "processor.files.fsync" => ("true".into(), "true".into()),
+                "processor.admin.enabled" => ("false".into(), "false".into()),
+                "processor.admin.listen" => {
+                    ("\"127.0.0.1:9333\"".into(), "\"127.0.0.1:9333\"".into())
+                }
+                "client_ip.proxy_protocol" => ("\"v2\"".into(), "\"v2\"".into()),
+                "client_ip.trusted_proxies" => {
+                    ("[\"10.0.0.0/8\"]".into(), "[\"10.0.0.0/8\"]".into())
+                }
+                "processor.files.mode" | "forward.socket_mode" => ("0o600".into(), "0o600".into()),
+                _ => {
+                    let n = 100_000 + i as i64;
+                    (n.to_string(), (n * m.scale).to_string())
+                }
+            };
+            // Dotted keys at the root: TOML's other way of writing `[section] key = value`.
+            text.push_str(&format!("{} = {old}\n", m.old));
+            let one: toml::Table = format!("{} = {new}\n", m.new).parse().unwrap();
+            merge(&mut expected, one);
+        }
+        let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.deprecations.len(), migrate::MOVED.len());
+        for (d, m) in c.deprecations.iter().zip(migrate::MOVED.iter()) {
+            assert_eq!((d.old, d.new), (m.old, m.new));
+            assert!(d.to_string().contains(m.new), "{d}");
+        }
+        let mut want: toml::Table = toml::Value::try_from(Config::default())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        merge(&mut want, expected);
+        let got: toml::Table = toml::Value::try_from(&c).unwrap().try_into().unwrap();
+        assert_eq!(got, want, "the old keys read as the new ones");
+    }
+
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+
     #[test]
     fn proxy_settings_are_checked() {
         let c = Config::from_toml(
-            "[server]\nproxy_protocol = \"v2\"\n[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
+            "[client_ip]\nproxy_protocol = \"v2\"\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\n",
         )
         .unwrap();
-        assert_eq!(c.server.proxy_protocol, crate::ingest::proxy::Mode::V2);
-        assert_eq!(c.http.trusted_proxies.len(), 2);
+        assert_eq!(c.client_ip.proxy_protocol, crate::ingest::proxy::Mode::V2);
+        assert_eq!(c.client_ip.trusted_proxies.len(), 2);
+        assert!(c.deprecations.is_empty());
+        let e =
+            Config::from_toml("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n")
+                .unwrap_err();
+        assert!(e.key.starts_with("client_ip.trusted_proxies"), "{e:?}");
+        assert!(e.problem.contains("host bits"), "{e:?}");
+        // Under its old name, the error names the key as the file wrote it.
         let e = Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n")
             .unwrap_err();
         assert!(e.key.starts_with("http.trusted_proxies"), "{e:?}");
-        assert!(e.problem.contains("host bits"), "{e:?}");
         for (toml, key) in [
             (
                 "[rate_limit]\nper_client_per_second = 0.0\n",
@@ -388,8 +467,8 @@ mod tests {
             let e = Config::from_toml(toml).unwrap_err();
             assert_eq!(e.key, key, "{toml}");
         }
-        let e = Config::from_toml("[server]\nproxy_protocol = \"v3\"\n").unwrap_err();
-        assert_eq!(e.key, "server.proxy_protocol");
+        let e = Config::from_toml("[client_ip]\nproxy_protocol = \"v3\"\n").unwrap_err();
+        assert_eq!(e.key, "client_ip.proxy_protocol");
         assert!(e.problem.contains("v3"), "{e:?}");
     }
 

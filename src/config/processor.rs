@@ -13,33 +13,15 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessorConfig {
-    /// Where records go: `"files"` (NDJSON in `data_dir`), `"nats"` (a JetStream stream,
-    /// `[processor.nats]`), `"kafka"` (a Kafka topic, `[processor.kafka]`). A batch is acknowledged to the collector only once every sink has
-    /// it, so the collector's spool keeps whatever any sink has not confirmed.
+    /// Where records go: `"files"` (NDJSON, `[processor.files]`), `"nats"` (a JetStream
+    /// stream, `[processor.nats]`), `"kafka"` (a Kafka topic, `[processor.kafka]`). A batch is
+    /// acknowledged to the collector only once every sink has it, so the collector's spool
+    /// keeps whatever any sink has not confirmed.
     pub sinks: Vec<SinkKind>,
-    /// Directory the NDJSON files are written to (created if missing).
-    pub data_dir: PathBuf,
-    /// File name prefix: `<prefix>-<UTC time>-<n>.ndjson`.
-    pub(crate) file_prefix: String,
-    /// Rotate the current file when it reaches this size.
-    pub(crate) rotate_bytes: u64,
-    /// Rotate the current file when it is this old, even if idle.
-    pub rotate_seconds: u64,
-    /// Permission bits of the listening socket file (`0o660`: owner and group may connect).
-    pub(crate) socket_mode: u32,
-    /// Mode of the NDJSON files the stage writes; `data_dir` gets the matching search bits
-    /// (0o640 → 0o750), so a log shipper in the group can read them. The umask applies too.
-    pub file_mode: u32,
-    /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
-    pub(crate) fsync: bool,
-    /// Serve the processing stage's own Prometheus `/metrics` (records written, duplicates
-    /// dropped, corrupt records, rotations).
-    pub admin_enabled: bool,
-    /// Address of the processing stage's metrics listener.
-    pub admin_listen: SocketAddr,
-    /// Milliseconds the supervisor waits before restarting a processing stage that exited;
-    /// doubles per quick failure up to 10 s.
-    pub restart_delay_ms: u64,
+    /// The files sink (used when `sinks` lists `"files"`).
+    pub files: FilesConfig,
+    /// The stage's own Prometheus `/metrics` listener.
+    pub admin: StageAdminConfig,
     /// The NATS JetStream sink (used when `sinks` lists `"nats"`).
     pub nats: NatsConfig,
     /// The Kafka sink (used when `sinks` lists `"kafka"`).
@@ -50,18 +32,62 @@ impl Default for ProcessorConfig {
     fn default() -> Self {
         Self {
             sinks: vec![SinkKind::Files],
-            data_dir: PathBuf::from("data"),
-            file_prefix: "beacons".into(),
-            rotate_bytes: 128 * 1024 * 1024,
-            rotate_seconds: 3600,
-            socket_mode: 0o660,
-            file_mode: 0o640,
-            fsync: false,
-            admin_enabled: true,
-            admin_listen: "127.0.0.1:9103".parse().expect("static address"),
-            restart_delay_ms: 200,
+            files: FilesConfig::default(),
+            admin: StageAdminConfig::default(),
             nats: NatsConfig::default(),
             kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+/// `[processor.files]`: rotated NDJSON files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Directory the NDJSON files are written to (created if missing).
+    pub data_dir: PathBuf,
+    /// File name prefix: `<prefix>-<UTC time>-<n>.ndjson`.
+    pub(crate) prefix: String,
+    /// Rotate the current file when it reaches this size.
+    pub(crate) rotate_bytes: u64,
+    /// Rotate the current file when it is this old, even if idle.
+    pub rotate_seconds: u64,
+    /// Mode of the NDJSON files; `data_dir` gets the matching search bits (0o640 → 0o750), so a
+    /// log shipper in the group can read them. The umask applies too.
+    pub mode: u32,
+    /// Call `fdatasync` before acknowledging a batch (survives power loss, costs latency).
+    pub(crate) fsync: bool,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            prefix: "beacons".into(),
+            rotate_bytes: 128 * 1024 * 1024,
+            rotate_seconds: 3600,
+            mode: 0o640,
+            fsync: false,
+        }
+    }
+}
+
+/// `[processor.admin]`: the stage's metrics listener (records written, duplicates dropped,
+/// corrupt records, rotations, sink state), like the collector's `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageAdminConfig {
+    /// Serve it.
+    pub enabled: bool,
+    /// Its address.
+    pub listen: SocketAddr,
+}
+
+impl Default for StageAdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9103".parse().expect("static address"),
         }
     }
 }
@@ -69,30 +95,23 @@ impl Default for ProcessorConfig {
 impl ProcessorConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let p = self;
-        if p.file_prefix.is_empty() || p.file_prefix.contains('/') {
+        let p = &self.files;
+        if p.prefix.is_empty() || p.prefix.contains('/') {
             return Err(ConfigError::new(
-                "processor.file_prefix",
+                "processor.files.prefix",
                 "empty or contains '/'",
                 "use a plain name such as \"beacons\"",
             ));
         }
         if p.rotate_bytes < 4096 {
             return Err(ConfigError::new(
-                "processor.rotate_bytes",
+                "processor.files.rotate_bytes",
                 "below 4096",
                 "use at least 4096 (default 134217728)",
             ));
         }
-        positive("processor.rotate_seconds", p.rotate_seconds)?;
-        super::error::file_mode("processor.file_mode", p.file_mode)?;
-        if p.socket_mode > 0o777 {
-            return Err(ConfigError::new(
-                "processor.socket_mode",
-                format!("{:#o} is not a permission mode", p.socket_mode),
-                "write it as a TOML octal integer, e.g. 0o660",
-            ));
-        }
+        positive("processor.files.rotate_seconds", p.rotate_seconds)?;
+        super::error::file_mode("processor.files.mode", p.mode)?;
 
         self.validate_sinks()
     }

@@ -44,9 +44,6 @@ pub struct ServerConfig {
     /// to start and says who holds the port. On for a deliberate hand-over: start the new
     /// collector, then SIGTERM the old one. Sockets from the service manager are never checked.
     pub share_port: bool,
-    /// PROXY protocol on this listener: `off`, `v1`, `v2` or `any`. When on, a connection
-    /// without a valid header is closed (never guessed); the header's source is the client.
-    pub proxy_protocol: crate::ingest::proxy::Mode,
 }
 
 impl Default for ServerConfig {
@@ -64,7 +61,6 @@ impl Default for ServerConfig {
             tcp_keepalive_jitter_percent: 10,
             tcp_user_timeout_seconds: 30,
             share_port: false,
-            proxy_protocol: crate::ingest::proxy::Mode::Off,
         }
     }
 }

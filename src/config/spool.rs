@@ -35,6 +35,9 @@ pub struct SpoolConfig {
     /// Mode of the files the spool creates (they hold client IPs and page URLs); its directory
     /// gets the matching search bits (0o640 → 0o750). The process umask applies on top.
     pub file_mode: u32,
+    /// Records waiting for a spool commit (each worker's share of it; one group commit takes
+    /// all of a worker's). When full, requests get 503.
+    pub(crate) max_pending_records: usize,
 }
 
 impl Default for SpoolConfig {
@@ -47,6 +50,7 @@ impl Default for SpoolConfig {
             high_water_percent: 90,
             low_water_percent: 80,
             file_mode: 0o640,
+            max_pending_records: 65_536,
         }
     }
 }
@@ -56,6 +60,7 @@ impl SpoolConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let sp = self;
         file_mode("spool.file_mode", sp.file_mode)?;
+        super::error::positive("spool.max_pending_records", sp.max_pending_records as u64)?;
         if sp.dir.as_os_str().is_empty() {
             return Err(ConfigError::new(
                 "spool.dir",

@@ -53,7 +53,7 @@ pub(crate) enum Reject {
     OriginNotAllowed,
     /// Over the per-client rate limit; retry after this many seconds.
     RateLimited(u64),
-    /// More records waiting for the spool than `queue.capacity`.
+    /// More records waiting for the spool than `spool.max_pending_records`.
     QueueFull,
     /// Spool above its high-water mark.
     SpoolFull,

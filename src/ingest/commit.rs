@@ -74,7 +74,7 @@ impl Frames<'_> {
 /// One worker's group committer.
 pub(crate) struct Committer {
     spool: Spool,
-    /// Most records waiting at once (`queue.capacity` divided among the workers); beyond it,
+    /// Most records waiting at once (`spool.max_pending_records` divided among the workers); beyond it,
     /// 503 `queue_full`.
     capacity: usize,
     st: RefCell<State>,

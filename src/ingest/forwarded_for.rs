@@ -1,4 +1,4 @@
-//! `X-Forwarded-For` from trusted proxies: CIDR ranges (`http.trusted_proxies`) and the walk
+//! `X-Forwarded-For` from trusted proxies: CIDR ranges (`client_ip.trusted_proxies`) and the walk
 //! from the right-most hop to the first address that is not a trusted proxy: the client.
 //!
 //! Only hops added by proxies we trust can be believed; everything to the left of the first

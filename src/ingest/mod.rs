@@ -107,7 +107,7 @@ impl Ingest {
                 engine: config.server.engine,
                 connections: connections.clone(),
                 max_connections,
-                queue_capacity: config.queue.capacity.div_ceil(n),
+                queue_capacity: config.spool.max_pending_records.div_ceil(n),
                 socket_options: listener::SocketOptions::from_config(&config.server),
                 phase: phase_rx.clone(),
                 stop_accept: stop_accept.child_token(),

@@ -595,3 +595,188 @@ async fn write_all(stream: &TcpStream, buf: &[u8]) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The native engine's request processing fed bytes in process, no socket: framing,
+    //! pipelining, partial reads and the answers it writes, as fast unit tests.
+
+    use super::*;
+    use crate::config::Config;
+    use crate::ingest::commit::Committer;
+    use crate::ingest::worker_state::Deadlines;
+    use crate::record::{ClientIpSource, Kind};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// One connection of a worker whose spool is in a temporary directory.
+    struct Harness {
+        w: Rc<Worker>,
+        conn: Conn,
+        st: State,
+        _dir: tempfile::TempDir,
+    }
+
+    /// What one call of [`process`] did: bytes used, the step, the answers written.
+    struct Fed {
+        used: usize,
+        step: Step,
+        out: String,
+    }
+
+    impl Harness {
+        fn new(edit: impl FnOnce(&mut Config)) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mut c = Config::default();
+            c.spool.dir = dir.path().join("spool");
+            edit(&mut c);
+            c.validate().unwrap();
+            let (spool, _) = crate::spool::Spool::open(&c.spool, Duration::from_secs(1)).unwrap();
+            let app = Arc::new(SharedState::new(&c, spool.clone()));
+            let (_, phase) = tokio::sync::watch::channel(Phase::Running);
+            let w = Rc::new(Worker::new(
+                app,
+                Committer::new(spool, 1024),
+                phase,
+                Deadlines {
+                    idle: Duration::from_secs(75),
+                    max_age: None,
+                    header: Duration::from_secs(10),
+                    body: Duration::from_secs(10),
+                },
+            ));
+            let peer = "192.0.2.7:50000".parse().unwrap();
+            let st = State {
+                pending: Vec::new(),
+                unsent: Vec::new(),
+                deadline: None,
+                head_charged: false,
+                continued: false,
+                head_done: false,
+                aged: false,
+                expires: w.connection_expiry(),
+            };
+            Harness {
+                conn: Conn::new(peer, std::net::SocketAddr::ip(&peer), ClientIpSource::Peer),
+                w,
+                st,
+                _dir: dir,
+            }
+        }
+
+        fn feed(&mut self, data: &[u8]) -> Fed {
+            let mut out = Vec::new();
+            let (used, step) = process(data, &self.conn, &self.w, &mut self.st, &mut out);
+            Fed {
+                used,
+                step,
+                out: String::from_utf8(out).unwrap(),
+            }
+        }
+    }
+
+    fn committed(f: &Fed) -> &Committed {
+        match &f.step {
+            Step::Commit(c) => c,
+            Step::More => panic!("waiting for more, answers: {:?}", f.out),
+            Step::Close => panic!("closing, answers: {:?}", f.out),
+        }
+    }
+
+    fn statuses(out: &str) -> Vec<&str> {
+        out.split("HTTP/1.1 ")
+            .skip(1)
+            .map(|a| a.split(' ').next().unwrap())
+            .collect()
+    }
+
+    const GET: &[u8] = b"GET /beacon?u=https%3A%2F%2Fa.example%2F&t=1 HTTP/1.1\r\nHost: c\r\nUser-Agent: t\r\n\r\n";
+
+    #[test]
+    fn a_request_cut_anywhere_waits_for_the_rest_then_commits_once() {
+        let mut h = Harness::new(|_| {});
+        for cut in 1..GET.len() {
+            let f = h.feed(&GET[..cut]);
+            assert!(matches!(f.step, Step::More), "cut at {cut}");
+            assert_eq!((f.used, f.out.as_str()), (0, ""), "cut at {cut}");
+            assert!(h.st.deadline.is_some(), "header deadline armed at {cut}");
+        }
+        let f = h.feed(GET);
+        let c = committed(&f);
+        assert_eq!(f.used, GET.len());
+        assert_eq!((c.built.kind, c.built.records), (Kind::Query, 1));
+        assert!(f.out.is_empty(), "answered only after the commit");
+        assert!(h.st.deadline.is_none(), "reset for the next request");
+    }
+
+    #[test]
+    fn a_body_cut_anywhere_is_charged_once_and_continued_once() {
+        let req: &[u8] = b"POST /beacon HTTP/1.1\r\nHost: c\r\nContent-Type: text/plain\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\nhello world";
+        let head_len = req.len() - 11;
+        let mut h = Harness::new(|_| {});
+        let mut continues = 0;
+        for cut in head_len..req.len() {
+            let f = h.feed(&req[..cut]);
+            assert!(matches!(f.step, Step::More), "cut at {cut}");
+            continues += f.out.matches("100 Continue").count();
+            assert!(h.st.head_charged && h.st.head_done, "cut at {cut}");
+        }
+        assert_eq!(continues, 1, "one 100 Continue per request");
+        let f = h.feed(req);
+        assert_eq!(committed(&f).built.kind, Kind::Text);
+        assert_eq!(f.used, req.len());
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order_up_to_the_first_commit() {
+        let mut data = Vec::new();
+        data.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: c\r\n\r\n");
+        data.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: c\r\n\r\n");
+        let before_beacon = data.len();
+        data.extend_from_slice(GET);
+        data.extend_from_slice(GET);
+        let mut h = Harness::new(|_| {});
+        let f = h.feed(&data);
+        committed(&f);
+        assert_eq!(statuses(&f.out), ["200", "404"]);
+        assert_eq!(f.used, before_beacon + GET.len(), "the second beacon waits");
+        let f = h.feed(&data[before_beacon + GET.len()..]);
+        committed(&f);
+        assert_eq!(f.used, GET.len());
+    }
+
+    #[test]
+    fn an_unwanted_body_all_here_is_skipped_and_the_connection_kept() {
+        let mut data =
+            b"GET /healthz HTTP/1.1\r\nHost: c\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        data.extend_from_slice(GET);
+        let mut h = Harness::new(|_| {});
+        let f = h.feed(&data);
+        committed(&f);
+        assert_eq!(statuses(&f.out), ["200"]);
+        assert!(!f.out.contains("connection: close"), "{}", f.out);
+        assert_eq!(f.used, data.len());
+    }
+
+    #[test]
+    fn ambiguous_framing_is_400_and_closes_before_any_record() {
+        let mut h = Harness::new(|_| {});
+        let f = h.feed(
+            b"POST /beacon HTTP/1.1\r\nHost: c\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        );
+        assert!(matches!(f.step, Step::Close));
+        assert_eq!(statuses(&f.out), ["400"]);
+        assert!(f.out.contains("connection: close"), "{}", f.out);
+    }
+
+    #[test]
+    fn a_chunked_body_is_one_record_and_an_oversize_one_is_refused_unread() {
+        let mut h = Harness::new(|_| {});
+        let f = h.feed(b"POST /beacon HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n");
+        assert_eq!(committed(&f).built.kind, Kind::Json);
+        let mut h = Harness::new(|c| c.http.max_body_bytes = 1024);
+        let f = h.feed(b"POST /beacon HTTP/1.1\r\nHost: c\r\nContent-Length: 999999\r\n\r\n");
+        assert!(matches!(f.step, Step::Close));
+        assert_eq!(statuses(&f.out), ["413"]);
+    }
+}

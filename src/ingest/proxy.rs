@@ -18,10 +18,11 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Which versions a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// No PROXY header: the client is the TCP peer.
+    #[default]
     Off,
     /// Text header only (`send-proxy`, classic ELB).
     V1,

@@ -59,11 +59,11 @@ impl SharedState {
                 max_value_bytes: h.max_param_value_bytes,
             },
             spool,
-            retry_after: config.queue.retry_after_seconds,
+            retry_after: h.retry_after_seconds,
             any_origin: h.allowed_origins.iter().any(|o| o == "*"),
             http: h.clone(),
-            proxy: config.server.proxy_protocol,
-            trusted_proxies: h.trusted_proxies.clone(),
+            proxy: config.client_ip.proxy_protocol,
+            trusted_proxies: config.client_ip.trusted_proxies.clone(),
             limiter: limiter(&config.rate_limit),
             rate_limit: config.rate_limit.clone(),
             accepted: Arc::new(AtomicU64::new(0)),
@@ -78,7 +78,6 @@ impl SharedState {
     pub(crate) fn reload(&self, config: &Config) -> Self {
         let mut next = Self::new(config, self.spool.clone());
         next.proxy = self.proxy;
-        next.retry_after = self.retry_after;
         next.accepted = self.accepted.clone();
         next.draining = self.draining.clone();
         next.forwarder_up = self.forwarder_up.clone();

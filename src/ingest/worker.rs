@@ -7,20 +7,13 @@ use super::commit::Committer;
 use super::listener::{self, SocketOptions};
 use super::state::SharedState;
 use super::stats::Counter;
-use super::stats::Stats;
-use super::worker_state::{Waiters, Worker};
+use super::worker_state::{Deadlines, Worker};
 use super::{native, Engine, Phase};
 use crate::lifecycle::CancellationToken;
-use crate::metrics as m;
-use crate::time::DateCache;
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
-
-/// Scratch read buffer per worker: a read takes whatever the socket has up to this.
-const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// What a worker thread needs, handed over by [`super::Ingest::start`].
 pub(crate) struct Spec {
@@ -38,7 +31,7 @@ pub(crate) struct Spec {
     pub(crate) connections: Arc<Semaphore>,
     /// `server.max_connections` (the permits `connections` started with).
     pub(crate) max_connections: usize,
-    /// This worker's share of `queue.capacity`.
+    /// This worker's share of `spool.max_pending_records`.
     pub(crate) queue_capacity: usize,
     /// Per-connection socket options.
     pub(crate) socket_options: SocketOptions,
@@ -123,25 +116,17 @@ fn housekeeping(
 async fn run(spec: Spec) -> WorkerResult {
     let first = spec.app.borrow().clone();
     let committer = Committer::new(first.spool.clone(), spec.queue_capacity);
-    let w = Rc::new(Worker {
-        app: RefCell::new(first),
-        committer: committer.clone(),
-        stats: Stats::default(),
-        scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
-        out: RefCell::new(Vec::with_capacity(4096)),
-        date: RefCell::new(DateCache::default()),
-        phase: spec.phase.clone(),
-        phase_now: std::cell::Cell::new(*spec.phase.borrow()),
-        phase_waiters: RefCell::new(Waiters::default()),
-        idle_timeout: spec.idle_timeout,
-        max_age: spec.max_age,
-        epoch: tokio::time::Instant::now(),
-        header_timeout: spec.header_timeout,
-        body_timeout: spec.body_timeout,
-        open: metrics::gauge!(m::CONNECTIONS_OPEN),
-        ended: RefCell::new(Vec::new()),
-        ended_wake: tokio::sync::Notify::new(),
-    });
+    let w = Rc::new(Worker::new(
+        first,
+        committer.clone(),
+        spec.phase.clone(),
+        Deadlines {
+            idle: spec.idle_timeout,
+            max_age: spec.max_age,
+            header: spec.header_timeout,
+            body: spec.body_timeout,
+        },
+    ));
     let flusher = tokio::task::spawn_local(committer.clone().run());
     let closer = tokio::task::spawn_local(super::worker_state::close_ended(w.clone()));
     let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());

@@ -55,6 +55,9 @@ pub(crate) struct Worker {
     pub(crate) ended_wake: tokio::sync::Notify,
 }
 
+/// Scratch read buffer per worker: a read takes whatever the socket has up to this.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
 /// How many ended connections [`close_ended`] closes before letting every other ready task of
 /// the worker run.
 const CLOSES_PER_TURN: usize = 64;
@@ -103,7 +106,48 @@ pub(crate) struct PhaseSlot {
 /// [`Worker::connection_expiry`] of a connection without an age limit.
 pub(crate) const NO_EXPIRY: u32 = u32::MAX;
 
+/// A worker's connection deadlines (`[http]`).
+pub(crate) struct Deadlines {
+    /// Idle keep-alive timeout.
+    pub(crate) idle: Duration,
+    /// `http.max_connection_age_seconds`, when set.
+    pub(crate) max_age: Option<Duration>,
+    /// Slowloris deadline from a request's first byte.
+    pub(crate) header: Duration,
+    /// Deadline for a body once its head is in.
+    pub(crate) body: Duration,
+}
+
 impl Worker {
+    /// A worker's state: the current shared state, its commit group, the lifecycle from `run`.
+    pub(crate) fn new(
+        app: Arc<SharedState>,
+        committer: Rc<Committer>,
+        phase: watch::Receiver<Phase>,
+        deadlines: Deadlines,
+    ) -> Self {
+        let now = *phase.borrow();
+        Self {
+            app: RefCell::new(app),
+            committer,
+            stats: Stats::default(),
+            scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
+            out: RefCell::new(Vec::with_capacity(4096)),
+            date: RefCell::new(DateCache::default()),
+            phase,
+            phase_now: std::cell::Cell::new(now),
+            phase_waiters: RefCell::new(Waiters::default()),
+            idle_timeout: deadlines.idle,
+            max_age: deadlines.max_age,
+            epoch: tokio::time::Instant::now(),
+            header_timeout: deadlines.header,
+            body_timeout: deadlines.body,
+            open: metrics::gauge!(crate::metrics::CONNECTIONS_OPEN),
+            ended: RefCell::new(Vec::new()),
+            ended_wake: tokio::sync::Notify::new(),
+        }
+    }
+
     /// The current shared state. Borrow it for synchronous work only (a reload replaces it
     /// between tasks' turns); clone the `Arc` to keep it across an await.
     pub(crate) fn app(&self) -> std::cell::Ref<'_, Arc<SharedState>> {

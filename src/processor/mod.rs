@@ -73,18 +73,18 @@ pub fn main(config: Config, watch_stdin: bool) -> Result<(), ProcessError> {
     let res = rt.block_on(async move {
         // Installed before anything else can take time: a signal during start-up is not lost.
         let stop = crate::lifecycle::stage_stop(watch_stdin).map_err(ProcessError::Start)?;
-        let l = bind(&config.forward.socket_path, config.processor.socket_mode)?;
-        let admin = if config.processor.admin_enabled {
+        let l = bind(&config.forward.socket_path, config.forward.socket_mode)?;
+        let admin = if config.processor.admin.enabled {
             Some(crate::admin::bind(
-                "processor.admin_listen",
-                config.processor.admin_listen,
+                "processor.admin.listen",
+                config.processor.admin.listen,
             )?)
         } else {
             None
         };
         tracing::info!(
             socket = %config.forward.socket_path.display(),
-            data_dir = %config.processor.data_dir.display(),
+            data_dir = %config.processor.files.data_dir.display(),
             admin = %admin
                 .as_ref()
                 .and_then(|l| l.local_addr().ok())

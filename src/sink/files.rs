@@ -1,10 +1,10 @@
 //! The NDJSON file sink: one line per record into size/time-rotated files in
-//! `processor.data_dir`; a batch is confirmed once written (and fdatasync'd with
-//! `processor.fsync`).
+//! `processor.files.data_dir`; a batch is confirmed once written (and fdatasync'd with
+//! `processor.files.fsync`).
 
 use super::Job;
 use super::{setup, SinkError};
-use crate::config::ProcessorConfig;
+use crate::config::FilesConfig;
 use crate::metrics as m;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ pub(crate) async fn run(
 /// The NDJSON file sink. The file being written is `<name>.ndjson.open`; it is renamed to
 /// `<name>.ndjson` when rotated or closed, so a shipper can take every `*.ndjson` file whole.
 pub(crate) struct FileSink {
-    cfg: ProcessorConfig,
+    cfg: FilesConfig,
     current: Option<Current>,
     counter: u64,
 }
@@ -61,11 +61,11 @@ impl FileSink {
     /// Creates the data directory and finishes files a crashed stage left open: a torn last
     /// line is cut off (its batch was never acknowledged, so the collector resends it) and the
     /// file is renamed to `.ndjson`.
-    pub(crate) fn open(cfg: &ProcessorConfig) -> Result<Self, SinkError> {
+    pub(crate) fn open(cfg: &FilesConfig) -> Result<Self, SinkError> {
         // Records hold client IPs and page URLs: the owner, and the group if configured.
         std::os::unix::fs::DirBuilderExt::mode(
             std::fs::DirBuilder::new().recursive(true),
-            crate::config::dir_mode(cfg.file_mode),
+            crate::config::dir_mode(cfg.mode),
         )
         .create(&cfg.data_dir)
         .map_err(setup("create data_dir", &cfg.data_dir))?;
@@ -123,7 +123,7 @@ impl FileSink {
             .map_or(0, |d| d.as_secs());
         let name = format!(
             "{}-{}-{}-{}.ndjson.open",
-            self.cfg.file_prefix,
+            self.cfg.prefix,
             crate::time::compact_seconds(now),
             std::process::id(),
             self.counter
@@ -131,7 +131,7 @@ impl FileSink {
         let path = self.cfg.data_dir.join(name);
         let file = std::os::unix::fs::OpenOptionsExt::mode(
             std::fs::OpenOptions::new().create_new(true).append(true),
-            self.cfg.file_mode,
+            self.cfg.mode,
         )
         .open(&path)
         .map_err(|source| SinkError::Write {
@@ -196,11 +196,11 @@ fn recover_open_file(p: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn cfg(dir: &Path) -> ProcessorConfig {
-        ProcessorConfig {
+    fn cfg(dir: &Path) -> FilesConfig {
+        FilesConfig {
             data_dir: dir.to_path_buf(),
             rotate_bytes: 4096,
-            ..ProcessorConfig::default()
+            ..FilesConfig::default()
         }
     }
 

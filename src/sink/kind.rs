@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
-    /// NDJSON files in `processor.data_dir`.
+    /// NDJSON files in `processor.files.data_dir`.
     Files,
     /// A NATS JetStream stream (`[processor.nats]`).
     Nats,

@@ -166,7 +166,7 @@ pub(crate) fn spawn(
     metrics::gauge!(crate::metrics::SINK_STALLED, "sink" => kind.name()).set(0.0);
     match kind {
         SinkKind::Files => {
-            tasks.spawn(files::run(files::FileSink::open(p)?, jobs));
+            tasks.spawn(files::run(files::FileSink::open(&p.files)?, jobs));
         }
         SinkKind::Nats => nats::spawn(p.nats.clone(), jobs, abandon, tasks)?,
         SinkKind::Kafka => kafka::spawn(p.kafka.clone(), jobs, abandon, tasks)?,

@@ -43,7 +43,7 @@ const CHECKPOINT: &str = "checkpoint";
 /// Why an append was refused. Each maps to a 503: the beacon was not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum AppendError {
-    /// More appends waiting than `queue.capacity`.
+    /// More appends waiting than `spool.max_pending_records`.
     #[error("spool queue full")]
     Busy,
     /// The spool is above its high-water mark (the processing stage is behind).

@@ -124,13 +124,13 @@ pub fn test_config(dir: &Path) -> Config {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.workers = 2;
     c.admin.enabled = false;
-    c.processor.admin_enabled = false;
+    c.processor.admin.enabled = false;
     c.forward.mode = ForwardMode::External;
     c.forward.socket_path = dir.join("stage.sock");
     c.forward.reconnect_max_ms = 200;
-    c.processor.data_dir = dir.join("data");
+    c.processor.files.data_dir = dir.join("data");
     c.spool.dir = dir.join("spool");
-    c.processor.restart_delay_ms = 100;
+    c.forward.restart_delay_ms = 100;
     c.shutdown.deregistration_delay_seconds = 0;
     c.shutdown.drain_timeout_seconds = 5;
     c.shutdown.flush_timeout_seconds = 20;
@@ -525,6 +525,8 @@ impl Drop for Binary {
 /// one reached the output (not just that the counts match).
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// 204s so far, every client together.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     threads: Vec<std::thread::JoinHandle<(Vec<String>, u64)>>,
     pub addr: std::sync::Arc<std::sync::Mutex<SocketAddr>>,
 }
@@ -539,9 +541,11 @@ impl Load {
     pub fn paced(addr: SocketAddr, clients: usize, pause: Duration) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shared_addr = std::sync::Arc::new(std::sync::Mutex::new(addr));
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let threads = (0..clients)
             .map(|c| {
                 let stop = stop.clone();
+                let accepted = accepted.clone();
                 let addr = shared_addr.clone();
                 std::thread::spawn(move || {
                     let mut ok = Vec::new();
@@ -578,7 +582,10 @@ impl Load {
                             std::thread::sleep(pause);
                         }
                         match c0.read(false) {
-                            Some(r) if r.status == 204 => ok.push(key),
+                            Some(r) if r.status == 204 => {
+                                ok.push(key);
+                                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             Some(r) => {
                                 other += 1;
                                 if r.header("connection") == Some("close") {
@@ -595,9 +602,18 @@ impl Load {
             .collect();
         Load {
             stop,
+            accepted,
             threads,
             addr: shared_addr,
         }
+    }
+
+    /// Waits until `n` more beacons were answered 204: "let the load run" as a condition, so
+    /// a busy machine gets the same amount of traffic through a fault, only slower.
+    pub fn wait_accepted(&self, n: u64) {
+        let count = || self.accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let target = count() + n;
+        wait_until(Duration::from_secs(60), || count() >= target);
     }
 
     /// Stops the clients; returns the keys answered 204 and the count of other answers.

@@ -175,8 +175,8 @@ fn a_live_collector_and_stage_export_every_metric_the_rules_and_dashboard_read()
     c.forward.mode = ForwardMode::Embedded;
     c.admin.enabled = true;
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
-    c.processor.admin_enabled = true;
-    c.processor.admin_listen = "127.0.0.1:0".parse().unwrap();
+    c.processor.admin.enabled = true;
+    c.processor.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.check.sample_interval_seconds = 1;
     let mut bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
@@ -268,5 +268,5 @@ fn the_backlog_age_is_right_at_every_scrape_with_traffic_stopped() {
     wait_until(Duration::from_secs(60), || {
         gauge("beacon_spool_oldest_unacked_seconds") == 0.0
     });
-    assert_eq!(records(&c.processor.data_dir).len(), 3);
+    assert_eq!(records(&c.processor.files.data_dir).len(), 3);
 }

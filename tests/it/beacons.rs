@@ -72,7 +72,7 @@ fn get_and_post_beacons_arrive_with_their_fields() {
     assert_eq!(report.acknowledged, 7);
     stage.stop();
 
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     // One line per record: the newline inside a value did not split it.
     assert_eq!(recs.len(), 7, "{recs:#?}");
     assert_eq!(unique_ids(&recs).len(), 7);
@@ -195,7 +195,7 @@ fn multipart_form_data_fields_arrive_as_params() {
     );
     srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     let r = recs
         .iter()
         .find(|r| r["kind"] == "multipart")
@@ -270,7 +270,7 @@ fn compressed_bodies_are_decoded() {
         assert_eq!(send("text/plain", "gzip", &bomb), 413, "{engine:?}");
         srv.shutdown(Shutdown::Graceful).unwrap();
         stage.stop();
-        let recs = records(&c.processor.data_dir);
+        let recs = records(&c.processor.files.data_dir);
         assert!(
             recs.iter().any(|r| r["json"]["k"] == "gz"),
             "{engine:?}: gzip JSON decoded"
@@ -342,7 +342,7 @@ fn batch_endpoint_stores_one_record_per_event_all_or_none() {
         let report = srv.shutdown(Shutdown::Graceful).unwrap();
         stage.stop();
         assert_eq!(report.accepted, 7, "{engine:?}: one per event");
-        let recs = records(&c.processor.data_dir);
+        let recs = records(&c.processor.files.data_dir);
         let mut keys: Vec<String> = recs
             .iter()
             .map(|r| r["json"]["k"].as_str().unwrap().to_string())
@@ -412,7 +412,7 @@ fn credentialed_cors_for_json_blobs_on_both_engines() {
         assert_eq!(bad.status, 403);
         assert!(bad.header("access-control-allow-credentials").is_none());
         srv.shutdown(Shutdown::Graceful).unwrap();
-        let recs = records(&c.processor.data_dir);
+        let recs = records(&c.processor.files.data_dir);
         assert!(
             recs.iter().any(|r| r["json"]["k"] == "blob"),
             "{engine:?}: the JSON blob arrived"
@@ -453,7 +453,7 @@ fn spool_and_data_files_are_private_to_their_user() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = test_config(dir.path());
         c.spool.file_mode = file;
-        c.processor.file_mode = file;
+        c.processor.files.mode = file;
         let stage = Stage::start(dir.path(), &c);
         let srv = Server::start(c.clone());
         assert_eq!(get(srv.addr, "/beacon?k=private").status, 204);
@@ -461,9 +461,9 @@ fn spool_and_data_files_are_private_to_their_user() {
         stage.stop();
         let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&c.spool.dir), dir_mode, "spool dir");
-        assert_eq!(mode(&c.processor.data_dir), dir_mode, "data dir");
+        assert_eq!(mode(&c.processor.files.data_dir), dir_mode, "data dir");
         let mut files = 0;
-        for d in [&c.spool.dir, &c.processor.data_dir] {
+        for d in [&c.spool.dir, &c.processor.files.data_dir] {
             for e in std::fs::read_dir(d).unwrap() {
                 let p = e.unwrap().path();
                 assert_eq!(mode(&p), file, "{p:?}");
@@ -514,7 +514,7 @@ fn batch_amplification_is_bounded_and_rate_limited() {
         assert_eq!(get(srv.addr, "/beacon?k=over").status, 429, "{engine:?}");
         srv.shutdown(Shutdown::Graceful).unwrap();
         stage.stop();
-        let recs = records(&c.processor.data_dir);
+        let recs = records(&c.processor.files.data_dir);
         assert!(recs.iter().all(|r| param(r, "k").unwrap() != "amp"));
         assert_eq!(recs.len(), 100 + 19, "{engine:?}");
     }

@@ -67,7 +67,7 @@ navigator.sendBeacon(u + "?k=blob", new Blob([JSON.stringify({{f: "blob", t: 1}}
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let recs = loop {
-        let recs = records(&c.processor.data_dir);
+        let recs = records(&c.processor.files.data_dir);
         if recs.len() >= 4 || Instant::now() > deadline {
             break recs;
         }

@@ -59,3 +59,35 @@ fn shipped_config_validates_and_print_default_matches_it() {
         .unwrap();
     assert_eq!(out.stdout, std::fs::read(shipped).unwrap());
 }
+
+/// A file written for an older release (keys before `[client_ip]`, `[processor.files]`,
+/// `spool.max_pending_records`) still validates; `config validate` lists each old key with its
+/// new name.
+#[test]
+fn old_key_names_validate_and_say_how_to_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("old.toml");
+    std::fs::write(
+        &p,
+        "[server]\nproxy_protocol = \"v2\"\n[queue]\ncapacity = 1000\n\
+         [processor]\ndata_dir = \"/srv/beacons\"\nadmin_enabled = false\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "validate", "-c", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for (old, new) in [
+        ("server.proxy_protocol", "client_ip.proxy_protocol"),
+        ("queue.capacity", "spool.max_pending_records"),
+        ("processor.data_dir", "processor.files.data_dir"),
+        ("processor.admin_enabled", "processor.admin.enabled"),
+    ] {
+        assert!(
+            text.contains(&format!("`{old}` is deprecated: write it as `{new}`")),
+            "{old}: {text}"
+        );
+    }
+}

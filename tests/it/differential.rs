@@ -82,7 +82,7 @@ fn config(dir: &std::path::Path, engine: Engine) -> Config {
     let mut c = test_config(dir);
     c.server.engine = engine;
     c.http.allowed_origins = vec!["https://a.example".into()];
-    c.http.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
+    c.client_ip.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
     c.http.max_params = 8;
     c.http.max_param_name_bytes = 32;
     c.http.max_param_value_bytes = 256;
@@ -109,7 +109,7 @@ impl Pair {
         for (d, engine) in dirs.iter().zip([Engine::Native, Engine::Hyper]) {
             let mut c = config(d.path(), engine);
             tweak(&mut c);
-            data.push(c.processor.data_dir.clone());
+            data.push(c.processor.files.data_dir.clone());
             stages.push(Stage::start(d.path(), &c));
             servers.push(Server::start(c));
         }

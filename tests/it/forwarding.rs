@@ -23,7 +23,7 @@ fn stage_killed_and_restarted_collector_reconnects_and_loses_nothing() {
 
     let mut ok = send_n(srv.addr, 200);
     wait_until(Duration::from_secs(10), || {
-        records(&c.processor.data_dir).len() >= 200
+        records(&c.processor.files.data_dir).len() >= 200
     });
     stage.kill9();
     // Accepted while no stage is there: held by the forwarder, not dropped.
@@ -31,7 +31,7 @@ fn stage_killed_and_restarted_collector_reconnects_and_loses_nothing() {
     let stage = Stage::start(dir.path(), &c);
     ok += send_n(srv.addr, 200);
     wait_until(Duration::from_secs(10), || {
-        unique_ids(&records(&c.processor.data_dir)).len() >= 600
+        unique_ids(&records(&c.processor.files.data_dir)).len() >= 600
     });
 
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
@@ -39,7 +39,7 @@ fn stage_killed_and_restarted_collector_reconnects_and_loses_nothing() {
     assert_eq!(ok, 600);
     assert_eq!(report.accepted, 600);
     assert_eq!(report.acknowledged, 600);
-    assert_eq!(unique_ids(&records(&c.processor.data_dir)).len(), 600);
+    assert_eq!(unique_ids(&records(&c.processor.files.data_dir)).len(), 600);
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn spool_limit_answers_503_and_fails_health_then_recovers_without_loss() {
     let mut c = test_config(dir.path());
     c.spool.segment_bytes = 4096;
     c.spool.max_bytes = 16384;
-    c.queue.retry_after_seconds = 7;
+    c.http.retry_after_seconds = 7;
     // No stage yet: everything accepted stays in the spool until the limit.
     let srv = Server::start(c.clone());
     let mut conn = Conn::open(srv.addr);
@@ -87,7 +87,7 @@ fn spool_limit_answers_503_and_fails_health_then_recovers_without_loss() {
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
     assert_eq!(report.remaining, 0);
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     assert_eq!(
         unique_ids(&recs).len(),
         ok.len() + 1,
@@ -173,7 +173,7 @@ fn a_batch_resent_on_a_new_connection_while_in_flight_is_written_once() {
     }
     drop(second);
     stage.stop();
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     assert_eq!(recs.len(), 500, "every record once");
     assert_eq!(unique_ids(&recs).len(), 500);
 }

@@ -66,7 +66,7 @@ fn free_port() -> SocketAddr {
 fn start_collector(dir: &std::path::Path, dereg: u64) -> (Binary, SocketAddr, Config) {
     let mut c = test_config(dir);
     c.forward.mode = ForwardMode::Embedded;
-    c.server.proxy_protocol = Mode::V2;
+    c.client_ip.proxy_protocol = Mode::V2;
     c.shutdown.deregistration_delay_seconds = dereg;
     let bin = Binary::serve(dir, &c);
     let addr = bin.listening();
@@ -243,13 +243,17 @@ fn drain_behind_haproxy_loses_nothing_and_shows_no_errors() {
         &seen.bad_status[..seen.bad_status.len().min(10)]
     );
     assert!(seen.ok.len() > 200, "only {} beacons sent", seen.ok.len());
-    let recs = every_204_in_one_of(&seen, &ca.processor.data_dir, &cb.processor.data_dir);
+    let recs = every_204_in_one_of(
+        &seen,
+        &ca.processor.files.data_dir,
+        &cb.processor.files.data_dir,
+    );
     // The health check moved the traffic, not the closing listener: HAProxy marks A down
     // after two failed checks (~0.4 s), so A gets nothing new in the second half of its 2 s
     // deregistration delay, while it would keep receiving until it stops accepting if
     // /healthz did not fail.
     let cutoff = beacon_collector::time::rfc3339_micros(sigterm_us + 1_200_000);
-    let late = records(&ca.processor.data_dir)
+    let late = records(&ca.processor.files.data_dir)
         .iter()
         .filter(|r| {
             r["received_at"]
@@ -320,7 +324,7 @@ async fn pipe(
 fn fleet_errors_through_haproxy(idle: u64) -> (u64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
-    c.server.proxy_protocol = Mode::V2;
+    c.client_ip.proxy_protocol = Mode::V2;
     c.http.idle_timeout_seconds = idle;
     // Below the collector's on purpose in the first case: what `validate()` would refuse.
     c.http.lb_idle_timeout_seconds = 0;

@@ -301,15 +301,15 @@ fn steady_load_into_files_and_kafka_loses_nothing() {
     let mut kafka = Kafka::single(dir.path());
     kafka.start();
     let mut c = kafka_config(dir.path(), vec![kafka.addr()], true);
-    c.processor.admin_enabled = true;
-    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    c.processor.admin.enabled = true;
+    c.processor.admin.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
     std::thread::sleep(Duration::from_secs(3));
     // The stage exports every Kafka metric the alerts and dashboard read; one broker is up.
     let scrape =
-        String::from_utf8_lossy(&get(c.processor.admin_listen, "/metrics").body).to_string();
+        String::from_utf8_lossy(&get(c.processor.admin.listen, "/metrics").body).to_string();
     for name in crate::alerts::metrics_read_by_rules_and_dashboard()
         .iter()
         .filter(|n| n.starts_with("beacon_sink_kafka_"))
@@ -338,7 +338,7 @@ fn steady_load_into_files_and_kafka_loses_nothing() {
     let dups = assert_none_lost("steady load", &keys, other, &s);
     assert_eq!(dups, 0, "no copies without a fault");
     assert_eq!(s.message_keys["site"], "www.example.com");
-    assert_no_loss(&c.processor.data_dir, &keys);
+    assert_no_loss(&c.processor.files.data_dir, &keys);
 }
 
 /// After a broker outage under load: stops the load, the collector (which must flush
@@ -445,7 +445,7 @@ fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
     let mut c = kafka_config(dir.path(), vec![format!("127.0.0.1:{port}")], false);
     c.spool.segment_bytes = 8192;
     c.spool.max_bytes = 4 * 8192;
-    c.queue.retry_after_seconds = 1;
+    c.http.retry_after_seconds = 1;
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let (mut keys, refused) = send_until_refused(srv.addr, 1000);
@@ -642,7 +642,7 @@ fn topic_with_other_settings_is_reported_key_by_key() {
     for s in [
         "topic beacons exists with settings that differ",
         "partitions: topic has 2, config says 3",
-        "retention_hours: topic has retention.ms = 3600000, config says 168",
+        "retention_seconds: topic has retention.ms = 3600000, config says 604800",
         "set processor.kafka.topic_mismatch",
     ] {
         assert!(text.contains(s), "{s:?} missing from: {text}");
@@ -751,12 +751,12 @@ fn a_topic_that_cannot_be_created_stalls_the_sink_visibly() {
     c.processor.kafka.replication_factor = 3;
     // Nothing can be delivered: the shutdown does not wait for it (the beacon stays spooled).
     c.shutdown.flush_timeout_seconds = 1;
-    c.processor.admin_enabled = true;
-    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    c.processor.admin.enabled = true;
+    c.processor.admin.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     assert_eq!(get(srv.addr, "/beacon?k=waits").status, 204);
-    let admin = c.processor.admin_listen;
+    let admin = c.processor.admin.listen;
     let mut ready = None;
     wait_until(Duration::from_secs(60), || {
         let Ok(s) = std::net::TcpStream::connect(admin) else {

@@ -73,14 +73,14 @@ fn sigterm_fails_health_while_serving_then_exits_0_with_every_204_in_the_files()
         t0.elapsed() >= Duration::from_secs(2),
         "did not wait out the deregistration delay"
     );
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     assert_eq!(
         unique_ids(&recs).len(),
         ok,
         "every 204'd beacon is in the output"
     );
     // The stage closed its files on the way out.
-    let names: Vec<_> = std::fs::read_dir(&c.processor.data_dir)
+    let names: Vec<_> = std::fs::read_dir(&c.processor.files.data_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
@@ -102,7 +102,7 @@ fn embedded_stage_killed_is_restarted_and_nothing_is_lost() {
         ok += usize::from(conn.request(BEACON).is_some_and(|r| r.status == 204));
     }
     wait_until(Duration::from_secs(10), || {
-        records(&c.processor.data_dir).len() >= 100
+        records(&c.processor.files.data_dir).len() >= 100
     });
     kill(pid as u32, libc::SIGKILL);
     for _ in 0..100 {
@@ -111,13 +111,13 @@ fn embedded_stage_killed_is_restarted_and_nothing_is_lost() {
     let second = bin.wait_for_nth("processing stage started", 2, Duration::from_secs(10));
     assert_ne!(second["pid"], first["pid"]);
     wait_until(Duration::from_secs(10), || {
-        unique_ids(&records(&c.processor.data_dir)).len() >= 200
+        unique_ids(&records(&c.processor.files.data_dir)).len() >= 200
     });
 
     bin.signal(libc::SIGINT);
     assert!(bin.wait(Duration::from_secs(30)).success());
     assert_eq!(ok, 200);
-    assert_eq!(unique_ids(&records(&c.processor.data_dir)).len(), 200);
+    assert_eq!(unique_ids(&records(&c.processor.files.data_dir)).len(), 200);
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn graceful_shutdown_serves_then_closes_keep_alive_connections_on_both_engines()
         assert!(t0.elapsed() >= Duration::from_secs(1), "{engine:?}");
         assert_eq!((report.accepted, report.remaining), (2, 0), "{engine:?}");
         stage.stop();
-        assert_eq!(records(&c.processor.data_dir).len(), 2, "{engine:?}");
+        assert_eq!(records(&c.processor.files.data_dir).len(), 2, "{engine:?}");
     }
 }
 
@@ -238,7 +238,7 @@ fn sighup_reloads_live_keys_and_keeps_connections() {
     // Live key, a key that needs a restart, a processing-stage key.
     c.http.allowed_origins = vec!["https://a.example".into(), "https://b.example".into()];
     c.server.backlog = 2048;
-    c.processor.rotate_seconds = 1800;
+    c.processor.files.rotate_seconds = 1800;
     write_config(dir.path(), &c);
     bin.signal(libc::SIGHUP);
     let l = bin.wait_for("SIGHUP: configuration reloaded", Duration::from_secs(10));
@@ -254,7 +254,7 @@ fn sighup_reloads_live_keys_and_keeps_connections() {
         l["processing_stage"]
             .as_str()
             .unwrap()
-            .contains("processor.rotate_seconds"),
+            .contains("processor.files.rotate_seconds"),
         "{l}"
     );
     assert_eq!(l["stage_restarted"], true, "{l}");
@@ -313,7 +313,7 @@ fn sighup_reloads_live_keys_and_keeps_connections() {
         bin.wait(Duration::from_secs(30)).success(),
         "exits 0: HUP never ended it"
     );
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     assert!(
         recs.len() >= 4,
         "every 204'd beacon is in the files ({})",

@@ -280,7 +280,7 @@ fn broker_stopped_and_restarted_under_load_loses_nothing() {
     assert_eq!(s.subjects["site"], "beacons.www_example_com");
     assert_eq!(s.subjects[&keys[0]], "beacons._");
     // The files sink got every beacon too.
-    assert_no_loss(&c.processor.data_dir, &keys);
+    assert_no_loss(&c.processor.files.data_dir, &keys);
 }
 
 #[test]
@@ -386,8 +386,8 @@ fn replay_after_a_crash_is_stored_once() {
     let mut nats = Nats::single(dir.path());
     nats.start();
     let mut c = nats_config(dir.path(), vec![nats.url()], false);
-    c.processor.admin_enabled = true;
-    c.processor.admin_listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    c.processor.admin.enabled = true;
+    c.processor.admin.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
@@ -403,7 +403,7 @@ fn replay_after_a_crash_is_stored_once() {
     let (keys, other) = load.stop();
     bin.signal(libc::SIGINT);
     assert!(bin.wait(Duration::from_secs(30)).success());
-    let metrics = get(c.processor.admin_listen, "/metrics");
+    let metrics = get(c.processor.admin.listen, "/metrics");
     let body = String::from_utf8_lossy(&metrics.body).to_string();
     stage.stop();
     // A stage running the NATS sink exports every NATS metric the alerts and dashboard read.
@@ -439,7 +439,7 @@ fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
     let mut c = nats_config(dir.path(), vec![format!("nats://127.0.0.1:{port}")], false);
     c.spool.segment_bytes = 8192;
     c.spool.max_bytes = 4 * 8192;
-    c.queue.retry_after_seconds = 1;
+    c.http.retry_after_seconds = 1;
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let (mut keys, refused) = send_until_refused(srv.addr, 1000);
@@ -489,7 +489,7 @@ fn stream_with_other_settings_is_reported() {
     for s in [
         "stream BEACONS exists with settings that differ",
         "duplicate_window_seconds: stream has 10, config has 120",
-        "max_age_seconds: stream has 3600, config has 604800",
+        "retention_seconds: stream has 3600, config has 604800",
         "set processor.nats.stream_mismatch",
     ] {
         assert!(text.contains(s), "{s:?} missing from: {text}");

@@ -20,7 +20,7 @@ fn v2_inet(src: [u8; 4], sport: u16) -> Vec<u8> {
 fn proxy_headers_name_the_client_and_missing_ones_close_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
-    c.server.proxy_protocol = Mode::Any;
+    c.client_ip.proxy_protocol = Mode::Any;
     c.http.header_timeout_seconds = 1;
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
@@ -82,7 +82,7 @@ fn proxy_headers_name_the_client_and_missing_ones_close_the_connection() {
 
     srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     let via = |v: &str| {
         recs.iter()
             .find(|r| param(r, "via").is_some_and(|p| p == v))
@@ -120,7 +120,7 @@ fn without_proxy_protocol_the_peer_is_the_client() {
     assert_eq!(r.status, 400);
     srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
-    let recs = records(&c.processor.data_dir);
+    let recs = records(&c.processor.files.data_dir);
     assert_eq!(recs.len(), 1);
     assert_eq!(
         (&recs[0]["client_ip"], &recs[0]["client_ip_source"]),
@@ -132,7 +132,7 @@ fn without_proxy_protocol_the_peer_is_the_client() {
 fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = test_config(dir.path());
-    c.http.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
+    c.client_ip.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let send = |id: &str, xff: &str| {
@@ -158,7 +158,7 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
 
     let dir2 = tempfile::tempdir().unwrap();
     let mut c2 = test_config(dir2.path());
-    c2.http.trusted_proxies = vec!["10.0.0.0/8".to_string().try_into().unwrap()];
+    c2.client_ip.trusted_proxies = vec!["10.0.0.0/8".to_string().try_into().unwrap()];
     let stage2 = Stage::start(dir2.path(), &c2);
     let srv2 = Server::start(c2.clone());
     let r = req(
@@ -169,8 +169,8 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     srv2.shutdown(Shutdown::Graceful).unwrap();
     stage2.stop();
 
-    let mut recs = records(&c.processor.data_dir);
-    recs.extend(records(&c2.processor.data_dir));
+    let mut recs = records(&c.processor.files.data_dir);
+    recs.extend(records(&c2.processor.files.data_dir));
     let client = |id: &str| {
         let r = recs
             .iter()
@@ -197,7 +197,7 @@ fn rate_limit_answers_429_per_client_ip() {
     c.rate_limit.enabled = true;
     c.rate_limit.per_client_per_second = 0.5;
     c.rate_limit.burst = 3;
-    c.http.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
+    c.client_ip.trusted_proxies = vec!["127.0.0.0/8".to_string().try_into().unwrap()];
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c.clone());
     let send = |xff: &str| {
@@ -223,7 +223,7 @@ fn rate_limit_answers_429_per_client_ip() {
     stage.stop();
     assert_eq!(report.accepted, 7);
     assert_eq!(
-        records(&c.processor.data_dir).len(),
+        records(&c.processor.files.data_dir).len(),
         7,
         "429s are not recorded"
     );

@@ -173,7 +173,7 @@ fn every_stored_line_is_json_for_serde_python_and_jq() {
     stage.stop();
     assert_eq!(report.remaining, 0);
 
-    let data = &c.processor.data_dir;
+    let data = &c.processor.files.data_dir;
     let lines = lines_checked_with_serde(data);
     assert!(lines >= sent, "{lines} lines for {sent} accepted beacons");
 

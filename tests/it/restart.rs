@@ -106,7 +106,11 @@ fn restart_on_a_held_socket_refuses_nothing_and_loses_nothing() {
         seen.transport_errors
     );
     assert_eq!((seen.bad_status.len(), seen.transport_errors), (0, 0));
-    every_204_in_one_of(&seen, &c1.processor.data_dir, &c2.processor.data_dir);
+    every_204_in_one_of(
+        &seen,
+        &c1.processor.files.data_dir,
+        &c2.processor.files.data_dir,
+    );
 }
 
 /// Under `Type=notify` the service manager hears READY once the collector listens and

@@ -86,7 +86,7 @@ pub fn emit_systemd(config: &Config) -> String {
     let mut rw = vec!["/var/lib/beacon-collector".to_string()];
     for p in [
         &config.spool.dir,
-        &config.processor.data_dir,
+        &config.processor.files.data_dir,
         &config.forward.socket_path,
     ] {
         let dir = if p == &config.forward.socket_path {
@@ -137,7 +137,7 @@ pub fn emit_systemd(config: &Config) -> String {
          \n\
          # Hardening: no privileges, read-only system, writable state only.\n\
          # Files created by the collector: at most owner rw, group r (spool.file_mode,\n\
-         # processor.file_mode), never world-readable.\n\
+         # processor.files.mode), never world-readable.\n\
          UMask=0027\n\
          NoNewPrivileges=yes\n\
          ProtectSystem=strict\n\

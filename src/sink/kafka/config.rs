@@ -101,8 +101,8 @@ pub struct KafkaConfig {
     /// `min.insync.replicas` of a created topic: with `acks=all`, a write needs this many
     /// copies in sync, else it is refused (and retried) rather than kept by too few brokers.
     pub min_insync_replicas: u16,
-    /// Hours a message is kept (`retention.ms`); 0 means no age limit.
-    pub(crate) retention_hours: u64,
+    /// Seconds a message is kept (`retention.ms` of a created topic); 0 means no age limit.
+    pub(crate) retention_seconds: u64,
     /// More client properties, passed to librdkafka as they are: security (`security.protocol`,
     /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...), tuning. The
     /// ones the sink's promise rests on (`acks`, `enable.idempotence`, ...) cannot be set here.
@@ -128,7 +128,7 @@ impl Default for KafkaConfig {
             partitions: 6,
             replication_factor: 1,
             min_insync_replicas: 1,
-            retention_hours: 7 * 24,
+            retention_seconds: 7 * 24 * 3600,
             properties: BTreeMap::new(),
         }
     }

@@ -529,10 +529,10 @@ struct Found {
 }
 
 fn retention_ms(cfg: &KafkaConfig) -> String {
-    if cfg.retention_hours == 0 {
+    if cfg.retention_seconds == 0 {
         "-1".into()
     } else {
-        (cfg.retention_hours * 3_600_000).to_string()
+        cfg.retention_seconds.saturating_mul(1000).to_string()
     }
 }
 
@@ -554,9 +554,9 @@ fn differences(cfg: &KafkaConfig, found: &Found) -> Vec<String> {
     let want = retention_ms(cfg);
     if found.retention_ms.as_deref() != Some(want.as_str()) {
         d.push(format!(
-            "retention_hours: topic has retention.ms = {}, config says {} ({want} ms)",
+            "retention_seconds: topic has retention.ms = {}, config says {} ({want} ms)",
             found.retention_ms.as_deref().unwrap_or("unset"),
-            cfg.retention_hours
+            cfg.retention_seconds
         ));
     }
     let want = cfg.min_insync_replicas.to_string();

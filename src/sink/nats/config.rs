@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Retention {
-    /// Kept until `max_age_seconds` / `max_bytes` (any number of consumers, replayable).
+    /// Kept until `retention_seconds` / `max_bytes` (any number of consumers, replayable).
     Limits,
     /// Kept until every consumer that exists has acknowledged it.
     Interest,
@@ -61,7 +61,7 @@ pub struct NatsConfig {
     /// one server down, 5 survives two, 2 survives none).
     pub replicas: usize,
     /// Seconds a message is kept (limits retention); 0 means no age limit.
-    pub(crate) max_age_seconds: u64,
+    pub(crate) retention_seconds: u64,
     /// Bytes the stream may hold before the oldest messages go; 0 means no limit.
     pub(crate) max_bytes: u64,
     /// Seconds JetStream remembers message ids (`Nats-Msg-Id` = the record id) to drop a
@@ -90,7 +90,7 @@ impl Default for NatsConfig {
             retention: Retention::Limits,
             storage: Storage::File,
             replicas: 1,
-            max_age_seconds: 7 * 24 * 3600,
+            retention_seconds: 7 * 24 * 3600,
             max_bytes: 0,
             duplicate_window_seconds: 120,
             max_inflight: 4096,
@@ -207,9 +207,9 @@ impl NatsConfig {
             "processor.nats.duplicate_window_seconds",
             self.duplicate_window_seconds,
         )?;
-        if self.max_age_seconds != 0 && self.max_age_seconds < self.duplicate_window_seconds {
+        if self.retention_seconds != 0 && self.retention_seconds < self.duplicate_window_seconds {
             return Err(ConfigError::new(
-                "processor.nats.max_age_seconds",
+                "processor.nats.retention_seconds",
                 "shorter than processor.nats.duplicate_window_seconds",
                 "keep messages at least as long as the duplicate window (or 0 for no age limit)",
             ));

@@ -414,7 +414,7 @@ fn desired(cfg: &NatsConfig) -> stream::Config {
             Storage::Memory => stream::StorageType::Memory,
         },
         num_replicas: cfg.replicas,
-        max_age: Duration::from_secs(cfg.max_age_seconds),
+        max_age: Duration::from_secs(cfg.retention_seconds),
         max_bytes: if cfg.max_bytes == 0 {
             -1
         } else {
@@ -458,7 +458,7 @@ fn differences(want: &stream::Config, have: &stream::Config) -> Vec<String> {
     }
     if want.max_age != have.max_age {
         d.push(format!(
-            "max_age_seconds: stream has {}, config has {}",
+            "retention_seconds: stream has {}, config has {}",
             have.max_age.as_secs(),
             want.max_age.as_secs()
         ));
