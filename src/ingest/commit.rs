@@ -38,16 +38,17 @@ struct State {
 }
 
 /// The records one request adds to a group (see [`Committer::push`]).
-pub(crate) struct Frames<'a> {
+pub(crate) struct RequestRecords<'a> {
     buf: &'a mut BytesMut,
     count: usize,
     /// Where this request's records start in `buf`.
     start: usize,
 }
 
-impl Frames<'_> {
-    /// Frames one record: `encode` appends its payload (or refuses it, and nothing is added).
-    pub(crate) fn record<E>(
+impl RequestRecords<'_> {
+    /// Adds one record in its spool frame: `encode` appends the payload (or refuses it, and
+    /// nothing is added).
+    pub(crate) fn add<E>(
         &mut self,
         encode: impl FnOnce(&mut BytesMut) -> Result<(), E>,
     ) -> Result<(), E> {
@@ -106,14 +107,14 @@ impl Committer {
         })
     }
 
-    /// Frames the records of one request into the group being filled, all or none: `encode`
-    /// adds each with [`Frames::record`]; if it fails, or adds none, nothing is kept. Refused
+    /// Adds the records of one request to the group being filled, all or none: `encode`
+    /// adds each with [`RequestRecords::add`]; if it fails, or adds none, nothing is kept. Refused
     /// with `Busy` when too many records wait, `Full` above the spool's high-water mark,
     /// `Closed` after [`Committer::close`]. The records share a group, so one write makes
     /// them all durable or none.
     pub(crate) fn push<T, E: From<AppendError>>(
         &self,
-        encode: impl FnOnce(&mut Frames<'_>) -> Result<T, E>,
+        encode: impl FnOnce(&mut RequestRecords<'_>) -> Result<T, E>,
     ) -> Result<(T, Ticket), E> {
         let mut st = self.st.borrow_mut();
         if st.closed {
@@ -126,13 +127,13 @@ impl Committer {
             return Err(AppendError::Busy.into());
         }
         let start = st.buf.len();
-        let mut frames = Frames {
+        let mut records = RequestRecords {
             buf: &mut st.buf,
             count: 0,
             start,
         };
-        let res = encode(&mut frames);
-        let added = frames.count;
+        let res = encode(&mut records);
+        let added = records.count;
         match res {
             Ok(v) if added > 0 => {
                 st.count += added;

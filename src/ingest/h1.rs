@@ -427,16 +427,59 @@ fn find_crlf(buf: &[u8], limit: usize) -> Result<Option<usize>, Reject> {
 /// `HTTP/1.1 100 Continue`.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// Appends `a` as an HTTP/1.1 response. `head_only`: a HEAD request (no body bytes, the same
-/// headers). `close`: say `Connection: close`; `keep_alive_10`: an HTTP/1.0 client asked to
-/// keep the connection.
+/// What a request says about how to answer it on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct AnswerTo {
+    /// A HEAD request: the answer's headers without its body bytes.
+    pub(crate) head_only: bool,
+    /// An HTTP/1.0 client asked to keep the connection: say `Connection: keep-alive`.
+    pub(crate) keep_alive_10: bool,
+}
+
+impl AnswerTo {
+    /// For a request whose head could not be read (framing errors, timeouts): a plain answer.
+    pub(crate) const UNREAD: AnswerTo = AnswerTo {
+        head_only: false,
+        keep_alive_10: false,
+    };
+
+    /// For the request with head `ph`.
+    pub(crate) fn of(ph: &ParsedHead<'_>) -> Self {
+        Self {
+            head_only: ph.method == "HEAD",
+            keep_alive_10: ph.http10 && ph.keep_alive,
+        }
+    }
+}
+
+/// The connection after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Kept for the next request.
+    Keep,
+    /// Closed: the answer says `Connection: close`.
+    Close,
+}
+
+impl After {
+    /// `Close` when `close`.
+    pub(crate) fn close_if(close: bool) -> Self {
+        if close {
+            After::Close
+        } else {
+            After::Keep
+        }
+    }
+}
+
+/// Appends `a` as an HTTP/1.1 response to a request answered as `to`, saying what happens to
+/// the connection `after` it.
 pub(crate) fn write_answer(
     out: &mut Vec<u8>,
     a: &Answer,
     date: &[u8; 29],
-    head_only: bool,
-    close: bool,
-    keep_alive_10: bool,
+    to: AnswerTo,
+    after: After,
 ) {
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -486,9 +529,9 @@ pub(crate) fn write_answer(
             b"Access-Control-Request-Method, Access-Control-Request-Headers",
         );
     }
-    if close {
+    if after == After::Close {
         header(b"connection", b"close");
-    } else if keep_alive_10 {
+    } else if to.keep_alive_10 {
         header(b"connection", b"keep-alive");
     }
     if a.has_body() {
@@ -496,7 +539,7 @@ pub(crate) fn write_answer(
     }
     header(b"date", date);
     out.extend_from_slice(b"\r\n");
-    if a.has_body() && !head_only {
+    if a.has_body() && !to.head_only {
         out.extend_from_slice(a.body);
     }
 }

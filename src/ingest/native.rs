@@ -10,7 +10,7 @@
 use super::answer::{Answer, Cors, Reject};
 use super::commit::Ticket;
 use super::conn::{identify, Conn};
-use super::h1::{self, Chunked, Framing, ParsedHead};
+use super::h1::{self, After, AnswerTo, Chunked, Framing, ParsedHead};
 use super::record_build::{self, Built};
 use super::request::{split_target, Head, Route};
 use super::routes::{self, Next};
@@ -44,9 +44,8 @@ struct Committed {
     route: Route,
     built: Built,
     cors: Option<Cors>,
-    head_only: bool,
+    to: AnswerTo,
     close: bool,
-    keep_alive_10: bool,
     started: Instant,
 }
 
@@ -261,7 +260,7 @@ fn answer_commit(
     let mut out = w.out.borrow_mut();
     out.clear();
     let date = *w.date.borrow_mut().get();
-    h1::write_answer(&mut out, &a, &date, c.head_only, close, c.keep_alive_10);
+    h1::write_answer(&mut out, &a, &date, c.to, After::close_if(close));
     send(stream, &out, &mut st.unsent).map_err(|_| ())?;
     Ok(close)
 }
@@ -271,7 +270,13 @@ async fn answer_and_close(stream: &TcpStream, w: &Worker, r: Reject) {
     let a = Answer::reject(&w.app(), r);
     w.stats.answered(Route::Beacon, &a, Instant::now());
     let mut out = Vec::new();
-    h1::write_answer(&mut out, &a, w.date.borrow_mut().get(), false, true, false);
+    h1::write_answer(
+        &mut out,
+        &a,
+        w.date.borrow_mut().get(),
+        AnswerTo::UNREAD,
+        After::Close,
+    );
     let _ = write_all(stream, &out).await;
 }
 
@@ -404,7 +409,7 @@ fn process(
                     // Nothing that fails framing becomes a record; the connection closes.
                     let a = Answer::reject(app, r);
                     w.stats.framing_error(&a);
-                    h1::write_answer(out, &a, &date, false, true, false);
+                    h1::write_answer(out, &a, &date, AnswerTo::UNREAD, After::Close);
                     return (pos, Step::Close);
                 }
             };
@@ -431,8 +436,7 @@ fn process(
             Framing::Length(n) => Some(n),
             _ => None,
         };
-        let head_only = ph.method == "HEAD";
-        let keep_alive_10 = ph.http10 && ph.keep_alive;
+        let to = AnswerTo::of(&ph);
         let charge = !st.head_charged;
         let next = routes::before_body(app, &w.stats, conn, &head, content_length, charge);
         let body = match ph.framing {
@@ -459,7 +463,7 @@ fn process(
                 let close =
                     a.close || !ph.keep_alive || used.is_none() || st.aged || app.is_draining();
                 w.stats.answered(Route::of(app, path), &a, started);
-                h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
+                h1::write_answer(out, &a, &date, to, After::close_if(close));
                 if close {
                     return (pos, Step::Close);
                 }
@@ -475,7 +479,7 @@ fn process(
             let mut a = Answer::reject(app, r);
             a.cors = cors;
             w.stats.answered(route, &a, started);
-            h1::write_answer(out, &a, &date, head_only, true, false);
+            h1::write_answer(out, &a, &date, to, After::Close);
             (pos, Step::Close)
         };
         // GET/HEAD carry no body we keep: one that is not all here yet is not waited for,
@@ -521,9 +525,8 @@ fn process(
                         route,
                         built,
                         cors,
-                        head_only,
+                        to,
                         close,
-                        keep_alive_10,
                         started,
                     }),
                 );
@@ -533,7 +536,7 @@ fn process(
                 a.cors = cors;
                 let close = close || a.close || st.aged || app.is_draining();
                 w.stats.answered(route, &a, started);
-                h1::write_answer(out, &a, &date, head_only, close, keep_alive_10);
+                h1::write_answer(out, &a, &date, to, After::close_if(close));
                 if close {
                     return (pos, Step::Close);
                 }

@@ -3,7 +3,7 @@
 //! into the worker's commit group, all or none, and charged to the rate limit by what it stored.
 
 use super::answer::{Cors, Reject};
-use super::commit::Frames;
+use super::commit::RequestRecords;
 use super::conn::{Conn, Inline};
 use super::request::Head;
 use super::request::Route;
@@ -45,7 +45,7 @@ pub(crate) fn build_record<'a>(
     head: &Head<'a>,
     plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut Frames<'_>,
+    out: &mut RequestRecords<'_>,
 ) -> Result<Built, Reject> {
     let client = plan.forwarded.unwrap_or(conn.client);
     let built = build_decoded(app, stats, conn, head, plan, body, out)?;
@@ -70,7 +70,7 @@ fn build_decoded<'a>(
     head: &Head<'a>,
     plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut Frames<'_>,
+    out: &mut RequestRecords<'_>,
 ) -> Result<Built, Reject> {
     use super::encoding::{self, DecodeError};
     let coding = match (&plan.media, head.header("content-encoding")) {
@@ -106,7 +106,7 @@ fn build<'a>(
     head: &Head<'a>,
     mut plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut Frames<'_>,
+    out: &mut RequestRecords<'_>,
 ) -> Result<Built, Reject> {
     if plan.route == Route::Batch {
         return build_batch(app, stats, conn, head, plan, body, out);
@@ -168,7 +168,7 @@ fn build<'a>(
     }
     let forwarded = plan.forwarded.map(Inline::new);
     let received_us = plan.received_us;
-    frame_record(
+    add_record(
         out,
         conn,
         head,
@@ -190,7 +190,7 @@ fn build_batch<'a>(
     head: &Head<'a>,
     plan: Plan<'a>,
     body: &'a [u8],
-    out: &mut Frames<'_>,
+    out: &mut RequestRecords<'_>,
 ) -> Result<Built, Reject> {
     if body.len() > app.http.max_decoded_body_bytes {
         return Err(Reject::BodyTooLarge);
@@ -209,7 +209,7 @@ fn build_batch<'a>(
         let json = record::compact_json(event, app.http.max_json_depth)?;
         let params = plan.params.clone();
         let body = Cow::Owned(json);
-        frame_record(
+        add_record(
             out,
             conn,
             head,
@@ -229,11 +229,11 @@ fn build_batch<'a>(
     })
 }
 
-/// Frames one record of this request (its metadata, `params` and `body`) into `out`, with an id
+/// RequestRecords one record of this request (its metadata, `params` and `body`) into `out`, with an id
 /// of its own.
 #[allow(clippy::too_many_arguments)]
-fn frame_record<'a>(
-    out: &mut Frames<'_>,
+fn add_record<'a>(
+    out: &mut RequestRecords<'_>,
     conn: &'a Conn,
     head: &Head<'a>,
     received_us: u64,
@@ -261,7 +261,7 @@ fn frame_record<'a>(
         params,
         body,
     };
-    out.record(|buf| {
+    out.add(|buf| {
         rec.encode(buf);
         Ok(())
     })
