@@ -105,6 +105,9 @@ pub async fn run(
 /// [`run`], taking reloaded configurations from `reloads` (validated; sent by the SIGHUP
 /// handler of [`main`]): their live keys (see [`crate::config::Effect`]) reach every worker
 /// between requests, without dropping a connection.
+///
+/// Over the house limit of ~100 lines on purpose: the collector's whole order of things (start,
+/// serve, the shutdown phases) in one place to read top to bottom; each step is a call.
 pub(crate) async fn run_reloadable(
     config: Config,
     listeners: Listeners,

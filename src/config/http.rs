@@ -117,6 +117,14 @@ impl Default for HttpConfig {
 impl HttpConfig {
     /// Checks what serde cannot: ranges and the relations between this section's keys.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_timeouts()?;
+        self.validate_limits()?;
+        self.validate_routes()?;
+        self.validate_cors()
+    }
+
+    /// Timeouts, and the idle timeout against the load balancer's.
+    fn validate_timeouts(&self) -> Result<(), ConfigError> {
         let h = self;
         positive("http.idle_timeout_seconds", h.idle_timeout_seconds)?;
         positive("http.retry_after_seconds", h.retry_after_seconds)?;
@@ -137,6 +145,12 @@ impl HttpConfig {
         }
         positive("http.header_timeout_seconds", h.header_timeout_seconds)?;
         positive("http.body_timeout_seconds", h.body_timeout_seconds)?;
+        Ok(())
+    }
+
+    /// Size limits of targets, headers, parameters, bodies and batches.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let h = self;
         positive("http.max_body_bytes", h.max_body_bytes as u64)?;
         if h.max_uri_bytes < 64 {
             return Err(ConfigError::new(
@@ -195,6 +209,12 @@ impl HttpConfig {
                 "use 64 (the default) or less: deeper JSON stops common readers",
             ));
         }
+        Ok(())
+    }
+
+    /// Route paths: absolute, and one per route.
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let h = self;
         for (key, path, may_be_empty) in [
             ("http.beacon_path", &h.beacon_path, false),
             ("http.gif_path", &h.gif_path, true),
@@ -229,6 +249,12 @@ impl HttpConfig {
                 "give each route its own path",
             ));
         }
+        Ok(())
+    }
+
+    /// CORS origins and credentials.
+    fn validate_cors(&self) -> Result<(), ConfigError> {
+        let h = self;
         if h.allowed_origins.is_empty() {
             return Err(ConfigError::new(
                 "http.allowed_origins",

@@ -19,6 +19,7 @@ use super::stats::Counter;
 use super::stats::Stats;
 use crate::record::{self, Kind};
 use crate::spool::AppendError;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 /// What to do after the head.
@@ -56,16 +57,9 @@ pub(crate) fn before_body<'a>(
         Route::Other => return Next::Answer(Answer::plain(404, "not found\n")),
         Route::Beacon | Route::Gif | Route::Batch => {}
     }
-    let cors = match head.header("origin") {
-        Some(o) if !app.origin_allowed(o) => {
-            // A preflight from a foreign origin, or a beacon it sent anyway (text/plain
-            // needs no preflight): refuse both.
-            return Next::Answer(Answer::reject(app, Reject::OriginNotAllowed));
-        }
-        Some(_) if app.any_origin => Some(Cors::Any),
-        Some(o) if app.http.cors_allow_credentials => Some(Cors::Credentialed(o.to_vec())),
-        Some(o) => Some(Cors::Origin(o.to_vec())),
-        None => None,
+    let cors = match cors(app, head) {
+        Ok(c) => c,
+        Err(r) => return Next::Answer(Answer::reject(app, r)),
     };
     let with_cors = |mut a: Answer| {
         a.cors = cors.clone();
@@ -90,26 +84,7 @@ pub(crate) fn before_body<'a>(
     if head.header_bytes() > h.max_header_bytes || head.headers.len() > h.max_headers {
         return refuse(Reject::HeadersTooLarge);
     }
-    // A trusted proxy's X-Forwarded-For names the client of this request.
-    let verdict = if app.trusted_proxies.is_empty() {
-        Verdict::NotUsed
-    } else {
-        forwarded_for::client(
-            conn.client,
-            &app.trusted_proxies,
-            head.all("x-forwarded-for"),
-        )
-    };
-    let forwarded = match verdict {
-        Verdict::Client(ip) => Some(ip),
-        Verdict::NotUsed => None,
-        Verdict::Malformed => {
-            if charge {
-                stats.add(Counter::ForwardedInvalid, 1);
-            }
-            None
-        }
-    };
+    let forwarded = forwarded_client(app, stats, conn, head, charge);
     if let (Some(limiter), true) = (&app.limiter, charge) {
         if let Decision::Deny(wait) = limiter.check(forwarded.unwrap_or(conn.client)) {
             return refuse(Reject::RateLimited(wait.as_secs()));
@@ -123,26 +98,10 @@ pub(crate) fn before_body<'a>(
     }
     let mut media = None;
     if method == "POST" {
-        media = Some(
-            match head.header("content-type").map(media_type).as_deref() {
-                None | Some(b"text/plain") => Kind::Text,
-                Some(b"application/x-www-form-urlencoded") if route != Route::Batch => Kind::Form,
-                Some(b"application/json") => Kind::Json,
-                Some(b"application/x-ndjson") if route == Route::Batch => Kind::Json,
-                Some(b"multipart/form-data") if route != Route::Batch => Kind::Multipart,
-                Some(_) => return refuse(Reject::UnsupportedMediaType),
-            },
-        );
-        // An encoding we cannot undo is refused before a byte of the body is read.
-        if let Some(v) = head.header("content-encoding") {
-            if super::encoding::coding(v).is_err() {
-                return refuse(Reject::UnsupportedContentEncoding);
-            }
-        }
-        // Refuse a declared oversize body before reading a byte of it.
-        if content_length.is_some_and(|n| n > h.max_body_bytes as u64) {
-            return refuse(Reject::BodyTooLarge);
-        }
+        media = match body_media(app, head, route, content_length) {
+            Ok(m) => Some(m),
+            Err(r) => return refuse(r),
+        };
     }
     Next::Accept(Plan {
         route,
@@ -152,6 +111,75 @@ pub(crate) fn before_body<'a>(
         cors,
         received_us,
     })
+}
+
+/// The CORS headers for the request's `Origin`; a foreign origin is refused, its preflight and
+/// a beacon it sent anyway alike (text/plain needs no preflight).
+fn cors(app: &SharedState, head: &Head<'_>) -> Result<Option<Cors>, Reject> {
+    Ok(match head.header("origin") {
+        Some(o) if !app.origin_allowed(o) => return Err(Reject::OriginNotAllowed),
+        Some(_) if app.any_origin => Some(Cors::Any),
+        Some(o) if app.http.cors_allow_credentials => Some(Cors::Credentialed(o.to_vec())),
+        Some(o) => Some(Cors::Origin(o.to_vec())),
+        None => None,
+    })
+}
+
+/// The client a trusted proxy's `X-Forwarded-For` names, if any (a malformed one is counted
+/// once per request, when `charge`).
+fn forwarded_client(
+    app: &SharedState,
+    stats: &Stats,
+    conn: &Conn,
+    head: &Head<'_>,
+    charge: bool,
+) -> Option<IpAddr> {
+    let verdict = if app.trusted_proxies.is_empty() {
+        Verdict::NotUsed
+    } else {
+        forwarded_for::client(
+            conn.client,
+            &app.trusted_proxies,
+            head.all("x-forwarded-for"),
+        )
+    };
+    match verdict {
+        Verdict::Client(ip) => Some(ip),
+        Verdict::NotUsed => None,
+        Verdict::Malformed => {
+            if charge {
+                stats.add(Counter::ForwardedInvalid, 1);
+            }
+            None
+        }
+    }
+}
+
+/// The media kind of a POST body from its head: refused before a byte of it is read when its
+/// type, its content coding or its declared length cannot be taken.
+fn body_media(
+    app: &SharedState,
+    head: &Head<'_>,
+    route: Route,
+    content_length: Option<u64>,
+) -> Result<Kind, Reject> {
+    let media = match head.header("content-type").map(media_type).as_deref() {
+        None | Some(b"text/plain") => Kind::Text,
+        Some(b"application/x-www-form-urlencoded") if route != Route::Batch => Kind::Form,
+        Some(b"application/json") => Kind::Json,
+        Some(b"application/x-ndjson") if route == Route::Batch => Kind::Json,
+        Some(b"multipart/form-data") if route != Route::Batch => Kind::Multipart,
+        Some(_) => return Err(Reject::UnsupportedMediaType),
+    };
+    if let Some(v) = head.header("content-encoding") {
+        if super::encoding::coding(v).is_err() {
+            return Err(Reject::UnsupportedContentEncoding);
+        }
+    }
+    if content_length.is_some_and(|n| n > app.http.max_body_bytes as u64) {
+        return Err(Reject::BodyTooLarge);
+    }
+    Ok(media)
 }
 
 /// The answer once the commit of an accepted record finished.

@@ -126,6 +126,12 @@ fn render(first_seq: u64, records: &[bytes::Bytes], skip_up_to: u64) -> Batch {
     }
 }
 
+/// The sinks' answers for one batch: `(first_seq, last_seq, one receiver per sink)`.
+type Pending = (u64, u64, Vec<oneshot::Receiver<bool>>);
+
+/// Serves one collector's connection: HELLO, then each BATCH claimed against what this stage
+/// already handled for that collector instance, rendered once and handed to every sink; a
+/// separate task writes the ACKs in order ([`ack_in_order`]).
 pub(super) async fn run(
     stream: UnixStream,
     sinks: Arc<Sinks>,
@@ -133,81 +139,15 @@ pub(super) async fn run(
     seen: Arc<Seen>,
 ) {
     let (mut rd, wr) = stream.into_split();
-    let instance = match protocol::read_frame(&mut rd).await {
-        Ok(Some(Frame::Hello { version, instance })) if version == protocol::VERSION => instance,
-        Ok(Some(Frame::Hello { version, .. })) => {
-            tracing::error!(
-                version,
-                supported = protocol::VERSION,
-                "collector speaks an unsupported protocol version"
-            );
-            return;
-        }
-        other => {
-            tracing::error!(frame = ?other.map(|f| f.map(|_| ())), "expected HELLO");
-            return;
-        }
+    let Some(instance) = read_hello(&mut rd).await else {
+        return;
     };
     tracing::info!(
         instance = format_args!("{instance:016x}"),
         "collector connected"
     );
-    // ACKs go out in order: the ACK task awaits every sink's answer for a batch before the
-    // next batch, so an ACK never runs ahead of any sink.
-    let (ack_tx, mut ack_rx) =
-        mpsc::unbounded_channel::<(u64, u64, Vec<oneshot::Receiver<bool>>)>();
-    let ack_seen = seen.clone();
-    let acker = tokio::spawn(async move {
-        let mut buf = BytesMut::new();
-        // Gone once the collector is: the answers are still collected, so the records they
-        // confirm count as handled when the collector sends them again.
-        let mut wr = Some(wr);
-        // The last ACK this connection sent (or the position the collector started from).
-        let mut last_ack: Option<u64> = None;
-        while let Some((first, seq, answers)) = ack_rx.recv().await {
-            let said = *last_ack.get_or_insert(first.saturating_sub(1));
-            let mut ok = true;
-            for mut done in answers {
-                // While a sink holds a batch (a broker away, retrying), the last ACK is
-                // repeated: the collector counts it as a sign of life, so its ack and write
-                // timeouts do not drop a connection whose batches are still being worked on
-                // (which resent everything in flight).
-                ok = loop {
-                    tokio::select! {
-                        r = &mut done => break r == Ok(true),
-                        () = tokio::time::sleep(protocol::HEARTBEAT) => {
-                            if let Some(w) = wr.as_mut() {
-                                Frame::Ack { seq: said }.encode(&mut buf);
-                                if w.write_all(&buf).await.is_err() {
-                                    wr = None;
-                                }
-                                buf.clear();
-                            }
-                        }
-                    }
-                };
-                if !ok {
-                    break;
-                }
-            }
-            if !ok {
-                ack_seen.failed(instance);
-                return;
-            }
-            ack_seen.handled(instance, seq);
-            if let Some(w) = wr.as_mut() {
-                Frame::Ack { seq }.encode(&mut buf);
-                if w.write_all(&buf).await.is_err() {
-                    wr = None;
-                }
-                buf.clear();
-            }
-            last_ack = Some(seq);
-        }
-        if let Some(mut w) = wr {
-            let _ = w.shutdown().await;
-        }
-    });
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Pending>();
+    let acker = tokio::spawn(ack_in_order(wr, ack_rx, seen.clone(), instance));
 
     let mut collector_gone = false;
     loop {
@@ -244,30 +184,11 @@ pub(super) async fn run(
             _ = stop.cancelled() => break,
         };
         let batch = render(first_seq, &records, handled_up_to);
-        let mut answers = Vec::with_capacity(sinks.inboxes.len());
-        let mut sink_gone = false;
-        if batch.records.is_empty() {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(true);
-            answers.push(rx);
-        } else {
-            let batch = Arc::new(batch);
-            for inbox in &sinks.inboxes {
-                let (done, rx) = oneshot::channel();
-                let job = Job {
-                    batch: batch.clone(),
-                    done,
-                };
-                if inbox.send(job).await.is_err() {
-                    // A sink has stopped (the stage is going down): never confirm a batch
-                    // without it.
-                    sink_gone = true;
-                    break;
-                }
-                answers.push(rx);
-            }
-        }
-        if sink_gone || ack_tx.send((first_seq, last, answers)).is_err() {
+        let answers = dispatch(batch, &sinks).await;
+        if answers
+            .and_then(|a| ack_tx.send((first_seq, last, a)).ok())
+            .is_none()
+        {
             // Claimed above and never to be confirmed here: waiters must not wait for it.
             seen.failed(instance);
             break;
@@ -281,6 +202,108 @@ pub(super) async fn run(
         return;
     }
     let _ = acker.await;
+}
+
+/// The collector's HELLO: its instance id, or `None` (logged) for anything else.
+async fn read_hello(rd: &mut tokio::net::unix::OwnedReadHalf) -> Option<u64> {
+    match protocol::read_frame(rd).await {
+        Ok(Some(Frame::Hello { version, instance })) if version == protocol::VERSION => {
+            Some(instance)
+        }
+        Ok(Some(Frame::Hello { version, .. })) => {
+            tracing::error!(
+                version,
+                supported = protocol::VERSION,
+                "collector speaks an unsupported protocol version"
+            );
+            None
+        }
+        other => {
+            tracing::error!(frame = ?other.map(|f| f.map(|_| ())), "expected HELLO");
+            None
+        }
+    }
+}
+
+/// Hands a rendered batch to every sink: one answer each, or `None` when a sink has stopped
+/// (the stage is going down) and the batch must never be confirmed without it. A batch whose
+/// records were all handled before is confirmed at once.
+async fn dispatch(batch: Batch, sinks: &Sinks) -> Option<Vec<oneshot::Receiver<bool>>> {
+    let mut answers = Vec::with_capacity(sinks.inboxes.len());
+    if batch.records.is_empty() {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(true);
+        answers.push(rx);
+        return Some(answers);
+    }
+    let batch = Arc::new(batch);
+    for inbox in &sinks.inboxes {
+        let (done, rx) = oneshot::channel();
+        let job = Job {
+            batch: batch.clone(),
+            done,
+        };
+        inbox.send(job).await.ok()?;
+        answers.push(rx);
+    }
+    Some(answers)
+}
+
+/// Writes the ACKs in order: every sink's answer for a batch is awaited before the next batch,
+/// so an ACK never runs ahead of any sink. While a sink holds a batch (a broker away,
+/// retrying), the last ACK is repeated every [`protocol::HEARTBEAT`]: the collector counts it
+/// as a sign of life, so its ack and write timeouts do not drop a connection whose batches are
+/// still being worked on (which resent everything in flight). Once the collector is gone the
+/// answers are still collected, so the records they confirm count as handled when the
+/// collector sends them again.
+async fn ack_in_order(
+    wr: tokio::net::unix::OwnedWriteHalf,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    seen: Arc<Seen>,
+    instance: u64,
+) {
+    let mut buf = BytesMut::new();
+    let mut wr = Some(wr);
+    // The last ACK this connection sent (or the position the collector started from).
+    let mut last_ack: Option<u64> = None;
+    while let Some((first, seq, answers)) = pending.recv().await {
+        let said = *last_ack.get_or_insert(first.saturating_sub(1));
+        let mut ok = true;
+        for mut done in answers {
+            ok = loop {
+                tokio::select! {
+                    r = &mut done => break r == Ok(true),
+                    () = tokio::time::sleep(protocol::HEARTBEAT) => {
+                        send_ack(&mut wr, &mut buf, said).await;
+                    }
+                }
+            };
+            if !ok {
+                break;
+            }
+        }
+        if !ok {
+            seen.failed(instance);
+            return;
+        }
+        seen.handled(instance, seq);
+        send_ack(&mut wr, &mut buf, seq).await;
+        last_ack = Some(seq);
+    }
+    if let Some(mut w) = wr {
+        let _ = w.shutdown().await;
+    }
+}
+
+/// Writes `ACK seq` while the collector is there; forgets the writer once it is not.
+async fn send_ack(wr: &mut Option<tokio::net::unix::OwnedWriteHalf>, buf: &mut BytesMut, seq: u64) {
+    if let Some(w) = wr.as_mut() {
+        Frame::Ack { seq }.encode(buf);
+        if w.write_all(buf).await.is_err() {
+            *wr = None;
+        }
+        buf.clear();
+    }
 }
 
 #[cfg(test)]

@@ -142,41 +142,70 @@ pub(crate) struct Spool {
     shared: Arc<Shared>,
 }
 
+/// Creates the spool directory and takes its lock: one collector per spool.
+fn lock_dir(cfg: &SpoolConfig) -> Result<File, SpoolError> {
+    // The spool holds client IPs and page URLs: the owner, and the group if configured.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(crate::config::dir_mode(cfg.file_mode))
+        .create(&cfg.dir)
+        .map_err(err("create directory", &cfg.dir))?;
+    let lock_path = cfg.dir.join("lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(cfg.file_mode)
+        .open(&lock_path)
+        .map_err(err("open lock file", &lock_path))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is involved.
+    if unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    } != 0
+    {
+        return Err(SpoolError {
+            what: "in use by another running collector (each collector needs its own spool.dir)",
+            path: cfg.dir.clone(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(lock)
+}
+
+/// Scans every segment (the last one may end torn): what they hold, and what recovery found.
+fn recover_segments(dir: &Path, acked: u64) -> Result<(VecDeque<Segment>, Recovery), SpoolError> {
+    let mut rec = Recovery::default();
+    let mut segments = VecDeque::new();
+    let mut paths = list_segments(dir).map_err(err("list", dir))?;
+    paths.sort();
+    let n = paths.len();
+    for (i, (first_seq, path)) in paths.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let scan = scan_segment(&path, last).map_err(err("recover", &path))?;
+        rec.corrupt += scan.corrupt;
+        rec.truncated_bytes += scan.truncated;
+        rec.records += scan.records;
+        rec.unacked += scan.seqs_above(acked);
+        segments.push_back(Segment {
+            first_seq,
+            last_seq: scan.last_seq.unwrap_or(first_seq - 1).max(first_seq - 1),
+            path,
+            bytes: scan.valid_bytes,
+        });
+    }
+    Ok((segments, rec))
+}
+
 impl Spool {
     /// Opens (creating if needed) and recovers the spool.
     pub(crate) fn open(
         cfg: &SpoolConfig,
         unhealthy_after_failure: Duration,
     ) -> Result<(Spool, Recovery), SpoolError> {
-        // The spool holds client IPs and page URLs: the owner, and the group if configured.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(crate::config::dir_mode(cfg.file_mode))
-            .create(&cfg.dir)
-            .map_err(err("create directory", &cfg.dir))?;
-        let lock_path = cfg.dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(cfg.file_mode)
-            .open(&lock_path)
-            .map_err(err("open lock file", &lock_path))?;
-        // SAFETY: flock(2) on a descriptor we own; no memory is involved.
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } != 0
-        {
-            return Err(SpoolError {
-                what:
-                    "in use by another running collector (each collector needs its own spool.dir)",
-                path: cfg.dir.clone(),
-                source: io::Error::last_os_error(),
-            });
-        }
+        let lock = lock_dir(cfg)?;
         let (instance, acked, boot) = read_checkpoint(&cfg.dir);
         let fsync = cfg.ack_after == AckAfter::Fsync;
         // With ack_after = "write", a reboot (power loss, kernel crash) may have dropped the
@@ -190,25 +219,7 @@ impl Spool {
             }
             (i, _) => i,
         };
-        let mut rec = Recovery::default();
-        let mut segments = VecDeque::new();
-        let mut paths = list_segments(&cfg.dir).map_err(err("list", &cfg.dir))?;
-        paths.sort();
-        let n = paths.len();
-        for (i, (first_seq, path)) in paths.into_iter().enumerate() {
-            let last = i + 1 == n;
-            let scan = scan_segment(&path, last).map_err(err("recover", &path))?;
-            rec.corrupt += scan.corrupt;
-            rec.truncated_bytes += scan.truncated;
-            rec.records += scan.records;
-            rec.unacked += scan.seqs_above(acked);
-            segments.push_back(Segment {
-                first_seq,
-                last_seq: scan.last_seq.unwrap_or(first_seq - 1).max(first_seq - 1),
-                path,
-                bytes: scan.valid_bytes,
-            });
-        }
+        let (segments, rec) = recover_segments(&cfg.dir, acked)?;
         // Also exports both at 0 from the start (see crate::metrics).
         metrics::counter!(m::SPOOL_CORRUPT_RECORDS_TOTAL).increment(rec.corrupt);
         metrics::counter!(m::SPOOL_WRITE_ERRORS_TOTAL).increment(0);
