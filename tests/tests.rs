@@ -6,6 +6,8 @@ mod common;
 mod alerts;
 #[path = "it/beacons.rs"]
 mod beacons;
+#[path = "it/brokers.rs"]
+mod brokers;
 #[path = "it/browser.rs"]
 mod browser;
 #[path = "it/check.rs"]

@@ -1,11 +1,12 @@
 //! The Kafka sink against real Apache Kafka brokers (KRaft, from Maven Central by
-//! tests/kafka/fetch.sh) started here on loopback ports with a small heap: steady load into
-//! files and Kafka, a broker stopped under load, a broker down from the start (the spool fills
-//! to its high-water mark, then everything arrives), a collector and stage killed and
-//! replayed, a 3-node cluster losing a partition leader, and a topic whose settings differ.
-//! Every beacon answered 204 must be in the topic; copies are counted and must carry the same
-//! `beacon-id`.
+//! tests/kafka/fetch.sh) started here on loopback ports with a small heap: the shared broker
+//! scenarios (`brokers.rs`: a broker stopped under load, a broker down from the start), steady
+//! load into files and Kafka, a broker away longer than every timeout, a collector and stage
+//! killed and replayed, a 3-node cluster losing a partition leader, and a topic whose settings
+//! differ. Every beacon answered 204 must be in the topic; copies are counted and must carry
+//! the same `beacon-id`.
 
+use crate::brokers::{self, Broker, Held};
 use crate::common::*;
 use beacon_collector::config::{Config, SinkKind};
 use beacon_collector::Shutdown;
@@ -151,6 +152,48 @@ impl Kafka {
 
     fn signal(&mut self, sig: i32) {
         self.process.signal(sig);
+    }
+}
+
+impl Broker for Kafka {
+    const NAME: &'static str = "kafka";
+    const EXACTLY_ONCE: bool = false;
+    const BACK_WITHIN: Duration = Duration::from_secs(60);
+
+    fn on(dir: &Path, port: u16) -> Self {
+        Kafka::cluster_on(dir, &[port]).pop().unwrap()
+    }
+
+    fn endpoint(port: u16) -> String {
+        format!("127.0.0.1:{port}")
+    }
+
+    fn config(dir: &Path, endpoint: String, files: bool) -> Config {
+        kafka_config(dir, vec![endpoint], files)
+    }
+
+    fn start(&mut self) {
+        Kafka::start(self);
+    }
+
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn read(&self) -> Held {
+        let s = read_topic(&[self.addr()], "beacons");
+        assert_eq!(s.messages, s.keys.len());
+        Held {
+            keys: s.keys,
+            ids: s.ids.len(),
+            id_headers_match: s.header_matches,
+            routes: s.message_keys,
+        }
+    }
+
+    /// The message key is the site; a beacon without one is keyed by its record id.
+    fn route_of(site: Option<&str>) -> Option<String> {
+        site.map(str::to_string)
     }
 }
 
@@ -370,20 +413,8 @@ fn outage_accounting(
 /// production resumes by itself, nothing is lost.
 #[test]
 fn broker_stopped_and_restarted_under_load_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut kafka = Kafka::single(dir.path());
-    kafka.start();
-    let c = kafka_config(dir.path(), vec![kafka.addr()], false);
-    let stage = Stage::start(dir.path(), &c);
-    let srv = Server::start(c.clone());
-    let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
-    std::thread::sleep(Duration::from_secs(2));
-    kafka.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_secs(4));
-    kafka.start();
-    std::thread::sleep(Duration::from_secs(2));
-    let dups = outage_accounting("broker restart", load, srv, stage, dir.path(), &kafka);
-    eprintln!("broker restart: {dups} copies (a batch sent again after the outage)");
+    let copies = brokers::stopped_and_restarted_under_load::<Kafka>(Duration::from_secs(4));
+    eprintln!("broker restart: {copies} copies (a batch sent again after the outage)");
 }
 
 /// The broker is away (SIGTERM) for longer than both the producer's delivery timeout (2 s) and
@@ -440,29 +471,7 @@ fn broker_away_longer_than_every_timeout_costs_at_most_one_copy_of_what_was_in_f
 /// its high-water mark, then 503 `spool_full`; when the broker comes, everything arrives.
 #[test]
 fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut c = kafka_config(dir.path(), vec![format!("127.0.0.1:{port}")], false);
-    c.spool.segment_bytes = 8192;
-    c.spool.max_bytes = 4 * 8192;
-    c.http.retry_after_seconds = 1;
-    let stage = Stage::start(dir.path(), &c);
-    let srv = Server::start(c.clone());
-    let (mut keys, refused) = send_until_refused(srv.addr, 1000);
-    assert_eq!(refused.body, b"spool_full");
-    eprintln!(
-        "broker down: {} beacons answered 204 before the spool was full",
-        keys.len()
-    );
-    assert!(keys.len() > 50);
-    let mut kafka = Kafka::cluster_on(dir.path(), &[port]).pop().unwrap();
-    kafka.start();
-    keys.extend(accepted_again(srv.addr, Duration::from_secs(60)));
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    assert_eq!(report.remaining, 0);
-    let s = read_topic(&[kafka.addr()], "beacons");
-    assert_none_lost("broker down from the start", &keys, 0, &s);
+    brokers::down_from_the_start::<Kafka>();
 }
 
 /// The collector and the stage are both killed (-9) under load and restarted: the collector

@@ -1,9 +1,10 @@
-//! The NATS JetStream sink against real `nats-server`s started here on loopback ports: a
-//! single server stopped and restarted under load, a 3-node cluster losing its stream leader
-//! under load, a collector replay deduplicated by message id, a broker down from the start
-//! (the spool fills to its high-water mark, then everything arrives), and a stream whose
-//! settings differ. Every beacon answered 204 must be in the stream, exactly once.
+//! The NATS JetStream sink against real `nats-server`s started here on loopback ports: the
+//! shared broker scenarios (`brokers.rs`: a server stopped and restarted under load, a broker
+//! down from the start), a 3-node cluster losing its stream leader under load, a collector
+//! replay deduplicated by message id, and a stream whose settings differ. Every beacon
+//! answered 204 must be in the stream, exactly once.
 
+use crate::brokers::{self, Broker, Held};
 use crate::common::*;
 use async_nats::jetstream::{self, consumer};
 use beacon_collector::config::{Config, SinkKind};
@@ -102,6 +103,51 @@ impl Nats {
 
     fn signal(&mut self, sig: i32) {
         self.process.signal(sig);
+    }
+}
+
+impl Broker for Nats {
+    const NAME: &'static str = "nats";
+    const EXACTLY_ONCE: bool = true;
+    const BACK_WITHIN: Duration = Duration::from_secs(20);
+
+    fn on(dir: &Path, port: u16) -> Self {
+        Nats::single_on(dir, port)
+    }
+
+    fn endpoint(port: u16) -> String {
+        format!("nats://127.0.0.1:{port}")
+    }
+
+    fn config(dir: &Path, endpoint: String, files: bool) -> Config {
+        nats_config(dir, vec![endpoint], files)
+    }
+
+    fn start(&mut self) {
+        Nats::start(self);
+    }
+
+    fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    fn read(&self) -> Held {
+        let s = read_stream(&[self.url()], "BEACONS");
+        assert_eq!(s.messages as usize, s.keys.len());
+        Held {
+            keys: s.keys,
+            ids: s.ids.len(),
+            id_headers_match: s.msg_id_matches,
+            routes: s.subjects,
+        }
+    }
+
+    /// The default subject template, `beacons.{site}` (`_` without one).
+    fn route_of(site: Option<&str>) -> Option<String> {
+        Some(format!(
+            "beacons.{}",
+            site.map_or("_".into(), |h| h.replace('.', "_"))
+        ))
     }
 }
 
@@ -247,40 +293,8 @@ fn assert_exactly_once(name: &str, keys: &[String], other: u64, s: &Contents) {
 
 #[test]
 fn broker_stopped_and_restarted_under_load_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = Nats::single(dir.path());
-    nats.start();
-    let c = nats_config(dir.path(), vec![nats.url()], true);
-    let stage = Stage::start(dir.path(), &c);
-    let srv = Server::start(c.clone());
-    // Paced: the stage publishes one message per beacon and the collector now takes beacons
-    // faster than one broker on this box stores them; the test is about losing none across
-    // the restart (a record that never gets in still fails it).
-    let load = Load::paced(srv.addr, 4, Duration::from_millis(1));
-    std::thread::sleep(Duration::from_millis(700));
-    nats.signal(libc::SIGTERM);
-    // Down for longer than the publish timeout: publishes fail and are sent again.
-    std::thread::sleep(Duration::from_secs(3));
-    nats.start();
-    std::thread::sleep(Duration::from_millis(1000));
-    let (mut keys, other) = load.stop();
-    // The subject comes from the page's host (the `u` parameter).
-    let r = get(
-        srv.addr,
-        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
-    );
-    assert_eq!(r.status, 204);
-    keys.push("site".into());
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    assert_eq!(report.remaining, 0, "the collector flushed everything");
-    assert_eq!(other, 0, "the spool absorbed the outage: no 503s");
-    let s = read_stream(&[nats.url()], "BEACONS");
-    assert_exactly_once("broker restart", &keys, other, &s);
-    assert_eq!(s.subjects["site"], "beacons.www_example_com");
-    assert_eq!(s.subjects[&keys[0]], "beacons._");
-    // The files sink got every beacon too.
-    assert_no_loss(&c.processor.files.data_dir, &keys);
+    // Down for longer than the publish timeout (1 s): publishes fail and are sent again.
+    brokers::stopped_and_restarted_under_load::<Nats>(Duration::from_secs(3));
 }
 
 #[test]
@@ -434,29 +448,7 @@ fn replay_after_a_crash_is_stored_once() {
 /// its high-water mark, then 503; when the broker comes, everything arrives.
 #[test]
 fn broker_down_from_the_start_fills_the_spool_then_everything_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut c = nats_config(dir.path(), vec![format!("nats://127.0.0.1:{port}")], false);
-    c.spool.segment_bytes = 8192;
-    c.spool.max_bytes = 4 * 8192;
-    c.http.retry_after_seconds = 1;
-    let stage = Stage::start(dir.path(), &c);
-    let srv = Server::start(c.clone());
-    let (mut keys, refused) = send_until_refused(srv.addr, 1000);
-    assert_eq!(refused.body, b"spool_full");
-    eprintln!(
-        "broker down: {} beacons answered 204 before the spool was full",
-        keys.len()
-    );
-    assert!(keys.len() > 50);
-    let mut nats = Nats::single_on(dir.path(), port);
-    nats.start();
-    keys.extend(accepted_again(srv.addr, Duration::from_secs(20)));
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
-    assert_eq!(report.remaining, 0);
-    let s = read_stream(&[nats.url()], "BEACONS");
-    assert_exactly_once("broker down from the start", &keys, 0, &s);
+    brokers::down_from_the_start::<Nats>();
 }
 
 /// An existing stream with other settings: the stage reports each difference with the fix
