@@ -108,8 +108,6 @@ pub fn wait_listening(port: u16, limit: Duration) {
     });
 }
 
-/// A config for tests: loopback port 0, no admin listener, external stage in `dir`, short
-/// shutdown phases.
 /// Sends `sig` to the process `pid` (one of this test's children).
 pub fn kill(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a valid signal number has no memory effects; the pid is a child
@@ -119,6 +117,8 @@ pub fn kill(pid: u32, sig: i32) {
     }
 }
 
+/// A config for tests: loopback port 0, no admin listener, external stage in `dir`, short
+/// shutdown phases.
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -246,6 +246,7 @@ impl Drop for Server {
     }
 }
 
+/// Polls `f` every 20 ms until it holds; fails the test after `limit`.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
