@@ -141,6 +141,9 @@ pub struct RecordRef<'a> {
     pub params: Vec<Param<'a>>,
     /// For `Json`: compact JSON text; for `Text`: the body as sent; otherwise empty.
     pub body: Cow<'a, [u8]>,
+    /// The tracker's own id of the event (Snowplow's `eid`, PostHog's `uuid`, a configured
+    /// parameter), when it sent one: the brokers drop the tracker's retries by it.
+    pub event_id: Option<Cow<'a, [u8]>>,
 }
 
 /// Why a record could not be decoded from a frame.
@@ -179,7 +182,8 @@ impl<'a> RecordRef<'a> {
                 + self.body.len()
                 + self.user_agent.map_or(0, <[u8]>::len)
                 + self.referer.map_or(0, <[u8]>::len)
-                + self.origin.map_or(0, <[u8]>::len),
+                + self.origin.map_or(0, <[u8]>::len)
+                + self.event_id.as_ref().map_or(4, |e| 4 + e.len()),
         );
         out.put_slice(&self.id);
         out.put_u64(self.received_us);
@@ -201,6 +205,7 @@ impl<'a> RecordRef<'a> {
         // older collector still decode after an upgrade.
         put_bytes(out, self.client_ip);
         out.put_u8(self.client_ip_source as u8);
+        put_opt(out, self.event_id.as_deref());
     }
 
     /// Decodes one record; the whole slice must be the record.
@@ -235,6 +240,12 @@ impl<'a> RecordRef<'a> {
                 ClientIpSource::from_u8(b).ok_or(DecodeError::BadSource(b))?,
             )
         };
+        // Appended after client_ip: absent in records of collectors before event ids.
+        let event_id = if r.pos == buf.len() {
+            None
+        } else {
+            r.opt()?.map(Cow::Borrowed)
+        };
         if r.pos != buf.len() {
             return Err(DecodeError::Trailing(buf.len() - r.pos));
         }
@@ -252,6 +263,7 @@ impl<'a> RecordRef<'a> {
             origin,
             params,
             body,
+            event_id,
         })
     }
 
@@ -272,6 +284,10 @@ impl<'a> RecordRef<'a> {
         json_value(out, self.method);
         out.extend_from_slice(b",\"path\":");
         json_value(out, self.path);
+        if let Some(e) = &self.event_id {
+            out.extend_from_slice(b",\"event_id\":");
+            json_value(out, e);
+        }
         out.extend_from_slice(b",\"kind\":\"");
         out.extend_from_slice(self.kind.as_str().as_bytes());
         out.extend_from_slice(b"\",\"params\":[");
@@ -517,7 +533,7 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Decodes `+` and `%XX`; borrows when there is nothing to decode (the common case for names).
-fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
+pub(crate) fn percent_decode(s: &[u8]) -> Cow<'_, [u8]> {
     if !s.iter().any(|&b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }
@@ -800,6 +816,7 @@ mod tests {
                 (Cow::Borrowed(b"bin"), Cow::Owned(vec![0xff, 0x00, b'a'])),
             ],
             body: Cow::Borrowed(b""),
+            event_id: None,
         };
         let mut buf = BytesMut::new();
         rec.encode(&mut buf);
@@ -834,13 +851,15 @@ mod tests {
             origin: None,
             params: vec![],
             body: Cow::Borrowed(b"hello"),
+            event_id: None,
         };
         let mut buf = BytesMut::new();
         rec.encode(&mut buf);
-        // Where the first layout ended: a record spooled by an older collector.
-        let old_layout = buf.len() - (4 + 1 + 1);
+        // Where the older layouts ended (before client_ip, before event_id): records spooled
+        // by older collectors.
+        let old_layouts = [buf.len() - (4 + 1 + 1 + 4), buf.len() - 4];
         for cut in 0..buf.len() {
-            if cut != old_layout {
+            if !old_layouts.contains(&cut) {
                 assert!(RecordRef::decode(&buf[..cut]).is_err(), "cut at {cut}");
             }
         }
@@ -848,11 +867,54 @@ mod tests {
         longer.push(0);
         assert_eq!(RecordRef::decode(&longer), Err(DecodeError::Trailing(1)));
         let mut bad_source = buf.to_vec();
-        *bad_source.last_mut().unwrap() = 9;
+        let at = bad_source.len() - 5;
+        bad_source[at] = 9;
         assert_eq!(
             RecordRef::decode(&bad_source),
             Err(DecodeError::BadSource(9))
         );
+    }
+
+    /// A tracker's event id round-trips and is in the line; a record of the layout before
+    /// event ids decodes without one.
+    #[test]
+    fn event_ids_round_trip_and_older_records_have_none() {
+        let rec = RecordRef {
+            id: [3; 16],
+            received_us: 7,
+            peer: b"192.0.2.1:443",
+            client_ip: b"192.0.2.1",
+            client_ip_source: ClientIpSource::Peer,
+            method: b"POST",
+            path: b"/e/",
+            kind: Kind::Json,
+            user_agent: None,
+            referer: None,
+            origin: None,
+            params: vec![],
+            body: Cow::Borrowed(br#"{"event":"x"}"#),
+            event_id: Some(Cow::Borrowed(b"0193-uuid")),
+        };
+        let mut buf = BytesMut::new();
+        rec.encode(&mut buf);
+        let back = RecordRef::decode(&buf).unwrap();
+        assert_eq!(back, rec);
+        let mut line = Vec::new();
+        back.write_ndjson(&mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["event_id"], "0193-uuid");
+        let without = RecordRef {
+            event_id: None,
+            ..rec.clone()
+        };
+        let mut buf = BytesMut::new();
+        without.encode(&mut buf);
+        let older = &buf[..buf.len() - 4];
+        assert_eq!(RecordRef::decode(older).unwrap(), without);
+        let mut line = Vec::new();
+        without.write_ndjson(&mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert!(v.get("event_id").is_none(), "no event_id key without one");
     }
 
     /// Records written before `client_ip` existed decode with the peer's IP, source `peer`.
@@ -876,11 +938,12 @@ mod tests {
                 origin: None,
                 params: vec![(Cow::Borrowed(b"a"), Cow::Borrowed(b"1"))],
                 body: Cow::Borrowed(b""),
+                event_id: None,
             };
             let mut buf = BytesMut::new();
             rec.encode(&mut buf);
             assert_eq!(RecordRef::decode(&buf).unwrap(), rec);
-            let first_layout = &buf[..buf.len() - (4 + rec.client_ip.len() + 1)];
+            let first_layout = &buf[..buf.len() - (4 + rec.client_ip.len() + 1 + 4)];
             let old = RecordRef::decode(first_layout).unwrap();
             assert_eq!(
                 (old.client_ip, old.client_ip_source),

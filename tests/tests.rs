@@ -42,3 +42,5 @@ mod readable;
 mod restart;
 #[path = "it/timeouts.rs"]
 mod timeouts;
+#[path = "it/trackers.rs"]
+mod trackers;

@@ -3,6 +3,76 @@
 use super::error::{positive, ConfigError};
 use serde::{Deserialize, Serialize};
 
+/// What a route speaks: how its requests become records and what they are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// A generic beacon: GET/HEAD query, POST body; 204.
+    Beacon,
+    /// An `<img>` beacon: GET/HEAD query; a 1x1 GIF.
+    Pixel,
+    /// POST of several events (JSON array, NDJSON, Snowplow or PostHog shapes); 204.
+    Batch,
+    /// Snowplow's tp2 POST (`payload_data`): one record per event, its `eid` kept; 200.
+    Snowplow,
+    /// Snowplow's GET pixel (`/i?e=pv&eid=…`): one record, its `eid` kept; a 1x1 GIF.
+    SnowplowPixel,
+    /// PostHog capture (`/e/`, `/i/v0/e/`, `/batch/`): gzip-js and base64 bodies, one record
+    /// per event, its `uuid` kept; 200 `{"status":1}` (posthog-js retries anything else).
+    Posthog,
+    /// PostHog feature flags (`/flags/`, `/decide/`): "nothing enabled", no record.
+    PosthogFlags,
+    /// PostHog remote config (`/array/<token>/config`): "nothing enabled", no record.
+    PosthogConfig,
+}
+
+/// A tracker whose standard paths the collector serves beside its own routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tracker {
+    /// `@snowplow/browser-tracker` and the other Snowplow trackers.
+    Snowplow,
+    /// `posthog-js`.
+    Posthog,
+}
+
+impl Tracker {
+    /// Its standard paths (a trailing `*` matches any rest) and what each speaks.
+    pub(crate) fn routes(self) -> &'static [(&'static str, Protocol)] {
+        match self {
+            Tracker::Snowplow => &[
+                ("/com.snowplowanalytics.snowplow/tp2", Protocol::Snowplow),
+                ("/i", Protocol::SnowplowPixel),
+            ],
+            Tracker::Posthog => &[
+                ("/e/", Protocol::Posthog),
+                ("/i/v0/e/", Protocol::Posthog),
+                ("/batch/", Protocol::Posthog),
+                ("/capture/", Protocol::Posthog),
+                ("/track/", Protocol::Posthog),
+                ("/engage/", Protocol::Posthog),
+                ("/flags/", Protocol::PosthogFlags),
+                ("/decide/", Protocol::PosthogFlags),
+                ("/array/*", Protocol::PosthogConfig),
+            ],
+        }
+    }
+}
+
+/// One more route (`[[http.routes]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The path; a trailing `*` matches any rest (`"/array/*"`).
+    pub(crate) path: String,
+    /// What it speaks.
+    pub(crate) protocol: Protocol,
+    /// CORS credentials for this route (default: `cors_allow_credentials`). Snowplow's
+    /// trackers send credentials; only with explicit `allowed_origins`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) credentials: Option<bool>,
+}
+
 /// HTTP behaviour.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +123,18 @@ pub struct HttpConfig {
     /// (`{"schema":…,"data":[…]}`) or PostHog's `{"batch":[…]}`; one record per event, all
     /// spooled or none. Empty disables.
     pub(crate) batch_path: String,
+    /// Trackers served as they are on their standard paths, beside the routes above:
+    /// `"snowplow"` (`/com.snowplowanalytics.snowplow/tp2`, `/i`) and `"posthog"` (`/e/`,
+    /// `/i/v0/e/`, `/batch/`, `/capture/`, `/track/`, `/engage/`, `/flags/`, `/decide/`,
+    /// `/array/*`). `[]` serves none.
+    pub trackers: Vec<Tracker>,
+    /// More routes, each a path and what it speaks (`beacon`, `pixel`, `batch`, `snowplow`,
+    /// `snowplow_pixel`, `posthog`, `posthog_flags`, `posthog_config`), optionally with
+    /// `credentials`.
+    pub routes: Vec<RouteConfig>,
+    /// Query or form parameter that holds a generic beacon's own event id, kept as the
+    /// record's `event_id` (the brokers drop a tracker's retries by it). Empty: none.
+    pub event_id_param: String,
     /// Most events in one batch. More: 413 `too_many_events`.
     pub max_batch_events: usize,
     /// Most bytes one batch's records may take in the spool. Every record repeats the
@@ -101,6 +183,9 @@ impl Default for HttpConfig {
             beacon_path: "/beacon".into(),
             gif_path: "/beacon.gif".into(),
             batch_path: "/beacon/batch".into(),
+            trackers: vec![Tracker::Snowplow, Tracker::Posthog],
+            routes: Vec::new(),
+            event_id_param: String::new(),
             max_batch_events: 100,
             max_batch_stored_bytes: 1024 * 1024,
             health_path: "/healthz".into(),
@@ -115,6 +200,27 @@ impl Default for HttpConfig {
 }
 
 impl HttpConfig {
+    /// Every beacon route: the built-in paths, the trackers' standard paths, then
+    /// `[[http.routes]]`, each with what it speaks and its CORS credentials override.
+    pub(crate) fn route_table(&self) -> Vec<(&str, Protocol, Option<bool>)> {
+        let mut t = vec![(self.beacon_path.as_str(), Protocol::Beacon, None)];
+        if !self.gif_path.is_empty() {
+            t.push((self.gif_path.as_str(), Protocol::Pixel, None));
+        }
+        if !self.batch_path.is_empty() {
+            t.push((self.batch_path.as_str(), Protocol::Batch, None));
+        }
+        for tr in &self.trackers {
+            t.extend(tr.routes().iter().map(|&(p, proto)| (p, proto, None)));
+        }
+        t.extend(
+            self.routes
+                .iter()
+                .map(|r| (r.path.as_str(), r.protocol, r.credentials)),
+        );
+        t
+    }
+
     /// Checks what serde cannot: ranges and the relations between this section's keys.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_timeouts()?;
@@ -234,20 +340,35 @@ impl HttpConfig {
                 ));
             }
         }
-        let paths = [
-            &h.beacon_path,
-            &h.gif_path,
-            &h.batch_path,
-            &h.health_path,
-            &h.ready_path,
-            &h.live_path,
-        ];
-        if (1..paths.len()).any(|i| !paths[i].is_empty() && paths[..i].contains(&paths[i])) {
-            return Err(ConfigError::new(
-                "http.gif_path",
-                "beacon_path, gif_path, batch_path, health_path, ready_path and live_path must differ",
-                "give each route its own path",
-            ));
+        for (i, r) in h.routes.iter().enumerate() {
+            let body = r.path.strip_suffix('*').unwrap_or(&r.path);
+            if !body.starts_with('/') || body.contains(['?', '#', ' ', '*']) {
+                return Err(ConfigError::new(
+                    &format!("http.routes[{i}].path"),
+                    format!("{:?} is not an absolute URL path", r.path),
+                    "use a path starting with '/' without query or spaces; a trailing '*' \
+                     matches any rest, e.g. \"/array/*\"",
+                ));
+            }
+        }
+        // Every path once: the built-in routes, the trackers' and the table's.
+        let mut seen: Vec<&str> = Vec::new();
+        for p in h.route_table().iter().map(|(p, _, _)| *p).chain([
+            h.health_path.as_str(),
+            h.ready_path.as_str(),
+            h.live_path.as_str(),
+        ]) {
+            if p.is_empty() {
+                continue;
+            }
+            if seen.contains(&p) {
+                return Err(ConfigError::new(
+                    "http.routes",
+                    format!("{p:?} is served twice (routes, tracker paths and the health paths must differ)"),
+                    "give each route its own path, or drop the tracker that serves it from http.trackers",
+                ));
+            }
+            seen.push(p);
         }
         Ok(())
     }
@@ -255,6 +376,18 @@ impl HttpConfig {
     /// CORS origins and credentials.
     fn validate_cors(&self) -> Result<(), ConfigError> {
         let h = self;
+        let any = h.allowed_origins.iter().any(|o| o == "*");
+        if let Some(i) = h
+            .routes
+            .iter()
+            .position(|r| r.credentials == Some(true) && any)
+        {
+            return Err(ConfigError::new(
+                &format!("http.routes[{i}].credentials"),
+                "true with allowed_origins = [\"*\"]: browsers refuse credentials for any origin",
+                "list the origins whose pages send to it in http.allowed_origins",
+            ));
+        }
         if h.allowed_origins.is_empty() {
             return Err(ConfigError::new(
                 "http.allowed_origins",

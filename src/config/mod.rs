@@ -26,7 +26,7 @@ pub(crate) use check::CheckConfig;
 pub(crate) use client_ip::ClientIpConfig;
 pub use error::ConfigError;
 pub use forward::{ForwardConfig, ForwardMode};
-pub(crate) use http::HttpConfig;
+pub(crate) use http::{HttpConfig, Protocol};
 pub use log::{LogConfig, LogFormat};
 pub use migrate::Deprecation;
 pub(crate) use processor::{FilesConfig, ProcessorConfig};
@@ -81,7 +81,7 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub(crate) const LIVE: [&'static str; 19] = [
+    pub(crate) const LIVE: [&'static str; 23] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
@@ -96,6 +96,10 @@ impl Effect {
         "http.max_json_depth",
         "http.beacon_path",
         "http.gif_path",
+        "http.batch_path",
+        "http.routes",
+        "http.trackers",
+        "http.event_id_param",
         "http.health_path",
         "http.ready_path",
         "http.live_path",

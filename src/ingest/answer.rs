@@ -249,10 +249,14 @@ pub(crate) enum Cors {
     Credentialed(Vec<u8>),
 }
 
+/// Request headers a preflight allows: a JSON or compressed body (`fetch` with a
+/// `CompressionStream` body and `Content-Encoding`), and Snowplow's anonymous-tracking header.
+pub(crate) const ALLOW_HEADERS: &str = "content-type, content-encoding, sp-anonymous";
+
 /// Preflight extras.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Preflight {
-    /// The request asked for headers: allow `content-type`.
+    /// The request asked for headers: allow [`ALLOW_HEADERS`].
     pub(crate) allow_headers: bool,
     /// `Access-Control-Max-Age`.
     pub(crate) max_age: u64,

@@ -5,7 +5,7 @@
 //! Everything here works on bytes already in memory and never allocates for a request that
 //! is complete in one read, but for a chunked body (copied out of its chunks).
 
-use super::answer::{reason, Answer, Cors, Reject};
+use super::answer::{reason, Answer, Cors, Reject, ALLOW_HEADERS};
 use httparse::{Header, Status};
 use std::mem::MaybeUninit;
 
@@ -521,7 +521,7 @@ pub(crate) fn write_answer(
     if let (Some(p), Some(_)) = (a.preflight, &a.cors) {
         header(b"access-control-allow-methods", b"GET, HEAD, POST");
         if p.allow_headers {
-            header(b"access-control-allow-headers", b"content-type");
+            header(b"access-control-allow-headers", ALLOW_HEADERS.as_bytes());
         }
         header(b"access-control-max-age", num.format(p.max_age).as_bytes());
         header(

@@ -12,7 +12,7 @@
 use super::answer::{Answer, Cors, Reject};
 use super::conn::{identify, Conn};
 use super::record_build;
-use super::request::{split_target, Head, Route};
+use super::request::{split_target, Head};
 use super::routes::{self, Next};
 use super::stats::Counter;
 use super::worker_state::Worker;
@@ -243,7 +243,7 @@ async fn handle(w: &Worker, conn: &Conn, req: Request<Incoming>) -> Resp {
         target_len: target.len(),
         headers: &headers,
     };
-    let route = Route::of(app, path);
+    let route = app.route(path).0;
     // RFC 9112's framing and Host checks, the native engine's own (hyper takes a coding before
     // `chunked`, both TE and CL, and any Host): the engines refuse the same heads. A refused
     // framing closes the connection, since where this request ends is in doubt.
@@ -356,7 +356,7 @@ fn to_response(a: &Answer, draining: bool) -> Resp {
         if p.allow_headers {
             hs.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("content-type"),
+                HeaderValue::from_static(super::answer::ALLOW_HEADERS),
             );
         }
         hs.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(p.max_age));

@@ -15,7 +15,7 @@
 //! - [`commit`]: group commit of one worker's records to the spool per event-loop turn.
 //! - [`proxy`] (PROXY protocol v1/v2), [`forwarded_for`] (trusted `X-Forwarded-For`),
 //!   [`ratelimit`] (per-client token buckets), [`encoding`], [`multipart`], [`batch`]
-//!   (bodies).
+//!   (bodies), [`trackers`] (Snowplow's and PostHog's own protocols).
 
 mod answer;
 mod batch;
@@ -35,6 +35,7 @@ mod request;
 mod routes;
 mod state;
 mod stats;
+mod trackers;
 mod worker;
 mod worker_state;
 

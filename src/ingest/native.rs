@@ -462,7 +462,7 @@ fn process(
                 };
                 let close =
                     a.close || !ph.keep_alive || used.is_none() || st.aged || app.is_draining();
-                w.stats.answered(Route::of(app, path), &a, started);
+                w.stats.answered(app.route(path).0, &a, started);
                 h1::write_answer(out, &a, &date, to, After::close_if(close));
                 if close {
                     return (pos, Step::Close);

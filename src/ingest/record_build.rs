@@ -108,7 +108,16 @@ fn build<'a>(
     body: &'a [u8],
     out: &mut RequestRecords<'_>,
 ) -> Result<Built, Reject> {
-    if plan.route == Route::Batch {
+    if plan.route == Route::Posthog {
+        // posthog-js codes its body its own way (gzip named in the query, base64 forms).
+        let max = app.http.max_decoded_body_bytes;
+        if body.len() > max {
+            return Err(Reject::BodyTooLarge);
+        }
+        let text = super::trackers::posthog_body(head, body, max)?;
+        return build_batch(app, stats, conn, head, plan, &text, out);
+    }
+    if plan.route.is_batch() {
         return build_batch(app, stats, conn, head, plan, body, out);
     }
     let limit = if head.header("content-encoding").is_some() {
@@ -166,18 +175,11 @@ fn build<'a>(
             }
         }
     }
-    let forwarded = plan.forwarded.map(Inline::new);
-    let received_us = plan.received_us;
-    add_record(
-        out,
-        conn,
-        head,
-        received_us,
-        forwarded.as_ref(),
-        kind,
-        plan.params,
-        payload,
-    )?;
+    let event_id =
+        super::trackers::event_id_param(plan.route, &app.http.event_id_param, &plan.params)
+            .map(|id| Cow::Owned(id.into_owned()));
+    let meta = Meta::of(conn, head, &plan);
+    meta.add(out, kind, plan.params, payload, event_id)?;
     Ok(Built { kind, records: 1 })
 }
 
@@ -201,23 +203,20 @@ fn build_batch<'a>(
         super::batch::BatchError::Empty => Reject::EmptyBatch,
         super::batch::BatchError::TooMany => Reject::TooManyEvents,
     })?;
-    let forwarded = plan.forwarded.map(Inline::new);
+    let meta = Meta::of(conn, head, &plan);
     // Each record repeats the request's query string and headers: 100 tiny events under an
     // 8 KB query and a 12 KB User-Agent stored 2 MB from a 20 KB request. Bounded here.
     let cap = app.http.max_batch_stored_bytes;
     for event in &events {
         let json = record::compact_json(event, app.http.max_json_depth)?;
-        let params = plan.params.clone();
-        let body = Cow::Owned(json);
-        add_record(
+        let event_id =
+            super::trackers::event_id_in(plan.route, &json).map(|id| Cow::Owned(id.into_owned()));
+        meta.add(
             out,
-            conn,
-            head,
-            plan.received_us,
-            forwarded.as_ref(),
             Kind::Json,
-            params,
-            body,
+            plan.params.clone(),
+            Cow::Owned(json),
+            event_id,
         )?;
         if out.bytes() > cap {
             return Err(Reject::BatchTooLarge);
@@ -229,40 +228,58 @@ fn build_batch<'a>(
     })
 }
 
-/// RequestRecords one record of this request (its metadata, `params` and `body`) into `out`, with an id
-/// of its own.
-#[allow(clippy::too_many_arguments)]
-fn add_record<'a>(
-    out: &mut RequestRecords<'_>,
+/// What every record of one request repeats: who sent it, its head, when it arrived.
+struct Meta<'h, 'a> {
     conn: &'a Conn,
-    head: &Head<'a>,
+    head: &'h Head<'a>,
     received_us: u64,
-    forwarded: Option<&Inline>,
-    kind: Kind,
-    params: Vec<Param<'a>>,
-    body: Cow<'a, [u8]>,
-) -> Result<(), Reject> {
-    let (client_ip, client_ip_source) = match forwarded {
-        Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
-        None => (conn.client_ip.as_bytes(), conn.client_ip_source),
-    };
-    let rec = RecordRef {
-        id: record::new_id(received_us),
-        received_us,
-        peer: conn.peer.as_bytes(),
-        client_ip,
-        client_ip_source,
-        method: head.method.as_bytes(),
-        path: head.path,
-        kind,
-        user_agent: head.header("user-agent"),
-        referer: head.header("referer"),
-        origin: head.header("origin"),
-        params,
-        body,
-    };
-    out.add(|buf| {
-        rec.encode(buf);
-        Ok(())
-    })
+    forwarded: Option<Inline>,
+}
+
+impl<'h, 'a> Meta<'h, 'a> {
+    fn of(conn: &'a Conn, head: &'h Head<'a>, plan: &Plan<'a>) -> Self {
+        Meta {
+            conn,
+            head,
+            received_us: plan.received_us,
+            forwarded: plan.forwarded.map(Inline::new),
+        }
+    }
+
+    /// Adds one record of this request (its `params`, `body` and tracker `event_id`) to
+    /// `out`, with a record id of its own.
+    fn add(
+        &self,
+        out: &mut RequestRecords<'_>,
+        kind: Kind,
+        params: Vec<Param<'a>>,
+        body: Cow<'a, [u8]>,
+        event_id: Option<Cow<'a, [u8]>>,
+    ) -> Result<(), Reject> {
+        let (conn, head) = (self.conn, self.head);
+        let (client_ip, client_ip_source) = match &self.forwarded {
+            Some(ip) => (ip.as_bytes(), ClientIpSource::ForwardedFor),
+            None => (conn.client_ip.as_bytes(), conn.client_ip_source),
+        };
+        let rec = RecordRef {
+            id: record::new_id(self.received_us),
+            received_us: self.received_us,
+            peer: conn.peer.as_bytes(),
+            client_ip,
+            client_ip_source,
+            method: head.method.as_bytes(),
+            path: head.path,
+            kind,
+            user_agent: head.header("user-agent"),
+            referer: head.header("referer"),
+            origin: head.header("origin"),
+            params,
+            body,
+            event_id,
+        };
+        out.add(|buf| {
+            rec.encode(buf);
+            Ok(())
+        })
+    }
 }

@@ -2,7 +2,7 @@
 //! fields borrowed from the engine's buffers, the target and media-type parsing both use, and
 //! which endpoint ([`Route`]) a path is for.
 
-use super::state::SharedState;
+use crate::config::Protocol;
 
 /// A request head as an engine framed it. Header names may be in any case.
 pub(crate) struct Head<'a> {
@@ -73,15 +73,25 @@ pub(crate) fn media_type(v: &[u8]) -> Vec<u8> {
     v[..end].trim_ascii().to_ascii_lowercase()
 }
 
-/// Which endpoint a request is for.
+/// Which endpoint a request is for (the metric label of its counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// The beacon endpoint.
+    /// A generic beacon route.
     Beacon,
-    /// The GIF endpoint.
+    /// A 1x1 GIF route (`<img>` beacons).
     Gif,
-    /// The batch endpoint (`http.batch_path`).
+    /// A batch route.
     Batch,
+    /// Snowplow's tp2 POST.
+    Snowplow,
+    /// Snowplow's GET pixel.
+    SnowplowPixel,
+    /// PostHog capture.
+    Posthog,
+    /// PostHog feature flags (no record).
+    PosthogFlags,
+    /// PostHog remote config (no record).
+    PosthogConfig,
     /// The health check and readiness (`/healthz`, `/readyz`).
     Health,
     /// Liveness (`/livez`).
@@ -92,10 +102,15 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route, in the order of their counters.
-    pub(crate) const ALL: [Route; 6] = [
+    pub(crate) const ALL: [Route; 11] = [
         Route::Beacon,
         Route::Gif,
         Route::Batch,
+        Route::Snowplow,
+        Route::SnowplowPixel,
+        Route::Posthog,
+        Route::PosthogFlags,
+        Route::PosthogConfig,
         Route::Health,
         Route::Live,
         Route::Other,
@@ -107,6 +122,11 @@ impl Route {
             Route::Beacon => "beacon",
             Route::Gif => "gif",
             Route::Batch => "batch",
+            Route::Snowplow => "snowplow",
+            Route::SnowplowPixel => "snowplow_pixel",
+            Route::Posthog => "posthog",
+            Route::PosthogFlags => "posthog_flags",
+            Route::PosthogConfig => "posthog_config",
             Route::Health => "health",
             Route::Live => "live",
             Route::Other => "other",
@@ -117,23 +137,63 @@ impl Route {
         self as usize
     }
 
-    /// The route of `path`.
-    pub(crate) fn of(app: &SharedState, path: &[u8]) -> Route {
-        let h = &app.http;
-        if path == h.beacon_path.as_bytes() {
-            Route::Beacon
-        } else if path == h.health_path.as_bytes()
-            || (!h.ready_path.is_empty() && path == h.ready_path.as_bytes())
-        {
-            Route::Health
-        } else if !h.live_path.is_empty() && path == h.live_path.as_bytes() {
-            Route::Live
-        } else if !h.gif_path.is_empty() && path == h.gif_path.as_bytes() {
-            Route::Gif
-        } else if !h.batch_path.is_empty() && path == h.batch_path.as_bytes() {
-            Route::Batch
+    /// The route of a configured protocol.
+    pub(crate) fn of_protocol(p: Protocol) -> Route {
+        match p {
+            Protocol::Beacon => Route::Beacon,
+            Protocol::Pixel => Route::Gif,
+            Protocol::Batch => Route::Batch,
+            Protocol::Snowplow => Route::Snowplow,
+            Protocol::SnowplowPixel => Route::SnowplowPixel,
+            Protocol::Posthog => Route::Posthog,
+            Protocol::PosthogFlags => Route::PosthogFlags,
+            Protocol::PosthogConfig => Route::PosthogConfig,
+        }
+    }
+
+    /// Its body holds several events, one record each.
+    pub(crate) fn is_batch(self) -> bool {
+        matches!(self, Route::Batch | Route::Snowplow | Route::Posthog)
+    }
+
+    /// Answered with a 1x1 GIF.
+    pub(crate) fn is_pixel(self) -> bool {
+        matches!(self, Route::Gif | Route::SnowplowPixel)
+    }
+}
+
+/// One beacon route of the current config: a path (or a path prefix) and its route.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteEntry {
+    path: Box<[u8]>,
+    prefix: bool,
+    /// The route.
+    pub(crate) route: Route,
+    /// CORS credentials on it.
+    pub(crate) credentials: bool,
+}
+
+impl RouteEntry {
+    /// `path` (a trailing `*` matches any rest) for `route`.
+    pub(crate) fn new(path: &str, route: Route, credentials: bool) -> Self {
+        let (p, prefix) = match path.strip_suffix('*') {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
+        Self {
+            path: p.as_bytes().into(),
+            prefix,
+            route,
+            credentials,
+        }
+    }
+
+    /// Whether a request path is this route's.
+    pub(crate) fn matches(&self, path: &[u8]) -> bool {
+        if self.prefix {
+            path.starts_with(&self.path)
         } else {
-            Route::Other
+            *path == *self.path
         }
     }
 }
@@ -155,6 +215,15 @@ mod tests {
         );
         assert_eq!(split_target(b"http://h.example"), (&b"/"[..], None));
         assert_eq!(split_target(b"?q"), (&b"/"[..], Some(&b"q"[..])));
+    }
+
+    #[test]
+    fn route_entries_match_exactly_or_by_prefix() {
+        let e = RouteEntry::new("/e/", Route::Posthog, false);
+        assert!(e.matches(b"/e/") && !e.matches(b"/e") && !e.matches(b"/e/x"));
+        let p = RouteEntry::new("/array/*", Route::PosthogConfig, false);
+        assert!(p.matches(b"/array/phc_x/config") && p.matches(b"/array/"));
+        assert!(!p.matches(b"/arra"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::request::{media_type, Head, Route};
 use super::state::SharedState;
 use super::stats::Counter;
 use super::stats::Stats;
+use super::trackers;
 use crate::record::{self, Kind};
 use crate::spool::AppendError;
 use std::net::IpAddr;
@@ -43,7 +44,7 @@ pub(crate) fn before_body<'a>(
     content_length: Option<u64>,
     charge: bool,
 ) -> Next<'a> {
-    let route = Route::of(app, head.path);
+    let (route, credentials) = app.route(head.path);
     let method = head.method;
     match route {
         Route::Health => return Next::Answer(health(app, method)),
@@ -54,10 +55,15 @@ pub(crate) fn before_body<'a>(
                 Answer::not_allowed("GET, HEAD")
             })
         }
-        Route::Other => return Next::Answer(Answer::plain(404, "not found\n")),
-        Route::Beacon | Route::Gif | Route::Batch => {}
+        _ => {}
     }
-    let cors = match cors(app, head) {
+    if route == Route::Other {
+        // With the CORS headers of an allowed origin, so a page sees the 404, not a CORS error.
+        let mut a = Answer::plain(404, "not found\n");
+        a.cors = cors(app, head, credentials).ok().flatten();
+        return Next::Answer(a);
+    }
+    let cors = match cors(app, head, credentials) {
         Ok(c) => c,
         Err(r) => return Next::Answer(Answer::reject(app, r)),
     };
@@ -65,15 +71,18 @@ pub(crate) fn before_body<'a>(
         a.cors = cors.clone();
         Next::Answer(a)
     };
-    match (route, method) {
-        (Route::Beacon | Route::Batch, "OPTIONS") => {
-            return Next::Answer(preflight(app, head, cors))
-        }
-        (Route::Batch, "POST") => {}
-        (Route::Batch, _) => return with_cors(Answer::not_allowed("POST, OPTIONS")),
-        (_, "GET") | (_, "HEAD") | (Route::Beacon, "POST") => {}
-        (Route::Beacon, _) => return with_cors(Answer::not_allowed("GET, HEAD, POST, OPTIONS")),
-        _ => return with_cors(Answer::not_allowed("GET, HEAD")),
+    let allow = allowed_methods(route);
+    if method == "OPTIONS" && allow.contains("OPTIONS") {
+        return Next::Answer(preflight(app, head, cors));
+    }
+    if !allow.split(", ").any(|m| m == method) {
+        return with_cors(Answer::not_allowed(allow));
+    }
+    match route {
+        // Answered from the head: nothing to record.
+        Route::PosthogFlags => return with_cors(trackers::posthog_flags()),
+        Route::PosthogConfig => return with_cors(trackers::posthog_config(head.path)),
+        _ => {}
     }
     let refuse = |r| with_cors(Answer::reject(app, r));
     let h = &app.http;
@@ -113,13 +122,26 @@ pub(crate) fn before_body<'a>(
     })
 }
 
-/// The CORS headers for the request's `Origin`; a foreign origin is refused, its preflight and
-/// a beacon it sent anyway alike (text/plain needs no preflight).
-fn cors(app: &SharedState, head: &Head<'_>) -> Result<Option<Cors>, Reject> {
+/// The methods a route takes (its `Allow`); with `OPTIONS`, it answers preflights.
+fn allowed_methods(route: Route) -> &'static str {
+    match route {
+        Route::Beacon => "GET, HEAD, POST, OPTIONS",
+        Route::Batch | Route::Snowplow | Route::Posthog => "POST, OPTIONS",
+        Route::PosthogFlags => "GET, POST, OPTIONS",
+        Route::PosthogConfig => "GET, HEAD, OPTIONS",
+        _ => "GET, HEAD",
+    }
+}
+
+/// The CORS headers for the request's `Origin` (credentialed where the route says); a foreign
+/// origin is refused, its preflight and a beacon it sent anyway alike (text/plain needs no
+/// preflight).
+fn cors(app: &SharedState, head: &Head<'_>, credentials: bool) -> Result<Option<Cors>, Reject> {
     Ok(match head.header("origin") {
         Some(o) if !app.origin_allowed(o) => return Err(Reject::OriginNotAllowed),
+        // Credentials need the exact origin: never `*` with them.
+        Some(o) if credentials => Some(Cors::Credentialed(o.to_vec())),
         Some(_) if app.any_origin => Some(Cors::Any),
-        Some(o) if app.http.cors_allow_credentials => Some(Cors::Credentialed(o.to_vec())),
         Some(o) => Some(Cors::Origin(o.to_vec())),
         None => None,
     })
@@ -165,10 +187,15 @@ fn body_media(
 ) -> Result<Kind, Reject> {
     let media = match head.header("content-type").map(media_type).as_deref() {
         None | Some(b"text/plain") => Kind::Text,
-        Some(b"application/x-www-form-urlencoded") if route != Route::Batch => Kind::Form,
+        // PostHog's sendBeacon flush: `data=<base64>`.
+        Some(b"application/x-www-form-urlencoded")
+            if !route.is_batch() || route == Route::Posthog =>
+        {
+            Kind::Form
+        }
         Some(b"application/json") => Kind::Json,
-        Some(b"application/x-ndjson") if route == Route::Batch => Kind::Json,
-        Some(b"multipart/form-data") if route != Route::Batch => Kind::Multipart,
+        Some(b"application/x-ndjson") if route.is_batch() => Kind::Json,
+        Some(b"multipart/form-data") if !route.is_batch() => Kind::Multipart,
         Some(_) => return Err(Reject::UnsupportedMediaType),
     };
     if let Some(v) = head.header("content-encoding") {
@@ -231,14 +258,16 @@ fn preflight(app: &SharedState, head: &Head<'_>, cors: Option<Cors>) -> Answer {
     a
 }
 
-/// The answer to an accepted beacon.
+/// The answer to an accepted beacon: what its tracker expects.
 fn success(route: Route) -> Answer {
     let mut a = match route {
-        Route::Gif => Answer {
+        r if r.is_pixel() => Answer {
             body: GIF,
             content_type: Some("image/gif"),
             ..Answer::new(200)
         },
+        Route::Posthog => trackers::posthog_captured(),
+        Route::Snowplow => trackers::snowplow_captured(),
         _ => Answer::new(204),
     };
     // A cached beacon is a beacon never sent.

@@ -5,6 +5,7 @@
 use super::forwarded_for;
 use super::proxy;
 use super::ratelimit::{Limits, RateLimiter};
+use super::request::{Route, RouteEntry};
 use crate::config::Config;
 use crate::record::ParamLimits;
 use crate::spool::Spool;
@@ -39,6 +40,8 @@ pub(crate) struct SharedState {
     pub(crate) spool: Spool,
     pub(super) retry_after: u64,
     pub(super) any_origin: bool,
+    /// Every beacon route but the beacon path (checked first).
+    routes: Vec<RouteEntry>,
     /// Beacons answered 2xx (each one is in the spool); workers add theirs every second and
     /// when they stop.
     pub(crate) accepted: Arc<AtomicU64>,
@@ -49,6 +52,28 @@ pub(crate) struct SharedState {
 }
 
 impl SharedState {
+    /// The route of a request path, and whether CORS answers on it carry credentials.
+    pub(crate) fn route(&self, path: &[u8]) -> (Route, bool) {
+        let h = &self.http;
+        let cred = h.cors_allow_credentials;
+        // The common case first: one comparison.
+        if path == h.beacon_path.as_bytes() {
+            return (Route::Beacon, cred);
+        }
+        if path == h.health_path.as_bytes()
+            || (!h.ready_path.is_empty() && path == h.ready_path.as_bytes())
+        {
+            return (Route::Health, cred);
+        }
+        if !h.live_path.is_empty() && path == h.live_path.as_bytes() {
+            return (Route::Live, cred);
+        }
+        match self.routes.iter().find(|r| r.matches(path)) {
+            Some(r) => (r.route, r.credentials),
+            None => (Route::Other, cred),
+        }
+    }
+
     /// Builds the shared state from a validated config.
     pub(crate) fn new(config: &Config, spool: Spool) -> Self {
         let h = &config.http;
@@ -61,6 +86,18 @@ impl SharedState {
             spool,
             retry_after: h.retry_after_seconds,
             any_origin: h.allowed_origins.iter().any(|o| o == "*"),
+            routes: h
+                .route_table()
+                .into_iter()
+                .skip(1)
+                .map(|(path, proto, cred)| {
+                    RouteEntry::new(
+                        path,
+                        Route::of_protocol(proto),
+                        cred.unwrap_or(h.cors_allow_credentials),
+                    )
+                })
+                .collect(),
             http: h.clone(),
             proxy: config.client_ip.proxy_protocol,
             trusted_proxies: config.client_ip.trusted_proxies.clone(),

@@ -106,6 +106,10 @@ fn render(first_seq: u64, records: &[bytes::Bytes], skip_up_to: u64) -> Batch {
                     end: lines.len(),
                     id: r.id,
                     record: rec.clone(),
+                    event_id: r
+                        .event_id
+                        .as_deref()
+                        .map(|e| String::from_utf8_lossy(e).into_owned()),
                 });
             }
             Err(e) => {

@@ -83,6 +83,20 @@ pub(crate) struct Entry {
     pub(crate) id: [u8; 16],
     /// The encoded record (a slice of the collector's frame, not a copy).
     pub(crate) record: Bytes,
+    /// The tracker's own event id, when it sent one: where a broker can drop duplicates, it
+    /// drops a tracker's retries by it (they are new records with ids of their own).
+    pub(crate) event_id: Option<String>,
+}
+
+impl Entry {
+    /// The key a broker drops duplicates by: the tracker's event id, else the record id (a
+    /// collector's replay of a record carries both unchanged).
+    pub(crate) fn dedup_id(&self) -> String {
+        match &self.event_id {
+            Some(e) => e.clone(),
+            None => crate::record::format_uuid(&self.id),
+        }
+    }
 }
 
 impl Batch {

@@ -238,6 +238,7 @@ mod tests {
                 .map(|(n, v)| (Cow::Borrowed(n.as_bytes()), Cow::Borrowed(v.as_bytes())))
                 .collect(),
             body: Cow::Borrowed(b""),
+            event_id: None,
         }
     }
 

@@ -137,9 +137,10 @@ fn cors_preflight_and_origin_allow_list() {
         .header("access-control-allow-methods")
         .unwrap()
         .contains("POST"));
+    // content-encoding too: a fetch with a CompressionStream body asks for it.
     assert_eq!(
         ok.header("access-control-allow-headers"),
-        Some("content-type")
+        Some("content-type, content-encoding, sp-anonymous")
     );
     assert_eq!(ok.header("access-control-max-age"), Some("86400"));
     assert!(ok.header("access-control-allow-credentials").is_none());
@@ -392,7 +393,7 @@ fn credentialed_cors_for_json_blobs_on_both_engines() {
         );
         assert_eq!(
             pre.header("access-control-allow-headers"),
-            Some("content-type")
+            Some("content-type, content-encoding, sp-anonymous")
         );
         let body = br#"{"k":"blob","t_done":12}"#;
         let raw = format!(

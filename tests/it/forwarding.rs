@@ -139,6 +139,7 @@ fn a_batch_resent_on_a_new_connection_while_in_flight_is_written_once() {
                 origin: None,
                 params: vec![(key.as_bytes().into(), b"1".as_slice().into())],
                 body: b"".as_slice().into(),
+                event_id: None,
             };
             let mut b = BytesMut::new();
             rec.encode(&mut b);

@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, Semaphore};
 
 /// The header each message carries its record id in, so a consumer can drop a replay.
 pub(crate) const ID_HEADER: &str = "beacon-id";
+/// Header holding the tracker's own event id, when it sent one (a consumer drops a
+/// tracker's retries by it: they are new beacons with ids of their own).
+pub(crate) const EVENT_ID_HEADER: &str = "event-id";
 
 /// Longest wait between two attempts to reach the cluster.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -332,15 +335,23 @@ impl Shared {
         i: usize,
     ) -> Result<DeliveryFuture, KafkaError> {
         let (t, key) = &routes.per_record[i];
-        let id = crate::record::format_uuid(&batch.records[i].id);
+        let e = &batch.records[i];
+        let id = crate::record::format_uuid(&e.id);
         let line = batch.line(i);
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: ID_HEADER,
+            value: Some(id.as_bytes()),
+        });
+        if let Some(ev) = &e.event_id {
+            headers = headers.insert(Header {
+                key: EVENT_ID_HEADER,
+                value: Some(ev.as_bytes()),
+            });
+        }
         let record = FutureRecord::to(&routes.topics[*t])
             .key(key.as_slice())
             .payload(line.as_ref())
-            .headers(OwnedHeaders::new().insert(Header {
-                key: ID_HEADER,
-                value: Some(id.as_bytes()),
-            }));
+            .headers(headers);
         self.producer.send_result(record).map_err(|(e, _)| e)
     }
 

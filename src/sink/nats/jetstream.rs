@@ -203,7 +203,7 @@ impl Shared {
             }
             let e = &batch.records[i];
             let msg = PublishMessage::build()
-                .message_id(crate::record::format_uuid(&e.id))
+                .message_id(e.dedup_id())
                 .payload(batch.line(i));
             match self.js.send_publish(subjects[i].clone(), msg).await {
                 Ok(ack) => sent.acks.push((i, ack)),
