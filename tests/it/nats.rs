@@ -540,3 +540,30 @@ fn example_consumer_reads_each_beacon_once() {
     assert_eq!(keys.len(), 200);
     assert_eq!(run(), "", "acknowledged beacons are not delivered again");
 }
+
+/// A tracker's retry (the same PostHog event sent twice: a new record with an id of its own,
+/// the same `uuid`) is one message in the stream: `Nats-Msg-Id` is the tracker's event id, so
+/// JetStream's duplicate window drops it. The files sink keeps both (it drops nothing).
+#[test]
+fn a_trackers_retry_is_one_message_in_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::single(dir.path());
+    nats.start();
+    let c = nats_config(dir.path(), vec![nats.url()], true);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let ev =
+        br#"[{"event":"$pageview","uuid":"0193a0c4-2222-7000-8000-000000000001","properties":{}}]"#;
+    for _ in 0..2 {
+        assert_eq!(
+            post(srv.addr, "/e/?k=retry", "application/json", ev).status,
+            200
+        );
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let s = read_stream(&[nats.url()], "BEACONS");
+    assert_eq!(s.messages, 1, "the retry was dropped by its event id");
+    assert_eq!(records(&c.processor.files.data_dir).len(), 2);
+}

@@ -169,6 +169,59 @@ fn every_stored_line_is_json_for_serde_python_and_jq() {
         assert!(matches!(status, 204 | 400), "status {status} for {body:?}");
         sent += usize::from(status == 204);
     }
+    // The trackers' routes, mutated the same way: PostHog's JSON, gzip-js and base64 forms,
+    // Snowplow's payload_data. Answered 200 or 4xx, never stored unreadable.
+    let ph_base: &[u8] = br#"[{"event":"$pageview","uuid":"0193-a","properties":{"$current_url":"https://a/","n":[1,2.5e3]}}]"#;
+    let sp_base: &[u8] = br#"{"schema":"iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4","data":[{"e":"pv","eid":"e-1","tv":"js-4.10.1"}]}"#;
+    for i in 0..600 {
+        let n = rng.usize(1..4);
+        let (target, ct, body) = match i % 4 {
+            0 => (
+                "/e/?ver=1",
+                "application/json",
+                mutate(&mut rng, ph_base, n),
+            ),
+            1 => {
+                let m = mutate(&mut rng, ph_base, n);
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut e, &m).unwrap();
+                let mut gz = e.finish().unwrap();
+                if i % 8 == 1 {
+                    // A corrupted member too.
+                    let at = rng.usize(..gz.len());
+                    gz[at] ^= 0x5a;
+                }
+                ("/e/?compression=gzip-js", "text/plain", gz)
+            }
+            2 => (
+                "/e/?compression=base64",
+                "application/x-www-form-urlencoded",
+                mutate(&mut rng, b"data=W3siZXZlbnQiOiJ4IiwidXVpZCI6InUifV0%3D", n),
+            ),
+            _ => (
+                "/com.snowplowanalytics.snowplow/tp2",
+                "application/json",
+                mutate(&mut rng, sp_base, n),
+            ),
+        };
+        let r = post(a, target, ct, &body);
+        assert!(
+            matches!(r.status, 200 | 400 | 413),
+            "status {} on {target} for {:?}",
+            r.status,
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let bomb = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut e, &vec![b' '; 64 << 20]).unwrap();
+        e.finish().unwrap()
+    };
+    assert_eq!(
+        post(a, "/e/?compression=gzip-js", "text/plain", &bomb).status,
+        413
+    );
+
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
     stage.stop();
     assert_eq!(report.remaining, 0);
