@@ -44,3 +44,5 @@ mod restart;
 mod timeouts;
 #[path = "it/trackers.rs"]
 mod trackers;
+#[path = "it/trackers_browser.rs"]
+mod trackers_browser;
