@@ -130,6 +130,8 @@ def decode_record(data):
         source = r.take(1)[0]
         if source not in CLIENT_IP_SOURCES:
             raise ProtocolError(f"unknown client_ip_source {source}")
+    # The tracker's own event id: absent in records written before it was added.
+    event_id = None if r.pos == len(data) else r.opt()
     if r.pos != len(data):
         raise ProtocolError("trailing bytes")
     rec = {
@@ -140,6 +142,10 @@ def decode_record(data):
         "client_ip_source": CLIENT_IP_SOURCES[source],
         "method": text(method),
         "path": text(path),
+    }
+    if event_id is not None:
+        rec["event_id"] = text(event_id)
+    rec |= {
         "kind": KINDS[kind],
         "params": params,
         "user_agent": None if ua is None else text(ua),

@@ -224,6 +224,8 @@ struct Contents {
     header_matches: bool,
     /// Message key by beacon key.
     message_keys: HashMap<String, String>,
+    /// The `event-id` header of every message that has one.
+    event_ids: Vec<String>,
 }
 
 /// Reads every message of `topic` from the start to the high watermarks.
@@ -270,6 +272,7 @@ fn read_topic(brokers: &[String], topic: &str) -> Contents {
         ids: HashSet::new(),
         header_matches: true,
         message_keys: HashMap::new(),
+        event_ids: Vec::new(),
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while (out.messages as i64) < total {
@@ -290,6 +293,14 @@ fn read_topic(brokers: &[String], topic: &str) -> Contents {
                 .and_then(|h| h.value)
                 .map(|v| String::from_utf8_lossy(v).to_string())
         });
+        if let Some(ev) = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "event-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).to_string())
+        }) {
+            out.event_ids.push(ev);
+        }
         if header.as_deref() != Some(id.as_str()) {
             eprintln!("beacon-id {header:?} for record {id}");
             out.header_matches = false;
@@ -788,4 +799,34 @@ fn a_topic_that_cannot_be_created_stalls_the_sink_visibly() {
     assert!(Stage::log(dir.path(), 200).contains("sink stalled"));
     srv.shutdown(Shutdown::Fast).unwrap();
     stage.stop();
+}
+
+/// A tracker's retry (the same PostHog event sent twice) is two messages (Kafka keeps copies)
+/// with the tracker's id in an `event-id` header beside each one's own `beacon-id`: a consumer
+/// drops the retry by it.
+#[test]
+fn a_trackers_event_id_travels_as_a_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kafka = Kafka::single(dir.path());
+    kafka.start();
+    let c = kafka_config(dir.path(), vec![kafka.addr()], false);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let ev = br#"[{"event":"$pageview","uuid":"0193a0c4-4444-7000-8000-000000000001"}]"#;
+    for _ in 0..2 {
+        assert_eq!(
+            post(srv.addr, "/e/?k=retry", "application/json", ev).status,
+            200
+        );
+    }
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    let s = read_topic(&[kafka.addr()], "beacons");
+    assert_eq!(s.messages, 2);
+    assert_eq!(s.ids.len(), 2, "each its own beacon-id");
+    assert_eq!(
+        s.event_ids, ["0193a0c4-4444-7000-8000-000000000001"; 2],
+        "the tracker's id on both"
+    );
 }

@@ -51,11 +51,14 @@ fn python_reference_consumer_decodes_and_acknowledges() {
         post(a, "/beacon", "text/plain", b"hello\tworld").status,
         204
     );
+    // A tracker's event with its own id (the record's appended event_id).
+    let ev = br#"{"event":"$pageview","uuid":"0193a0c4-3333-7000-8000-000000000001"}"#;
+    assert_eq!(post(a, "/e/", "application/json", ev).status, 200);
     let report = srv.shutdown(Shutdown::Graceful).unwrap();
     // Acknowledged by the Python stage, so the spool is empty.
     assert_eq!(
         (report.accepted, report.acknowledged, report.remaining),
-        (4, 4, 0)
+        (5, 5, 0)
     );
     kill(py.id(), libc::SIGTERM);
     let _ = py.wait();
@@ -65,7 +68,9 @@ fn python_reference_consumer_decodes_and_acknowledges() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(recs.len(), 4);
+    assert_eq!(recs.len(), 5);
+    let e = recs.iter().find(|r| r["path"] == "/e/").unwrap();
+    assert_eq!(e["event_id"], "0193a0c4-3333-7000-8000-000000000001");
     let q = recs.iter().find(|r| r["kind"] == "query").unwrap();
     assert_eq!(param(q, "nl").unwrap(), "a\nb");
     assert_eq!(param(q, "bin").unwrap()["b64"], "/g==");
