@@ -57,7 +57,8 @@ start() { # server
 stop() { # server
   if [ "$1" = nginx ]; then
     stop_nginx
-    while [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; do sleep 0.1; done
+    # nginx removes its pid file as it exits: read it once per check, quietly.
+    while pid=$(cat "$WORK/nginx.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
     rm -f "$WORK/nginx.pid"
   else
     kill -TERM "$(cat "$WORK/$1/pid")" 2>/dev/null || true
