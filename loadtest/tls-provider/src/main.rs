@@ -113,7 +113,8 @@ fn client(pq: bool) -> Arc<ClientConfig> {
     Arc::new(c)
 }
 
-const REQ: &[u8] = b"GET /beacon?u=https%3A%2F%2Fexample.com&t_done=123 HTTP/1.1\r\nHost: x\r\n\r\n";
+const REQ: &[u8] =
+    b"GET /beacon?u=https%3A%2F%2Fexample.com&t_done=123 HTTP/1.1\r\nHost: x\r\n\r\n";
 const ANS: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\n";
 
 /// One handshake and one request/answer; returns the time spent in the server's calls, whether
@@ -168,7 +169,10 @@ fn exchange(sc: &Arc<ServerConfig>, cc: &Arc<ClientConfig>) -> (Duration, bool, 
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    assert!(a.len() >= 5, "usage: tls-provider ECDSA_CERT ECDSA_KEY RSA_CERT RSA_KEY [N]");
+    assert!(
+        a.len() >= 5,
+        "usage: tls-provider ECDSA_CERT ECDSA_KEY RSA_CERT RSA_KEY [N]"
+    );
     let n: usize = a.get(5).map_or(2000, |v| v.parse().unwrap());
     for (name, cert, key) in [("ecdsa-p256", &a[1], &a[2]), ("rsa-2048", &a[3], &a[4])] {
         let sc = server(cert, key);
