@@ -100,16 +100,7 @@ pub(crate) async fn run(
     // Held for the connection's life: returned when the connection is closed.
     let permit = permit;
     let phase = w.phase_slot();
-    let mut st = State {
-        pending: Vec::new(),
-        unsent: Vec::new(),
-        deadline: None,
-        head_charged: false,
-        continued: false,
-        head_done: false,
-        aged: false,
-        expires: w.connection_expiry(),
-    };
+    let mut st = State::new(w.connection_expiry());
     let mut last_active = TokioInstant::now();
     let timer = tokio::time::sleep_until(last_active + w.idle_timeout);
     tokio::pin!(timer);
@@ -548,6 +539,20 @@ fn process(
 }
 
 impl State {
+    /// A new connection's: nothing pending, reaching its age at `expires`.
+    fn new(expires: u32) -> Self {
+        State {
+            pending: Vec::new(),
+            unsent: Vec::new(),
+            deadline: None,
+            head_charged: false,
+            continued: false,
+            head_done: false,
+            aged: false,
+            expires,
+        }
+    }
+
     /// Between requests: no deadline, nothing charged.
     fn reset(&mut self) {
         self.deadline = None;
@@ -649,16 +654,7 @@ mod tests {
                 },
             ));
             let peer = "192.0.2.7:50000".parse().unwrap();
-            let st = State {
-                pending: Vec::new(),
-                unsent: Vec::new(),
-                deadline: None,
-                head_charged: false,
-                continued: false,
-                head_done: false,
-                aged: false,
-                expires: w.connection_expiry(),
-            };
+            let st = State::new(w.connection_expiry());
             Harness {
                 conn: Conn::new(peer, std::net::SocketAddr::ip(&peer), ClientIpSource::Peer),
                 w,

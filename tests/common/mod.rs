@@ -687,3 +687,25 @@ pub fn send_until_refused(addr: SocketAddr, limit: usize) -> (Vec<String>, Resp)
         assert!(keys.len() < limit, "{limit} beacons and still no refusal");
     }
 }
+
+/// Headless Chromium loading `url` with its profile in `profile` and `extra` flags; the caller
+/// kills it. Needs the Debian package `chromium` (.ci/run installs it).
+pub fn chromium(url: &str, profile: &Path, extra: &[&str]) -> std::process::Child {
+    std::process::Command::new("chromium")
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+        ])
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium is installed (.ci/run installs the Debian package)")
+}

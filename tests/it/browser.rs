@@ -48,22 +48,7 @@ navigator.sendBeacon(u + "?k=blob", new Blob([JSON.stringify({{f: "blob", t: 1}}
     );
     serve_page(page_listener, page);
     let profile = tempfile::tempdir().unwrap();
-    let mut browser = std::process::Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("http://{page_addr}/"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium is installed (.ci/run installs the Debian package)");
+    let mut browser = chromium(&format!("http://{page_addr}/"), profile.path(), &[]);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let recs = loop {

@@ -72,23 +72,11 @@ fn serve(l: std::net::TcpListener, pages: HashMap<String, String>, modules: Path
 /// bot's, and a real page has a real browser's.
 fn load(url: &str, data: &Path, done: impl Fn(&[serde_json::Value]) -> bool) {
     let profile = tempfile::tempdir().unwrap();
-    let mut browser = Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium is installed (.ci/run installs the Debian package)");
+    let mut browser = chromium(
+        url,
+        profile.path(),
+        &["--user-agent=Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"],
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done(&records(data)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
