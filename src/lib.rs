@@ -72,6 +72,7 @@ mod spool;
 mod supervisor;
 mod tasks;
 pub mod time;
+mod tls;
 
 pub use lifecycle::Shutdown;
 pub use server::{run, Listeners, RunError, RunReport};

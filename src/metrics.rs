@@ -70,6 +70,16 @@ pub(crate) const TASK_RESTARTS_TOTAL: &str = "beacon_task_restarts_total";
 pub(crate) const CONNECTIONS_AGED_OUT_TOTAL: &str = "beacon_connections_aged_out_total";
 /// Restarts of the embedded processing stage.
 pub(crate) const PROCESSOR_RESTARTS_TOTAL: &str = "beacon_processor_restarts_total";
+/// TLS handshakes, by `result` (`ok`, `resumed`, `no_shared_cipher`, `bad_certificate`,
+/// `protocol_error`, `timeout`, `plain_http`).
+pub(crate) const TLS_HANDSHAKES_TOTAL: &str = "beacon_tls_handshakes_total";
+/// TLS connections established, by negotiated `version` (`1.2`, `1.3`).
+pub(crate) const TLS_CONNECTIONS_TOTAL: &str = "beacon_tls_connections_total";
+/// notAfter of each certificate served, Unix seconds, by `name`.
+pub(crate) const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "beacon_tls_certificate_expiry_timestamp_seconds";
+/// Certificate reloads on SIGHUP, by `result` (`ok`, `error`: the running set stayed).
+pub(crate) const TLS_RELOADS_TOTAL: &str = "beacon_tls_reloads_total";
 /// 1 while draining on SIGTERM (health check failing), else 0.
 pub(crate) const DRAINING: &str = "beacon_draining";
 

@@ -32,6 +32,8 @@ pub struct Listeners {
     pub(crate) beacon: Vec<std::net::TcpListener>,
     /// The admin listener, if enabled.
     pub(crate) admin: Option<std::net::TcpListener>,
+    /// `SO_REUSEPORT` HTTPS listeners on `tls.listen` (empty unless `tls.enabled`).
+    pub(crate) tls: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -57,12 +59,27 @@ impl Listeners {
         } else {
             None
         };
-        Ok(Self { beacon, admin })
+        // Bound here even when the service manager passed the plain sockets (its unit
+        // names the plain port only).
+        let tls = if config.tls.enabled {
+            if !config.server.share_port {
+                listener::refuse_shared_port(config.tls.listen)?;
+            }
+            listener::bind_addr(config.tls.listen, config.server.backlog, config.listeners())?
+        } else {
+            Vec::new()
+        };
+        Ok(Self { beacon, admin, tls })
     }
 
     /// Address of the beacon listener.
     pub fn beacon_addr(&self) -> Option<std::net::SocketAddr> {
         self.beacon.first().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Address of the HTTPS listener, when TLS is on.
+    pub fn tls_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tls.first().and_then(|l| l.local_addr().ok())
     }
 }
 
@@ -90,6 +107,9 @@ pub enum RunError {
     /// The spool could not be opened or recovered.
     #[error(transparent)]
     Spool(#[from] spool::SpoolError),
+    /// The TLS certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::config::ConfigError),
 }
 
 /// Serves beacons on `listeners` until `shutdown` resolves (or a listener fails), then drains
@@ -130,6 +150,12 @@ pub(crate) async fn run_reloadable(
     );
     let acked_at_start = spool.acked();
     let beacon_addr = listeners.beacon_addr();
+    let tls_addr = listeners.tls_addr();
+    let tls = if config.tls.enabled {
+        Some(crate::tls::TlsServer::new(&config.tls)?)
+    } else {
+        None
+    };
     let app = Arc::new(SharedState::new(&config, spool.clone()));
     let close = CancellationToken::new();
     let mut fwd_task = tokio::spawn(tasks::supervise(
@@ -167,10 +193,17 @@ pub(crate) async fn run_reloadable(
         ));
     }
 
-    let mut ingest = ingest::Ingest::start(&config, app.clone(), listeners.beacon)
-        .map_err(RunError::Listener)?;
+    let mut ingest = ingest::Ingest::start(
+        &config,
+        app.clone(),
+        listeners.beacon,
+        listeners.tls,
+        tls.as_ref().map(|t| t.config.clone()),
+    )
+    .map_err(RunError::Listener)?;
     tracing::info!(
         addr = %beacon_addr.map_or_else(String::new, |a| a.to_string()),
+        https = %tls_addr.map_or_else(String::new, |a| a.to_string()),
         workers = config.workers(),
         engine = ?config.server.engine,
         "listening"
@@ -188,6 +221,9 @@ pub(crate) async fn run_reloadable(
             }
             Some(new) = async { reloads.as_mut()?.recv().await }, if reloads.is_some() => {
                 ingest.set_app(Arc::new(app.reload(&new)));
+                if let Some(t) = &tls {
+                    reload_certificates(t, &new);
+                }
             }
         }
     };
@@ -266,6 +302,23 @@ async fn stop_serving(
     }
 }
 
+/// SIGHUP: the certificate files again; new handshakes get them.
+fn reload_certificates(t: &crate::tls::TlsServer, new: &Config) {
+    let result = match t.reload(&new.tls) {
+        Ok(()) => {
+            let names: Vec<String> = t.certificates().all().map(|l| l.label()).collect();
+            tracing::info!(certificates = ?names, "SIGHUP: TLS certificates reloaded");
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(key = %e.key, problem = %e.problem, fix = %e.fix,
+                "SIGHUP: TLS certificates not reloaded; the running ones stay");
+            "error"
+        }
+    };
+    ::metrics::counter!(metrics::TLS_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
 /// SIGHUP: reads the config file again. An invalid file is refused with the same key,
 /// problem and fix as `config validate`, and the running configuration stays. Otherwise the
 /// live keys go to `run`, `log.level` to the log filter, processing-stage keys restart the
@@ -291,6 +344,10 @@ async fn reload_on_hangup(
                     file = %path.display(), key = %e.key, problem = %e.problem, fix = %e.fix,
                     "SIGHUP: the configuration is invalid; the running one stays"
                 );
+                if e.key.starts_with("tls.") {
+                    ::metrics::counter!(metrics::TLS_RELOADS_TOTAL, "result" => "error")
+                        .increment(1);
+                }
                 continue;
             }
         };

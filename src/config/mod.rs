@@ -19,6 +19,7 @@ mod rate_limit;
 mod server;
 mod shutdown;
 mod spool;
+mod tls;
 
 pub use crate::sink::kind::{OnMismatch, SinkKind};
 pub(crate) use admin::AdminConfig;
@@ -34,6 +35,7 @@ pub(crate) use rate_limit::RateLimitConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use shutdown::ShutdownConfig;
 pub(crate) use spool::{AckAfter, SpoolConfig};
+pub(crate) use tls::{MinVersion, TlsConfig};
 
 pub(crate) use error::dir_mode;
 use error::{path_error, toml_error};
@@ -81,7 +83,7 @@ pub enum Effect {
 
 impl Effect {
     /// Keys (or `section.` prefixes) that change live.
-    pub(crate) const LIVE: [&'static str; 23] = [
+    pub(crate) const LIVE: [&'static str; 27] = [
         "http.allowed_origins",
         "http.cors_allow_credentials",
         "http.cors_max_age_seconds",
@@ -105,6 +107,12 @@ impl Effect {
         "http.live_path",
         "rate_limit.",
         "log.level",
+        // The files are read again on every SIGHUP (a renewed certificate under the same
+        // name too); new handshakes get them.
+        "tls.cert_file",
+        "tls.key_file",
+        "tls.certificates",
+        "tls.ticket_key_file",
     ];
 
     /// How `key` takes effect.
@@ -142,6 +150,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Who the client is: PROXY protocol and trusted `X-Forwarded-For`.
     pub client_ip: ClientIpConfig,
+    /// The HTTPS listener (off by default).
+    pub tls: TlsConfig,
     /// Per-client rate limit (off by default).
     pub rate_limit: RateLimitConfig,
     /// The durable local spool every accepted beacon is written to before it is answered.
@@ -219,6 +229,7 @@ impl Config {
         self.rate_limit.validate()?;
         self.server.validate()?;
         self.http.validate()?;
+        self.tls.validate(self.server.listen)?;
         self.spool.validate()?;
         self.forward.validate()?;
         self.processor.validate()?;

@@ -78,13 +78,13 @@ impl ConnState {
     }
 }
 
-/// A TCP stream that reports when the first byte of a new request arrives.
-struct Watched {
-    stream: TcpStream,
+/// A stream (TCP, or TLS over it) that reports when the first byte of a new request arrives.
+struct Watched<S> {
+    stream: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,7 +99,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -126,8 +126,8 @@ impl AsyncWrite for Watched {
 }
 
 /// Serves one connection until it closes, the header deadline passes, or the phase says so.
-pub(crate) async fn serve(
-    stream: TcpStream,
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin + 'static>(
+    stream: S,
     conn: Conn,
     w: Rc<Worker>,
     builder: Arc<hyper::server::conn::http1::Builder>,
@@ -373,13 +373,15 @@ fn to_response(a: &Answer, draining: bool) -> Resp {
     r
 }
 
-/// A connection on the hyper engine: the PROXY header first (when expected), then hyper.
+/// A connection on the hyper engine: the PROXY header first (when expected), then the TLS
+/// handshake (tokio-rustls, on a TLS listener), then hyper.
 pub(crate) fn spawn(
     stream: TcpStream,
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
     hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+    tls: Option<super::native::Tls>,
 ) {
     let fut = async move {
         // Held for the connection's life: returned when the task ends.
@@ -389,10 +391,67 @@ pub(crate) fn spawn(
         let Some(conn) = identify(mode, &mut stream, peer, w.header_timeout).await else {
             return;
         };
-        w.open.increment(1.0);
         let b = hyper.expect("hyper builder for the hyper engine");
-        super::hyper_engine::serve(stream, conn, w.clone(), b).await;
+        match tls {
+            None => {
+                w.open.increment(1.0);
+                serve(stream, conn, w.clone(), b).await;
+            }
+            Some(t) => {
+                let Some(stream) = Box::pin(handshake(stream, t, w.header_timeout)).await else {
+                    return;
+                };
+                w.open.increment(1.0);
+                serve(stream, conn, w.clone(), b).await;
+            }
+        }
         w.open.decrement(1.0);
     };
     tokio::task::spawn_local(fut);
+}
+
+/// The TLS handshake of a hyper-engine connection, counted as the native engine counts it;
+/// `None` when it failed (plain HTTP is answered 400 first, as nginx does).
+async fn handshake(
+    stream: TcpStream,
+    t: super::native::Tls,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    use crate::tls::Handshake;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if crate::tls::looks_like_plain_http(&first) => {
+            Handshake::PlainHttp.count();
+            let _ = stream.try_write(super::tls_conn::PLAIN_HTTP_ANSWER);
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            Handshake::Timeout.count();
+            return None;
+        }
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(t.config);
+    let res = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+    drop(t.gate);
+    match res {
+        Ok(Ok(s)) => {
+            crate::tls::count_established(s.get_ref().1);
+            Some(s)
+        }
+        Ok(Err(e)) => {
+            let r = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .map_or(Handshake::ProtocolError, Handshake::of_error);
+            r.count();
+            None
+        }
+        Err(_) => {
+            Handshake::Timeout.count();
+            None
+        }
+    }
 }

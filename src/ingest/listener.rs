@@ -92,10 +92,18 @@ pub(crate) fn bind(
     cfg: &ServerConfig,
     count: usize,
 ) -> Result<Vec<std::net::TcpListener>, ListenError> {
-    let mut addr = cfg.listen;
+    bind_addr(cfg.listen, cfg.backlog, count)
+}
+
+/// `count` `SO_REUSEPORT` sockets listening on `addr` (port 0: one free port for all).
+pub(crate) fn bind_addr(
+    mut addr: SocketAddr,
+    backlog: u32,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ListenError> {
     let mut out = Vec::with_capacity(count);
     for _ in 0..count.max(1) {
-        let l = bind_one(addr, cfg.backlog)?;
+        let l = bind_one(addr, backlog)?;
         if addr.port() == 0 {
             addr = l.local_addr().map_err(|source| ListenError {
                 addr,
@@ -316,14 +324,25 @@ pub(crate) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) async fn accept_loop<F>(
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    gate: Option<Arc<Semaphore>>,
     stop: crate::lifecycle::CancellationToken,
     mut on_conn: F,
 ) -> io::Result<()>
 where
-    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
 {
     let (pause_log, cap_log) = (Throttle::default(), Throttle::default());
     loop {
+        // A TLS listener takes a handshake slot before accepting: at the bound, new
+        // connections wait in the kernel's queue while the handshakes in progress finish.
+        let slot = match &gate {
+            Some(g) => tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                p = g.clone().acquire_owned() => Some(p.expect("semaphore is never closed")),
+            },
+            None => None,
+        };
         let Some((stream, peer)) = accept_one(&listener, &stop, &pause_log).await? else {
             return Ok(());
         };
@@ -349,7 +368,7 @@ where
                 }
             }
         };
-        on_conn(stream, peer, permit);
+        on_conn(stream, peer, permit, slot);
     }
 }
 

@@ -35,6 +35,7 @@ mod request;
 mod routes;
 mod state;
 mod stats;
+mod tls_conn;
 mod trackers;
 mod worker;
 mod worker_state;
@@ -60,6 +61,26 @@ pub enum Engine {
     Hyper,
 }
 
+/// `listeners` dealt to `n` workers: each its own socket when there are enough, otherwise
+/// duplicates of them shared.
+fn spread(
+    listeners: Vec<std::net::TcpListener>,
+    n: usize,
+) -> std::io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
+    let count = listeners.len();
+    if count >= n {
+        for (i, l) in listeners.into_iter().enumerate() {
+            per_worker[i % n].push(l);
+        }
+    } else if count > 0 {
+        for (i, slot) in per_worker.iter_mut().enumerate() {
+            slot.push(listeners[i % count].try_clone()?);
+        }
+    }
+    Ok(per_worker)
+}
+
 /// The running workers, as `run` drives them through shutdown.
 pub(crate) struct Ingest {
     phase: watch::Sender<Phase>,
@@ -76,21 +97,17 @@ impl Ingest {
         config: &Config,
         app: Arc<SharedState>,
         listeners: Vec<std::net::TcpListener>,
+        tls_listeners: Vec<std::net::TcpListener>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<Self> {
         stats::declare_metrics();
         listener::declare_metrics();
-        let n = config.workers().max(1);
-        let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..n).map(|_| Vec::new()).collect();
-        let count = listeners.len();
-        if count >= n {
-            for (i, l) in listeners.into_iter().enumerate() {
-                per_worker[i % n].push(l);
-            }
-        } else {
-            for (i, slot) in per_worker.iter_mut().enumerate() {
-                slot.push(listeners[i % count].try_clone()?);
-            }
+        if tls.is_some() {
+            crate::tls::declare_metrics();
         }
+        let n = config.workers().max(1);
+        let per_worker = spread(listeners, n)?;
+        let mut tls_per_worker = spread(tls_listeners, n)?.into_iter();
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let (app_tx, app_rx) = watch::channel(app);
         let stop_accept = CancellationToken::new();
@@ -118,6 +135,9 @@ impl Ingest {
                 header_timeout: Duration::from_secs(h.header_timeout_seconds),
                 body_timeout: Duration::from_secs(h.body_timeout_seconds),
                 hyper: hyper.clone(),
+                tls_listeners: tls_per_worker.next().unwrap_or_default(),
+                tls: tls.clone(),
+                max_handshakes: config.tls.max_handshakes_per_worker,
             };
             let tx = exit_tx.clone();
             let handle = worker::spawn(spec)?;

@@ -16,6 +16,7 @@ use super::request::{split_target, Head, Route};
 use super::routes::{self, Next};
 use super::state::SharedState;
 use super::stats::Counter;
+use super::tls_conn::TlsIo;
 use super::worker_state::Worker;
 use super::Phase;
 use std::future::Future;
@@ -50,7 +51,7 @@ struct Committed {
 }
 
 /// Why reading ended the connection.
-enum End {
+pub(super) enum End {
     /// The peer closed its side.
     Eof,
     /// A socket error.
@@ -90,10 +91,19 @@ pub(crate) async fn run(
     peer: std::net::SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
+    tls: Option<Tls>,
 ) {
     let mode = w.app().proxy;
     let Some(conn) = identify(mode, &mut stream, peer, w.header_timeout).await else {
         return;
+    };
+    // Boxed: a plain connection's future carries one pointer for it.
+    let mut tls = match tls {
+        Some(t) => match TlsIo::new(t.config, t.gate) {
+            Some(io) => Some(Box::new(io)),
+            None => return,
+        },
+        None => None,
     };
     w.open.increment(1.0);
     let _open = Open(&w);
@@ -101,6 +111,10 @@ pub(crate) async fn run(
     let permit = permit;
     let phase = w.phase_slot();
     let mut st = State::new(w.connection_expiry());
+    if tls.is_some() {
+        // The handshake must complete within the header deadline (a slow one is cut).
+        st.deadline = Some(TokioInstant::now() + w.header_timeout);
+    }
     let mut last_active = TokioInstant::now();
     let timer = tokio::time::sleep_until(last_active + w.idle_timeout);
     tokio::pin!(timer);
@@ -144,9 +158,12 @@ pub(crate) async fn run(
                         timer.as_mut().reset(want);
                         continue;
                     }
-                    if st.deadline.is_some() && st.head_done {
+                    if tls.as_ref().is_some_and(|t| !t.established()) {
+                        crate::tls::Handshake::Timeout.count();
+                    } else if st.deadline.is_some() && st.head_done {
                         // The body did not arrive in time: 408, like the hyper engine.
-                        Box::pin(answer_and_close(&stream, &w, Reject::BodyTimeout)).await;
+                        Box::pin(answer_and_close(&stream, &mut tls, &w, Reject::BodyTimeout))
+                            .await;
                     } else if st.deadline.is_some() {
                         // Slowloris: the head did not complete in time. Closed without an
                         // answer, like the hyper engine.
@@ -161,13 +178,21 @@ pub(crate) async fn run(
         {
             st.aged = true;
         }
-        let step = match read_and_process(&stream, &conn, &w, &mut st, process_pending) {
+        let step = match read_and_process(&stream, &mut tls, &conn, &w, &mut st, process_pending) {
             Ok(Some(step)) => step,
-            Ok(None) => continue, // spurious readiness
+            Ok(None) => {
+                // Spurious readiness, or a TLS handshake step whose answer the socket did
+                // not take at once.
+                if !st.unsent.is_empty() && Box::pin(flush(&stream, &mut st.unsent)).await.is_err()
+                {
+                    break;
+                }
+                continue;
+            }
             Err(End::Eof) if st.head_done => {
                 // The client stopped sending in the middle of a body it announced: 400, as
                 // the hyper engine answers a body that ends early.
-                Box::pin(answer_and_close(&stream, &w, Reject::BodyError)).await;
+                Box::pin(answer_and_close(&stream, &mut tls, &w, Reject::BodyError)).await;
                 break;
             }
             Err(_) => break,
@@ -185,7 +210,7 @@ pub(crate) async fn run(
             Step::Close => break,
             Step::Commit(c) => {
                 let res = w.committer.wait(c.ticket).await;
-                let close = match answer_commit(&stream, &w, &mut st, c, res) {
+                let close = match answer_commit(&stream, &mut tls, &w, &mut st, c, res) {
                     Ok(close) => close,
                     Err(()) => break,
                 };
@@ -219,6 +244,13 @@ fn idle_until(w: &Worker, last_active: TokioInstant) -> TokioInstant {
     last_active + w.idle_timeout
 }
 
+/// A TLS connection's start: the config its handshake runs under, and the worker's handshake
+/// slot it holds until the handshake is done.
+pub(crate) struct Tls {
+    pub(crate) config: std::sync::Arc<rustls::ServerConfig>,
+    pub(crate) gate: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Decrements the open-connections gauge however the task ends.
 struct Open<'a>(&'a Worker);
 
@@ -239,6 +271,7 @@ enum Wake {
 /// Writes the answer to a committed request. `Ok(true)`: close after it.
 fn answer_commit(
     stream: &TcpStream,
+    tls: &mut Option<Box<TlsIo>>,
     w: &Worker,
     st: &mut State,
     c: Committed,
@@ -252,12 +285,12 @@ fn answer_commit(
     out.clear();
     let date = *w.date.borrow_mut().get();
     h1::write_answer(&mut out, &a, &date, c.to, After::close_if(close));
-    send(stream, &out, &mut st.unsent).map_err(|_| ())?;
+    send_plain(stream, tls, w, &out, &mut st.unsent).map_err(|_| ())?;
     Ok(close)
 }
 
 /// Answers a rejection found while waiting (408, 400) and lets the caller close.
-async fn answer_and_close(stream: &TcpStream, w: &Worker, r: Reject) {
+async fn answer_and_close(stream: &TcpStream, tls: &mut Option<Box<TlsIo>>, w: &Worker, r: Reject) {
     let a = Answer::reject(&w.app(), r);
     w.stats.answered(Route::Beacon, &a, Instant::now());
     let mut out = Vec::new();
@@ -268,6 +301,9 @@ async fn answer_and_close(stream: &TcpStream, w: &Worker, r: Reject) {
         AnswerTo::UNREAD,
         After::Close,
     );
+    if let Some(t) = tls {
+        out = t.encrypted(&out);
+    }
     let _ = write_all(stream, &out).await;
 }
 
@@ -276,6 +312,7 @@ async fn answer_and_close(stream: &TcpStream, w: &Worker, r: Reject) {
 /// `Ok(None)`: nothing to read after all. `Err`: close now.
 fn read_and_process(
     stream: &TcpStream,
+    tls: &mut Option<Box<TlsIo>>,
     conn: &Conn,
     w: &Worker,
     st: &mut State,
@@ -284,7 +321,23 @@ fn read_and_process(
     let mut scratch = w.scratch.borrow_mut();
     let use_scratch = st.pending.is_empty() && !only_pending;
     let mut n_scratch = 0;
-    if !only_pending {
+    if let (Some(t), false) = (tls.as_mut(), only_pending) {
+        // TLS: the plaintext of what arrived, into scratch or after the unfinished request.
+        let mut tls_plain = w.tls_plain.borrow_mut();
+        tls_plain.clear();
+        let into = if use_scratch {
+            &mut *tls_plain
+        } else {
+            &mut st.pending
+        };
+        match t.read(stream, w, into, &mut st.unsent)? {
+            None => return Ok(None),
+            Some(n) => n_scratch = n,
+        }
+        if use_scratch {
+            scratch[..n_scratch].copy_from_slice(&tls_plain[..n_scratch]);
+        }
+    } else if !only_pending {
         let room;
         let read = if use_scratch {
             room = scratch.len();
@@ -333,7 +386,7 @@ fn read_and_process(
     } else {
         st.pending.drain(..consumed);
     }
-    send(stream, &out, &mut st.unsent).map_err(|_| End::Error)?;
+    send_plain(stream, tls, w, &out, &mut st.unsent).map_err(|_| End::Error)?;
     Ok(Some(step))
 }
 
@@ -562,8 +615,22 @@ impl State {
     }
 }
 
+/// Writes the answers in `out`, encrypted first on a TLS connection.
+fn send_plain(
+    stream: &TcpStream,
+    tls: &mut Option<Box<TlsIo>>,
+    w: &Worker,
+    out: &[u8],
+    unsent: &mut Vec<u8>,
+) -> io::Result<()> {
+    match tls {
+        Some(t) => t.send(stream, w, out, unsent),
+        None => send(stream, out, unsent),
+    }
+}
+
 /// Writes `buf`; what the socket does not take now is kept in `unsent`.
-fn send(stream: &TcpStream, buf: &[u8], unsent: &mut Vec<u8>) -> io::Result<()> {
+pub(super) fn send(stream: &TcpStream, buf: &[u8], unsent: &mut Vec<u8>) -> io::Result<()> {
     if !unsent.is_empty() {
         unsent.extend_from_slice(buf);
         return Ok(());

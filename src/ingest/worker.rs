@@ -49,6 +49,12 @@ pub(crate) struct Spec {
     pub(crate) body_timeout: Duration,
     /// The hyper builder, for `engine = "hyper"`.
     pub(crate) hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
+    /// This worker's HTTPS listening sockets (`tls.listen`), when TLS is on.
+    pub(crate) tls_listeners: Vec<std::net::TcpListener>,
+    /// The rustls config of every TLS connection (its certificates reload under it).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// `tls.max_handshakes_per_worker`.
+    pub(crate) max_handshakes: usize,
 }
 
 /// Why a worker stopped early.
@@ -132,7 +138,14 @@ async fn run(spec: Spec) -> WorkerResult {
     let (stats_task, phase_task) = housekeeping(&w, spec.phase.clone(), spec.app.clone());
     let permits = spec.connections.clone();
     let mut accepts = tokio::task::JoinSet::new();
-    for l in spec.listeners {
+    // Handshakes in progress on this worker (every TLS listener of it together).
+    let gate = Arc::new(Semaphore::new(spec.max_handshakes.max(1)));
+    let plain = spec.listeners.into_iter().map(|l| (l, None));
+    let tls = spec
+        .tls_listeners
+        .into_iter()
+        .filter_map(|l| Some((l, Some(spec.tls.clone()?))));
+    for (l, tls) in plain.chain(tls) {
         let l = tokio::net::TcpListener::from_std(l)?;
         let (w, opts, engine, hyper) = (
             w.clone(),
@@ -143,8 +156,9 @@ async fn run(spec: Spec) -> WorkerResult {
         accepts.spawn_local(listener::accept_loop(
             l,
             permits.clone(),
+            tls.is_some().then(|| gate.clone()),
             spec.stop_accept.clone(),
-            move |stream, peer, permit| {
+            move |stream, peer, permit, slot| {
                 if let Err(e) = opts.apply(&stream) {
                     // Usually the peer already reset the connection.
                     tracing::debug!(%peer, error = %e, "setting socket options; dropping connection");
@@ -152,13 +166,14 @@ async fn run(spec: Spec) -> WorkerResult {
                 }
                 w.stats.add(Counter::Connections, 1);
                 let (w, hyper) = (w.clone(), hyper.clone());
+                let tls = tls.clone().map(|config| native::Tls { config, gate: slot });
                 if engine == Engine::Native {
                     // Memory per idle connection is what a browser fleet costs: the native
                     // task is one flat future (see `native::run`).
-                    tokio::task::spawn_local(native::run(stream, peer, permit, w));
+                    tokio::task::spawn_local(native::run(stream, peer, permit, w, tls));
                     return;
                 }
-                super::hyper_engine::spawn(stream, peer, permit, w, hyper);
+                super::hyper_engine::spawn(stream, peer, permit, w, hyper, tls);
             },
         ));
     }

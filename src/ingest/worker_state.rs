@@ -29,6 +29,13 @@ pub(crate) struct Worker {
     pub(crate) scratch: RefCell<Vec<u8>>,
     /// Where answers are formatted (borrowed only between awaits).
     pub(crate) out: RefCell<Vec<u8>>,
+    /// TLS connections: ciphertext read (the scratch of [`super::tls_conn`]), allocated at
+    /// the first TLS connection.
+    pub(crate) tls_in: RefCell<Vec<u8>>,
+    /// TLS connections: plaintext decrypted from one read.
+    pub(crate) tls_plain: RefCell<Vec<u8>>,
+    /// TLS connections: records to write (handshake messages, encrypted answers).
+    pub(crate) tls_out: RefCell<Vec<u8>>,
     /// The `Date` header, formatted once a second.
     pub(crate) date: RefCell<DateCache>,
     /// Lifecycle, from `run` (for the hyper engine's connections).
@@ -56,7 +63,7 @@ pub(crate) struct Worker {
 }
 
 /// Scratch read buffer per worker: a read takes whatever the socket has up to this.
-const SCRATCH_BYTES: usize = 64 * 1024;
+pub(super) const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// How many ended connections [`close_ended`] closes before letting every other ready task of
 /// the worker run.
@@ -133,6 +140,9 @@ impl Worker {
             stats: Stats::default(),
             scratch: RefCell::new(vec![0; SCRATCH_BYTES]),
             out: RefCell::new(Vec::with_capacity(4096)),
+            tls_in: RefCell::new(Vec::new()),
+            tls_plain: RefCell::new(Vec::new()),
+            tls_out: RefCell::new(Vec::new()),
             date: RefCell::new(DateCache::default()),
             phase,
             phase_now: std::cell::Cell::new(now),

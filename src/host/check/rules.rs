@@ -199,6 +199,7 @@ pub(crate) const RULES: &[Rule] = &[
     // --- the config's own ordering --------------------------------------------------------
     Rule::Custom(idle_timeout),
     Rule::Custom(deregistration),
+    Rule::Custom(tls_certificates),
     // --- counters since boot: past trouble --------------------------------------------------
     Rule::Custom(counters),
 ];
@@ -461,6 +462,107 @@ fn deregistration(cx: &Context<'_>, out: &mut Vec<Finding>) {
         "During the delay every answer says Connection: close; a keep-alive client that sends nothing in it is closed while idle at its end, and its next beacon meets a closed connection (a browser sends it again; other clients lose it).",
         format!("set shutdown.deregistration_delay_seconds = {want}"),
     );
+}
+
+/// Days left before a certificate expires below which `check` warns (renewal tooling renews
+/// at 30 days left: 21 means it has failed for over a week).
+const CERT_WARN_DAYS: i64 = 21;
+
+/// The HTTPS certificates: each loads and its key matches, its chain is in order, it covers
+/// the SNI names it is configured for, and how long until it expires.
+fn tls_certificates(cx: &Context<'_>, out: &mut Vec<Finding>) {
+    let t = &cx.config.tls;
+    if !t.enabled {
+        return;
+    }
+    let certs =
+        match crate::tls::Certificates::load(t) {
+            Result::Ok(c) => c,
+            Err(e) => {
+                push(out, &e.key, e.problem.clone(), "a readable PEM pair whose key matches", Fail,
+                "The HTTPS listener cannot start (or, on SIGHUP, keeps the certificate it has).",
+                e.fix);
+                return;
+            }
+        };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for l in certs.all() {
+        let key = &l.key_path;
+        let name = l.label();
+        push(
+            out,
+            &format!("{key} (key)"),
+            format!("{name}: the key matches"),
+            "the key of the certificate",
+            Ok,
+            "A key that does not match fails every handshake.",
+            String::new(),
+        );
+        let Some(Some(leaf)) = l.chain.first() else {
+            push(
+                out,
+                key,
+                format!("{name}: not an X.509 certificate this check can read"),
+                "a DER X.509 certificate",
+                Warn,
+                "Expiry and names cannot be checked.",
+                "check the file with openssl x509 -noout -text -in FILE".to_string(),
+            );
+            continue;
+        };
+        let order = l.chain.windows(2).position(|w| match (&w[0], &w[1]) {
+            (Some(a), Some(b)) => a.issuer != b.subject,
+            _ => true,
+        });
+        push(out, &format!("{key} (chain)"),
+            match order {
+                None => format!("{name}: {} certificate(s), each issued by the next", l.chain.len()),
+                Some(i) => format!("{name}: certificate {} is not issued by certificate {}", i + 1, i + 2),
+            },
+            "the certificate first, then each issuer in turn",
+            if order.is_none() { Ok } else { Fail },
+            "Browsers build the path from the order served; a wrong order or a missing intermediate fails on some clients only.",
+            "write the file as: certificate, intermediate(s), in issuing order (the CA's fullchain.pem)".to_string());
+        let uncovered: Vec<&String> = l
+            .server_names
+            .iter()
+            .filter(|n| {
+                !leaf
+                    .dns_names
+                    .iter()
+                    .any(|p| crate::tls::x509::name_matches(p, n) || p.eq_ignore_ascii_case(n))
+            })
+            .collect();
+        push(out, &format!("{key} (names)"),
+            if uncovered.is_empty() {
+                format!("{name}: covers {:?}", if l.server_names.is_empty() { &leaf.dns_names } else { &l.server_names })
+            } else {
+                format!("{name}: does not cover {uncovered:?} (it names {:?})", leaf.dns_names)
+            },
+            "every name in server_names among the certificate's DNS names",
+            if uncovered.is_empty() { Ok } else { Fail },
+            "A browser asking for a name the certificate does not list refuses the connection.",
+            "issue the certificate for those names, or move them to a [[tls.certificates]] entry that has them".to_string());
+        let days = (leaf.not_after - now).div_euclid(86_400);
+        push(
+            out,
+            &format!("{key} (expiry)"),
+            format!("{name}: {days} day(s) left"),
+            format!(">= {CERT_WARN_DAYS} days"),
+            if leaf.not_after <= now {
+                Fail
+            } else if days < CERT_WARN_DAYS {
+                Warn
+            } else {
+                Ok
+            },
+            "An expired certificate fails every handshake: no beacon arrives over HTTPS.",
+            "renew it, write the new files and send SIGHUP (open connections keep the old one)"
+                .to_string(),
+        );
+    }
 }
 
 /// Trouble counters since boot, and the retransmission timeout rate.
