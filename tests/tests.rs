@@ -42,6 +42,8 @@ mod readable;
 mod restart;
 #[path = "it/timeouts.rs"]
 mod timeouts;
+#[path = "it/tls.rs"]
+mod tls;
 #[path = "it/trackers.rs"]
 mod trackers;
 #[path = "it/trackers_browser.rs"]

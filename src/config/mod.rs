@@ -35,7 +35,7 @@ pub(crate) use rate_limit::RateLimitConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use shutdown::ShutdownConfig;
 pub(crate) use spool::{AckAfter, SpoolConfig};
-pub(crate) use tls::{MinVersion, TlsConfig};
+pub use tls::{MinVersion, SniCertificate, TlsConfig};
 
 pub(crate) use error::dir_mode;
 use error::{path_error, toml_error};

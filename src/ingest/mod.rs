@@ -33,6 +33,7 @@ mod ratelimit;
 mod record_build;
 mod request;
 mod routes;
+mod sock;
 mod state;
 mod stats;
 mod tls_conn;

@@ -14,6 +14,7 @@ use super::h1::{self, After, AnswerTo, Chunked, Framing, ParsedHead};
 use super::record_build::{self, Built};
 use super::request::{split_target, Head, Route};
 use super::routes::{self, Next};
+use super::sock::{flush, send, write_all, End};
 use super::state::SharedState;
 use super::stats::Counter;
 use super::tls_conn::TlsIo;
@@ -48,14 +49,6 @@ struct Committed {
     to: AnswerTo,
     close: bool,
     started: Instant,
-}
-
-/// Why reading ended the connection.
-pub(super) enum End {
-    /// The peer closed its side.
-    Eof,
-    /// A socket error.
-    Error,
 }
 
 /// Per-connection state beyond the socket: all empty while the connection is idle.
@@ -627,48 +620,6 @@ fn send_plain(
         Some(t) => t.send(stream, w, out, unsent),
         None => send(stream, out, unsent),
     }
-}
-
-/// Writes `buf`; what the socket does not take now is kept in `unsent`.
-pub(super) fn send(stream: &TcpStream, buf: &[u8], unsent: &mut Vec<u8>) -> io::Result<()> {
-    if !unsent.is_empty() {
-        unsent.extend_from_slice(buf);
-        return Ok(());
-    }
-    let mut off = 0;
-    while off < buf.len() {
-        match stream.try_write(&buf[off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e),
-        }
-    }
-    if off < buf.len() {
-        unsent.extend_from_slice(&buf[off..]);
-    }
-    Ok(())
-}
-
-/// Waits until `unsent` is written, then frees it.
-async fn flush(stream: &TcpStream, unsent: &mut Vec<u8>) -> io::Result<()> {
-    write_all(stream, unsent).await?;
-    *unsent = Vec::new();
-    Ok(())
-}
-
-async fn write_all(stream: &TcpStream, buf: &[u8]) -> io::Result<()> {
-    let mut off = 0;
-    while off < buf.len() {
-        stream.writable().await?;
-        match stream.try_write(&buf[off..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => off += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

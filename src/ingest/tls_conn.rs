@@ -5,7 +5,7 @@
 //! connection owns only its rustls state, plus the bytes of a TLS record that arrived in
 //! part (freed once it is complete): idle, it holds no buffer.
 
-use super::native::{send, End};
+use super::sock::{send, End};
 use super::worker_state::Worker;
 use crate::tls::{self, Handshake};
 use rustls::server::UnbufferedServerConnection;

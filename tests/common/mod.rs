@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_beacon-collector");
 
 /// A loopback port nobody listens on (bound and released: free when the caller binds it,
@@ -205,6 +207,8 @@ impl Drop for Stage {
 /// `run()` in-process on its own runtime thread.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The HTTPS listener, when `tls.enabled`.
+    pub tls_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<Shutdown>>,
     thread: Option<std::thread::JoinHandle<Result<RunReport, RunError>>>,
 }
@@ -213,6 +217,7 @@ impl Server {
     pub fn start(c: Config) -> Server {
         let listeners = Listeners::bind(&c).unwrap();
         let addr = listeners.beacon_addr().unwrap();
+        let tls_addr = listeners.tls_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -226,6 +231,7 @@ impl Server {
         });
         Server {
             addr,
+            tls_addr,
             stop: Some(tx),
             thread: Some(thread),
         }
@@ -295,34 +301,7 @@ impl Conn {
 
     /// Reads one response; `None` if the server closed the connection first.
     pub fn read(&mut self, head: bool) -> Option<Resp> {
-        let mut line = String::new();
-        match self.rd.read_line(&mut line) {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            self.rd.read_line(&mut h).ok()?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (k, v) = h.split_once(':')?;
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-        let mut r = Resp {
-            status,
-            headers,
-            body: Vec::new(),
-        };
-        let len: usize = r.header("content-length").map_or(0, |v| v.parse().unwrap());
-        if !head && len > 0 {
-            r.body = vec![0; len];
-            self.rd.read_exact(&mut r.body).ok()?;
-        }
-        Some(r)
+        read_resp(&mut self.rd, head)
     }
 
     pub fn request(&mut self, raw: &[u8]) -> Option<Resp> {
@@ -342,6 +321,39 @@ impl Conn {
         matches!(r, Ok(0))
             || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
     }
+}
+
+/// Reads one response off `rd` (`head`: the answer to a HEAD, no body); `None` if the
+/// server closed the connection first.
+pub fn read_resp(rd: &mut impl BufRead, head: bool) -> Option<Resp> {
+    let mut line = String::new();
+    match rd.read_line(&mut line) {
+        Ok(0) | Err(_) => return None,
+        Ok(_) => {}
+    }
+    let status: u16 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        rd.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut r = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = r.header("content-length").map_or(0, |v| v.parse().unwrap());
+    if !head && len > 0 {
+        r.body = vec![0; len];
+        rd.read_exact(&mut r.body).ok()?;
+    }
+    Some(r)
 }
 
 /// One request on a fresh connection.
@@ -451,6 +463,15 @@ impl Binary {
     /// Waits for the "listening" line and returns the beacon address it names.
     pub fn listening(&self) -> SocketAddr {
         self.wait_for("listening", Duration::from_secs(10))["addr"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Waits for the "listening" line and returns the HTTPS address it names.
+    pub fn https(&self) -> SocketAddr {
+        self.wait_for("listening", Duration::from_secs(10))["https"]
             .as_str()
             .unwrap()
             .parse()

@@ -1,0 +1,193 @@
+//! HTTPS test helpers: a test PKI made with the openssl command line (a CA and leaves it
+//! signs, ECDSA P-256), a rustls client trusting that CA, and raw HTTP over it.
+
+use super::{read_resp, Resp};
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A CA in a directory, and what it signs.
+pub struct Pki {
+    pub dir: PathBuf,
+    /// The CA certificate (PEM), for clients to trust.
+    pub ca: PathBuf,
+    ca_key: PathBuf,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("the openssl command (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// A new CA in `dir`.
+    pub fn new(dir: &Path) -> Pki {
+        let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            ca_key.to_str().unwrap(),
+            "-out",
+            ca.to_str().unwrap(),
+            "-days",
+            "30",
+            "-subj",
+            "/CN=beacon-collector test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        Pki {
+            dir: dir.to_path_buf(),
+            ca,
+            ca_key,
+        }
+    }
+
+    /// A leaf named `file` for `names` (DNS names; `127.0.0.1` is added as an IP), valid
+    /// for `days`, signed by the CA.
+    pub fn leaf(&self, file: &str, names: &[&str], days: u32) -> Leaf {
+        let d = &self.dir;
+        let (cert, key, csr, ext) = (
+            d.join(format!("{file}.pem")),
+            d.join(format!("{file}.key")),
+            d.join(format!("{file}.csr")),
+            d.join(format!("{file}.ext")),
+        );
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            csr.to_str().unwrap(),
+            "-subj",
+            &format!("/CN={}", names[0]),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr.to_str().unwrap(),
+            "-CA",
+            self.ca.to_str().unwrap(),
+            "-CAkey",
+            self.ca_key.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            cert.to_str().unwrap(),
+            "-days",
+            &days.to_string(),
+            "-extfile",
+            ext.to_str().unwrap(),
+        ]);
+        Leaf { cert, key }
+    }
+}
+
+/// A rustls client trusting `ca` (offering what browsers offer: X25519 first).
+pub fn client(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// A TLS connection to `addr` for `name`, handshake done.
+pub struct TlsConn {
+    pub rd: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+impl TlsConn {
+    pub fn open(addr: SocketAddr, name: &str, cfg: &Arc<rustls::ClientConfig>) -> TlsConn {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let conn = rustls::ClientConnection::new(cfg.clone(), name.to_string().try_into().unwrap())
+            .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+        }
+        TlsConn {
+            rd: BufReader::new(s),
+        }
+    }
+
+    /// The end-entity certificate the server presented (DER).
+    pub fn peer_cert(&self) -> Vec<u8> {
+        self.rd.get_ref().conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    pub fn request(&mut self, raw: &[u8]) -> Option<Resp> {
+        self.rd.get_mut().write_all(raw).ok()?;
+        self.rd.get_mut().flush().ok()?;
+        read_resp(&mut self.rd, raw.starts_with(b"HEAD "))
+    }
+}
+
+/// Sends `raw` on a fresh TLS connection, then close_notify and a half-close, and returns
+/// every byte the server answered (as `differential::exchange` does in the clear).
+pub fn exchange(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, raw: &[u8]) -> Vec<u8> {
+    let c = TlsConn::open(addr, "localhost", cfg);
+    let mut s = c.rd.into_inner();
+    let _ = s.write_all(raw);
+    s.conn.send_close_notify();
+    let _ = s.flush();
+    let _ = s.sock.shutdown(std::net::Shutdown::Write);
+    let mut got = Vec::new();
+    // The server closes without close_notify after its last answer (HTTP/1.1 framing marks
+    // the end), which rustls reports as an unexpected EOF after the bytes it read.
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}

@@ -1,0 +1,395 @@
+//! HTTPS on the collector: beacons over TLS on both engines (curl, a rustls client,
+//! `openssl s_client`), SNI, ALPN and versions, hostile input refused and counted, SIGHUP
+//! certificate reload, and `check`'s certificate findings.
+
+use crate::common::tls::{client, Pki, TlsConn};
+use crate::common::*;
+use beacon_collector::config::Config;
+use beacon_collector::ingest::Engine;
+use beacon_collector::Shutdown;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A test config serving HTTPS on loopback port 0 with `leaf`.
+fn tls_config(dir: &Path, leaf: &crate::common::tls::Leaf) -> Config {
+    let mut c = test_config(dir);
+    c.tls.enabled = true;
+    c.tls.listen = "127.0.0.1:0".parse().unwrap();
+    c.tls.cert_file = leaf.cert.clone();
+    c.tls.key_file = leaf.key.clone();
+    c
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `openssl s_client` against `addr` with `extra` options; its whole output.
+fn s_client(addr: SocketAddr, extra: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = String::from_utf8_lossy(&get(admin, "/metrics").body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+#[test]
+fn beacons_over_https_reach_the_stage_on_both_engines() {
+    for engine in [Engine::Native, Engine::Hyper] {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        let leaf = pki.leaf("localhost", &["localhost"], 30);
+        let mut c = tls_config(dir.path(), &leaf);
+        c.server.engine = engine;
+        let stage = Stage::start(dir.path(), &c);
+        let srv = Server::start(c.clone());
+        let tls = srv.tls_addr.expect("HTTPS listener");
+        let url = |p: &str| format!("https://localhost:{}{p}", tls.port());
+        let resolve = format!("localhost:{}:127.0.0.1", tls.port());
+        let ca = pki.ca.to_str().unwrap();
+        let (code, err) = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url("/beacon?k=curl-get&engine=x"),
+        ]);
+        assert_eq!(code, "204", "{engine:?}: curl GET over HTTPS: {err}");
+        let (code, err) = curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"k":"curl-post"}"#,
+            &url("/beacon"),
+        ]);
+        assert_eq!(code, "204", "{engine:?}: curl POST over HTTPS: {err}");
+        // Keep-alive over one TLS connection, and a body split across TLS records.
+        let cfg = client(&pki.ca);
+        let mut conn = TlsConn::open(tls, "localhost", &cfg);
+        for i in 0..3 {
+            let r = conn
+                .request(format!("GET /beacon?k=ka-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .expect("an answer on the kept connection");
+            assert_eq!(r.status, 204);
+        }
+        let fields: Vec<String> = (0..10)
+            .map(|i| format!("v{i}={}", "x".repeat(4000)))
+            .collect();
+        let body = format!("k=big&{}", fields.join("&"));
+        let r = conn
+            .request(
+                format!(
+                    "POST /beacon HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(r.status, 204, "{engine:?}: a body over several TLS records");
+        // The plain listener keeps serving beside it.
+        assert_eq!(get(srv.addr, "/beacon?k=plain").status, 204);
+        let report = srv.shutdown(Shutdown::Graceful).unwrap();
+        stage.stop();
+        let recs = records(&c.processor.files.data_dir);
+        let keys: Vec<&str> = recs
+            .iter()
+            .filter_map(|r| param(r, "k")?.as_str())
+            .collect();
+        for k in ["curl-get", "ka-0", "ka-1", "ka-2", "plain"] {
+            assert!(keys.contains(&k), "{engine:?}: {k} missing from {keys:?}");
+        }
+        assert_eq!(
+            report.accepted as usize,
+            recs.len(),
+            "{engine:?}: every 2xx stored"
+        );
+    }
+}
+
+#[test]
+fn sni_alpn_and_versions_as_openssl_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let main = pki.leaf("localhost", &["localhost"], 30);
+    let other = pki.leaf("other", &["other.test", "*.other.test"], 30);
+    let mut c = tls_config(dir.path(), &main);
+    c.tls.certificates = vec![beacon_collector::config::SniCertificate {
+        server_names: vec!["other.test".into(), "*.other.test".into()],
+        cert_file: other.cert.clone(),
+        key_file: other.key.clone(),
+    }];
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let tls = srv.tls_addr.unwrap();
+    let ca = pki.ca.to_str().unwrap();
+    let out = s_client(
+        tls,
+        &[
+            "-servername",
+            "b.other.test",
+            "-CAfile",
+            ca,
+            "-alpn",
+            "http/1.1",
+        ],
+    );
+    assert!(
+        out.contains("CN = other.test"),
+        "SNI picks the other certificate: {out}"
+    );
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    assert!(out.contains("Verify return code: 0"), "{out}");
+    let out = s_client(tls, &["-servername", "unknown.test", "-CAfile", ca]);
+    assert!(
+        out.contains("CN = localhost"),
+        "other names get the default: {out}"
+    );
+    let out = s_client(tls, &["-servername", "localhost", "-tls1_2", "-CAfile", ca]);
+    assert!(
+        out.contains("Protocol  : TLSv1.2") || out.contains("TLSv1.2"),
+        "{out}"
+    );
+    for old in ["-tls1_1", "-tls1"] {
+        let out = s_client(tls, &[old, "-cipher", "DEFAULT@SECLEVEL=0"]);
+        assert!(
+            out.contains("Cipher is (NONE)") && out.contains("no peer certificate available"),
+            "{old} must be refused: {out}"
+        );
+    }
+    srv.shutdown(Shutdown::Fast).unwrap();
+    stage.stop();
+}
+
+#[test]
+fn hostile_input_on_the_tls_port_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let leaf = pki.leaf("localhost", &["localhost"], 30);
+    let mut c = tls_config(dir.path(), &leaf);
+    c.admin.enabled = true;
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.http.header_timeout_seconds = 1;
+    c.tls.min_version = beacon_collector::config::MinVersion::Tls13;
+    let stage = Stage::start(dir.path(), &c);
+    let bin = Binary::serve(dir.path(), &c);
+    let (tls, admin) = (bin.https(), bin.admin());
+    // Plain HTTP: nginx's 400, then close.
+    let mut plain = Conn::open(tls);
+    let r = plain
+        .request(b"GET /beacon?k=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("plain HTTP"));
+    assert!(plain.closed_within(Duration::from_secs(10)));
+    // Garbage in a TLS record, and a ClientHello cut short then silence.
+    let mut g = std::net::TcpStream::connect(tls).unwrap();
+    g.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    g.write_all(b"\x16\x03\x01\x00\x08garbage!").unwrap();
+    let mut sink = Vec::new();
+    let _ = g.read_to_end(&mut sink);
+    let mut slow = std::net::TcpStream::connect(tls).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    slow.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let _ = slow.read_to_end(&mut sink);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "a slow handshake is cut at the header deadline"
+    );
+    // TLS 1.2 against min_version = "1.3".
+    let out = s_client(tls, &["-tls1_2"]);
+    assert!(
+        !out.contains("Verify return code: 0") || out.contains("alert"),
+        "{out}"
+    );
+    // A good client still gets in.
+    let mut ok = TlsConn::open(tls, "localhost", &client(&pki.ca));
+    assert_eq!(
+        ok.request(b"GET /beacon?k=ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .status,
+        204
+    );
+    let m = |r: &str| {
+        metric(
+            admin,
+            &format!("beacon_tls_handshakes_total{{result=\"{r}\"}}"),
+        )
+    };
+    wait_until(Duration::from_secs(10), || {
+        m("plain_http") >= 1.0
+            && m("protocol_error") >= 1.0
+            && m("timeout") >= 1.0
+            && m("no_shared_cipher") >= 1.0
+            && m("ok") >= 1.0
+    });
+    assert_eq!(
+        metric(admin, "beacon_tls_connections_total{version=\"1.3\"}"),
+        1.0
+    );
+    drop(bin);
+    stage.stop();
+}
+
+#[test]
+fn sighup_reloads_certificates_and_keeps_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let first = pki.leaf("first", &["localhost"], 30);
+    let live = crate::common::tls::Leaf {
+        cert: dir.path().join("live.pem"),
+        key: dir.path().join("live.key"),
+    };
+    std::fs::copy(&first.cert, &live.cert).unwrap();
+    std::fs::copy(&first.key, &live.key).unwrap();
+    let mut c = tls_config(dir.path(), &live);
+    c.admin.enabled = true;
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let stage = Stage::start(dir.path(), &c);
+    let bin = Binary::serve(dir.path(), &c);
+    let (tls, admin) = (bin.https(), bin.admin());
+    let cfg = client(&pki.ca);
+    let mut kept = TlsConn::open(tls, "localhost", &cfg);
+    let cert1 = kept.peer_cert();
+    assert_eq!(
+        kept.request(b"GET /beacon?k=a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .status,
+        204
+    );
+
+    // A renewed certificate under the same file names.
+    let second = pki.leaf("second", &["localhost"], 60);
+    std::fs::copy(&second.cert, &live.cert).unwrap();
+    std::fs::copy(&second.key, &live.key).unwrap();
+    bin.signal(libc::SIGHUP);
+    bin.wait_for("SIGHUP: TLS certificates reloaded", Duration::from_secs(10));
+    // A fresh client each time: a resumed session reports the certificate of the session.
+    let cert2 = TlsConn::open(tls, "localhost", &client(&pki.ca)).peer_cert();
+    assert_ne!(cert1, cert2, "new handshakes get the new certificate");
+    assert_eq!(
+        kept.request(b"GET /beacon?k=b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .status,
+        204,
+        "the open connection is untouched"
+    );
+
+    // A key that does not match: refused, the running pair stays.
+    std::fs::copy(&first.key, &live.key).unwrap();
+    bin.signal(libc::SIGHUP);
+    let refused = bin.wait_for(
+        "SIGHUP: the configuration is invalid",
+        Duration::from_secs(10),
+    );
+    assert_eq!(refused["key"], "tls.key_file", "{refused}");
+    assert!(
+        refused["problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{refused}"
+    );
+    assert_eq!(
+        TlsConn::open(tls, "localhost", &client(&pki.ca)).peer_cert(),
+        cert2
+    );
+    assert_eq!(
+        metric(admin, "beacon_tls_reloads_total{result=\"error\"}"),
+        1.0
+    );
+    drop(bin);
+    stage.stop();
+}
+
+#[test]
+fn check_reports_names_chain_and_expiry_of_the_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let soon = pki.leaf("soon", &["localhost"], 10);
+    let other = pki.leaf("other", &["other.test"], 30);
+    let mut c = tls_config(dir.path(), &soon);
+    c.tls.certificates = vec![beacon_collector::config::SniCertificate {
+        server_names: vec!["beacon.example.com".into()],
+        cert_file: other.cert.clone(),
+        key_file: other.key.clone(),
+    }];
+    let cfg = write_config(dir.path(), &c);
+    let out = Command::new(BIN)
+        .args(["check", "--json", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |key: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {report}"))
+            .clone()
+    };
+    let expiry = find("tls.cert_file (expiry)");
+    assert_eq!(expiry["severity"], "warn", "{expiry}");
+    assert!(expiry["current"].as_str().unwrap().contains("day(s) left"));
+    assert_eq!(find("tls.cert_file (key)")["severity"], "ok");
+    assert_eq!(find("tls.cert_file (chain)")["severity"], "ok");
+    let names = find("tls.certificates[0].cert_file (names)");
+    assert_eq!(names["severity"], "fail", "{names}");
+    assert!(names["current"]
+        .as_str()
+        .unwrap()
+        .contains("beacon.example.com"));
+
+    // A key that does not match its certificate: exit 64 naming the key, before binding.
+    c.tls.key_file = other.key.clone();
+    let cfg = write_config(dir.path(), &c);
+    let out = Command::new(BIN)
+        .args(["serve", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tls.key_file") && err.contains("does not match"),
+        "{err}"
+    );
+}
