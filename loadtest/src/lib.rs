@@ -16,15 +16,17 @@ pub mod compare;
 pub mod http;
 pub mod plot;
 pub mod report;
+pub mod tls;
 
 use crate::http::{BodyKind, Head, Method, ParseError, RequestSpec};
 use crate::report::{Report, Stats};
+use crate::tls::Stream;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 /// Wake-up lateness that is the timer's, not the server's (see `connection`).
 const TIMER_SLACK: Duration = Duration::from_millis(1);
@@ -38,8 +40,18 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
     after_help = "Compare saved --json reports: beacon-loadgen compare A.json B.json [--label A --label B] [--plot out.svg]"
 )]
 pub struct Opts {
-    /// Target URL, e.g. http://127.0.0.1:8080/beacon
+    /// Target URL, e.g. http://127.0.0.1:8080/beacon or https://localhost:8443/beacon
     pub url: String,
+    /// https://: trust the server certificates this CA (PEM file) signed.
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// https://: take any server certificate (its signature is still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// https://: resume TLS sessions (tickets) on new connections, as a returning browser
+    /// does. Off: every new connection is a full handshake.
+    #[arg(long)]
+    pub tls_resume: bool,
     /// Connections (closed and open loop).
     #[arg(short = 'c', long, default_value_t = 64)]
     pub connections: usize,
@@ -206,9 +218,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A setup failure, before any load is sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    /// The URL is not `http://host[:port]/path`.
-    #[error("bad URL {0:?}: use http://host[:port]/path")]
+    /// The URL is not `http://host[:port]/path` or `https://...`.
+    #[error("bad URL {0:?}: use http://host[:port]/path or https://host[:port]/path")]
     Url(String),
+    /// The TLS client could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsSetupError),
     /// The host did not resolve.
     #[error("cannot resolve {0}: {1}")]
     Resolve(String, std::io::Error),
@@ -266,12 +281,24 @@ struct Plan {
     timeout: Duration,
     /// `--no-retry-reused`.
     no_retry_reused: bool,
+    /// https://: the TLS client.
+    tls: Option<crate::tls::Target>,
 }
 
 /// Runs the test until the duration is over or `stop` turns true; returns the report (a
 /// partial one when stopped early).
 pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report, SetupError> {
-    let (target, spec) = parse_target(opts)?;
+    let (target, spec, https) = parse_target(opts)?;
+    let tls = if https {
+        Some(crate::tls::target(
+            &spec.host,
+            opts.cacert.as_deref(),
+            opts.insecure,
+            opts.tls_resume,
+        )?)
+    } else {
+        None
+    };
     let mode = match (opts.clients, opts.rate) {
         (Some(_), Some(_)) => {
             return Err(SetupError::Options(
@@ -331,6 +358,7 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
         sources,
         timeout: opts.timeout,
         no_retry_reused: opts.no_retry_reused,
+        tls,
     });
     let start = Instant::now();
     let deadline = start + run_length;
@@ -382,11 +410,16 @@ pub fn run(opts: &Opts, stop: Arc<AtomicBool>, live: Arc<Live>) -> Result<Report
     ))
 }
 
-fn parse_target(opts: &Opts) -> Result<(SocketAddr, RequestSpec), SetupError> {
-    let rest = opts
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| SetupError::Url(opts.url.clone()))?;
+fn parse_target(opts: &Opts) -> Result<(SocketAddr, RequestSpec, bool), SetupError> {
+    let (rest, https) = match opts.url.strip_prefix("https://") {
+        Some(r) => (r, true),
+        None => (
+            opts.url
+                .strip_prefix("http://")
+                .ok_or_else(|| SetupError::Url(opts.url.clone()))?,
+            false,
+        ),
+    };
     let (authority, path_query) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -406,7 +439,7 @@ fn parse_target(opts: &Opts) -> Result<(SocketAddr, RequestSpec), SetupError> {
     {
         authority.to_string()
     } else {
-        format!("{authority}:80")
+        format!("{authority}:{}", if https { 443 } else { 80 })
     };
     use std::net::ToSocketAddrs;
     let target = with_port
@@ -427,7 +460,7 @@ fn parse_target(opts: &Opts) -> Result<(SocketAddr, RequestSpec), SetupError> {
         headers: opts.headers.clone(),
         close: opts.close,
     };
-    Ok((target, spec))
+    Ok((target, spec, https))
 }
 
 fn source_ips(opts: &Opts, mode: Mode, target: SocketAddr) -> Result<Vec<Ipv4Addr>, SetupError> {
@@ -610,7 +643,7 @@ async fn connection(
     let mut rng = fastrand::Rng::with_seed(c as u64 * 7919 + 1);
     let sid = rng.u64(..);
     let source = (!plan.sources.is_empty()).then(|| plan.sources[c % plan.sources.len()]);
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Stream> = None;
     let mut out = Vec::with_capacity(1024);
     let mut inbuf = vec![0u8; 16 * 1024];
     let mut n = 0u64;
@@ -621,7 +654,7 @@ async fn connection(
     tokio::pin!(watchdog);
     // Fleet clients connect at once and then idle: holding connections is the load.
     if plan.mode == Mode::Fleet {
-        match connect(plan.target, source, plan.timeout).await {
+        match connect(&plan, source, &stats).await {
             Ok(s) => {
                 live.connected.fetch_add(1, Ordering::Relaxed);
                 stream = Some(s);
@@ -665,7 +698,7 @@ async fn connection(
         };
         pacer.advance();
         if stream.is_none() {
-            match connect(plan.target, source, plan.timeout).await {
+            match connect(&plan, source, &stats).await {
                 Ok(s) => {
                     live.connected.fetch_add(1, Ordering::Relaxed);
                     stream = Some(s);
@@ -719,7 +752,7 @@ async fn connection(
             stats.borrow_mut().retried += 1;
             stream = None;
             live.connected.fetch_sub(1, Ordering::Relaxed);
-            match connect(plan.target, source, plan.timeout).await {
+            match connect(&plan, source, &stats).await {
                 Ok(mut s) => {
                     live.connected.fetch_add(1, Ordering::Relaxed);
                     res = tokio::select! {
@@ -782,6 +815,8 @@ pub enum ErrorKind {
     BadResponse,
     /// A chunked response (not supported).
     Chunked,
+    /// The TLS handshake failed.
+    Tls(&'static str),
 }
 
 impl ErrorKind {
@@ -794,6 +829,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout".into(),
             ErrorKind::BadResponse => "bad response".into(),
             ErrorKind::Chunked => "chunked response".into(),
+            ErrorKind::Tls(e) => format!("tls {e}"),
         }
     }
 }
@@ -821,11 +857,43 @@ fn record_error(stats: &std::rc::Rc<std::cell::RefCell<Stats>>, live: &Live, e: 
     live.errors.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A new connection to the plan's target, with its TLS handshake (timed and counted) on
+/// https://.
 async fn connect(
+    plan: &Plan,
+    source: Option<Ipv4Addr>,
+    stats: &std::rc::Rc<std::cell::RefCell<Stats>>,
+) -> Result<Stream, ErrorKind> {
+    let s = connect_tcp(plan.target, source, plan.timeout).await?;
+    let Some(tls) = &plan.tls else {
+        return Ok(Stream::Plain(s));
+    };
+    let t0 = Instant::now();
+    let s = tokio::time::timeout(plan.timeout, tls.connector.connect(tls.name.clone(), s))
+        .await
+        .map_err(|_| ErrorKind::Timeout)?
+        .map_err(|e| ErrorKind::Tls(tls_error_name(&e)))?;
+    let resumed = s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    stats.borrow_mut().handshake(t0, Instant::now(), resumed);
+    Ok(Stream::Tls(Box::new(s)))
+}
+
+/// A bounded label for a failed handshake.
+fn tls_error_name(e: &std::io::Error) -> &'static str {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => "certificate not trusted",
+        Some(rustls::Error::AlertReceived(_)) => "alert from the server",
+        Some(rustls::Error::PeerIncompatible(_)) => "no shared parameters",
+        Some(_) => "protocol error",
+        None => errno_name(e),
+    }
+}
+
+async fn connect_tcp(
     target: SocketAddr,
     source: Option<Ipv4Addr>,
     timeout: Duration,
-) -> Result<TcpStream, ErrorKind> {
+) -> Result<tokio::net::TcpStream, ErrorKind> {
     let sock = if target.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -848,7 +916,7 @@ async fn connect(
 /// One request and its answer. `answered` is set once a byte of the answer has come: a failure
 /// before that, on a reused connection, is what a browser sends again.
 async fn exchange(
-    s: &mut TcpStream,
+    s: &mut Stream,
     req: &[u8],
     buf: &mut [u8],
     answered: &mut bool,
@@ -857,6 +925,9 @@ async fn exchange(
     s.write_all(req)
         .await
         .map_err(|e| ErrorKind::Io(errno_name(&e)))?;
+    if matches!(s, Stream::Tls(_)) {
+        s.flush().await.map_err(|e| ErrorKind::Io(errno_name(&e)))?;
+    }
     let mut filled = 0;
     loop {
         if filled == buf.len() {

@@ -19,6 +19,10 @@ pub struct Stats {
     errors: BTreeMap<String, u64>,
     /// Requests sent again on a new connection after a reused one failed before answering.
     pub(crate) retried: u64,
+    /// TLS handshake durations, microseconds.
+    handshakes: Histogram<u64>,
+    /// Of those, resumed from a session ticket.
+    resumed: u64,
     requests: u64,
     bytes: u64,
     /// Per time bin: latency by intended send time, responses and errors by when they came.
@@ -60,6 +64,8 @@ impl Stats {
             statuses: Box::new([0; 600]),
             errors: BTreeMap::new(),
             retried: 0,
+            handshakes: Histogram::new_with_bounds(1, MAX_US, 3).expect("valid bounds"),
+            resumed: 0,
             requests: 0,
             bytes: 0,
             bins: Vec::new(),
@@ -89,6 +95,13 @@ impl Stats {
         self.bin(done).responses += 1;
     }
 
+    /// One TLS handshake, from `start` to `done`.
+    pub fn handshake(&mut self, start: Instant, done: Instant, resumed: bool) {
+        let us = (done.saturating_duration_since(start).as_micros() as u64).clamp(1, MAX_US);
+        let _ = self.handshakes.record(us);
+        self.resumed += u64::from(resumed);
+    }
+
     /// One error, at `at`.
     pub fn error(&mut self, reason: String, at: Instant) {
         *self.errors.entry(reason).or_default() += 1;
@@ -106,6 +119,8 @@ impl Stats {
         }
         self.requests += o.requests;
         self.retried += o.retried;
+        let _ = self.handshakes.add(&o.handshakes);
+        self.resumed += o.resumed;
         self.bytes += o.bytes;
         if self.bins.len() < o.bins.len() {
             self.bins.resize_with(o.bins.len(), Bin::new);
@@ -282,6 +297,22 @@ pub struct Report {
     pub timeline: Vec<TimeBin>,
     /// Open loop with `--rate A..B`: the ramp and its knee.
     pub ramp: Option<Ramp>,
+    /// https://: the TLS handshakes (null for http://).
+    pub tls: Option<TlsHandshakes>,
+}
+
+/// The TLS handshakes of a run, timed apart from the requests (a request's latency starts
+/// after its connection's handshake).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TlsHandshakes {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Of those, resumed from a session ticket (`--tls-resume`).
+    pub resumed: u64,
+    /// Handshakes per second.
+    pub per_second: f64,
+    /// Handshake duration, TCP connected to TLS established.
+    pub latency_us: Latency,
 }
 
 impl Report {
@@ -317,6 +348,23 @@ impl Report {
                 knee,
                 max_good_responses_per_second: max_good,
             }
+        });
+        let hs = &s.handshakes;
+        let tls = (!hs.is_empty()).then(|| TlsHandshakes {
+            handshakes: hs.len(),
+            resumed: s.resumed,
+            per_second: hs.len() as f64 / secs,
+            latency_us: Latency {
+                min: hs.min(),
+                mean: hs.mean(),
+                stdev: hs.stdev(),
+                max: hs.max(),
+                p50: hs.value_at_quantile(0.50),
+                p75: hs.value_at_quantile(0.75),
+                p90: hs.value_at_quantile(0.90),
+                p99: hs.value_at_quantile(0.99),
+                p999: hs.value_at_quantile(0.999),
+            },
         });
         let h = &s.hist;
         let latency = (s.requests > 0).then(|| Latency {
@@ -376,6 +424,7 @@ impl Report {
             bin_seconds,
             timeline,
             ramp,
+            tls,
         }
     }
 
@@ -445,6 +494,20 @@ impl Report {
                 ""
             }
         );
+        if let Some(t) = &self.tls {
+            let l = &t.latency_us;
+            let _ = writeln!(
+                o,
+                "  TLS handshakes {} ({} resumed, {:.0}/s)  avg {}  p50 {}  p99 {}  max {}",
+                t.handshakes,
+                t.resumed,
+                t.per_second,
+                us(l.mean as u64),
+                us(l.p50),
+                us(l.p99),
+                us(l.max)
+            );
+        }
         if let Some(l) = &self.latency_us {
             let _ = writeln!(
                 o,

@@ -386,10 +386,8 @@ async fn accept_one(
             r = listener.accept() => r,
         };
         match res {
-            Ok((stream, peer)) => {
-                metrics::counter!(m::CONNECTIONS_ACCEPTED_TOTAL).increment(1);
-                return Ok(Some((stream, peer)));
-            }
+            // Counted by the worker (`Counter::Connections`, flushed once a second).
+            Ok((stream, peer)) => return Ok(Some((stream, peer))),
             Err(e) => {
                 let (class, kind) = classify_accept_error(&e);
                 metrics::counter!(m::ACCEPT_ERRORS_TOTAL, "kind" => kind).increment(1);

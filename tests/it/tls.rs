@@ -393,3 +393,65 @@ fn check_reports_names_chain_and_expiry_of_the_certificates() {
         "{err}"
     );
 }
+
+/// beacon-loadgen over HTTPS: `--close` makes every request a full handshake, and with
+/// `--tls-resume` the collector resumes them from its tickets; both sides count the same.
+#[test]
+fn loadgen_measures_full_and_resumed_handshakes() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let leaf = pki.leaf("localhost", &["localhost"], 30);
+    let mut c = tls_config(dir.path(), &leaf);
+    c.admin.enabled = true;
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let stage = Stage::start(dir.path(), &c);
+    let bin = Binary::serve(dir.path(), &c);
+    let (tls, admin) = (bin.https(), bin.admin());
+    let url = format!("https://localhost:{}/beacon", tls.port());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "beacon-loadgen",
+            "-c",
+            "4",
+            "-d",
+            "1s",
+            "--close",
+            "--cacert",
+            pki.ca.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let opts = <beacon_loadgen::Opts as clap::Parser>::try_parse_from(args).unwrap();
+        beacon_loadgen::run(&opts, Arc::new(AtomicBool::new(false)), Arc::default()).unwrap()
+    };
+    let full = run(&[]);
+    let t = full.tls.clone().expect("handshakes reported");
+    assert_eq!(full.errors_total, 0, "{:?}", full.errors);
+    assert!(full.requests > 10);
+    assert_eq!(
+        t.handshakes, full.requests,
+        "--close: one handshake per request"
+    );
+    assert_eq!(t.resumed, 0);
+    let resumed = run(&["--tls-resume"]);
+    let r = resumed.tls.clone().unwrap();
+    assert_eq!(resumed.errors_total, 0, "{:?}", resumed.errors);
+    assert!(
+        r.resumed * 10 >= r.handshakes * 9,
+        "--tls-resume resumes all but each connection's first: {r:?}"
+    );
+    let m = |res: &str| {
+        metric(
+            admin,
+            &format!("beacon_tls_handshakes_total{{result=\"{res}\"}}"),
+        )
+    };
+    wait_until(Duration::from_secs(10), || {
+        m("resumed") == r.resumed as f64
+            && m("ok") == (t.handshakes + r.handshakes - r.resumed) as f64
+    });
+    drop(bin);
+    stage.stop();
+}
