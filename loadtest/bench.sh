@@ -44,11 +44,6 @@ NGINX=18081
 start_collector c0 $COLLECTOR 0
 start_nginx $NGINX
 
-rss_kb() { # PID...: summed VmRSS
-  local total=0 p
-  for p in "$@"; do total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done
-  echo "$total"
-}
 collector_pids() { cat "$WORK/c0/pid"; }
 # nginx's memory is its workers' (the master holds no connections).
 nginx_pids() { pgrep -P "$(cat "$WORK/nginx.pid")"; }

@@ -78,7 +78,8 @@ TOML
 }
 
 # start_nginx PORT: `return 204` for /beacon with a buffered JSON access log (the nginx +
-# log-shipper tier the collector replaces); master pid in $WORK/nginx.pid.
+# log-shipper tier the collector replaces); master pid in $WORK/nginx.pid. $NGINX_TLS_LISTEN
+# goes into its server block (tls-bench.sh: an `ssl` listener and its certificate).
 start_nginx() {
   mkdir -p "$WORK/nginx"
   cat > "$WORK/nginx.conf" <<NGX
@@ -97,6 +98,7 @@ http {
   keepalive_timeout 75s;
   server {
     listen 127.0.0.1:$1 reuseport backlog=4096;
+${NGINX_TLS_LISTEN:-}
     location /beacon { access_log $WORK/nginx/beacons.ndjson beacon buffer=64k flush=1s; return 204; }
   }
 }
@@ -115,6 +117,44 @@ run_wrk() {
   n=$(awk '/requests in/ {print $1}' <<<"$out")
   echo "$rps $p99 ${non2xx:-0} $n"
 }
+
+# Servers by name ($WORK/NAME/pid for a collector, nginx's master pid file for nginx): the
+# processes whose CPU, RSS and context switches the benchmarks read.
+# stop SERVER: nginx, or the collector started as NAME; waits until it is gone.
+stop() { # server
+  if [ "$1" = nginx ]; then
+    stop_nginx
+    # nginx removes its pid file as it exits: read it once per check, quietly.
+    while pid=$(cat "$WORK/nginx.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$WORK/nginx.pid"
+  else
+    kill -TERM "$(cat "$WORK/$1/pid")" 2>/dev/null || true
+    while kill -0 "$(cat "$WORK/$1/pid")" 2>/dev/null; do sleep 0.1; done
+  fi
+}
+pids() { # server: every process of it
+  if [ "$1" = nginx ]; then
+    cat "$WORK/nginx.pid"
+    pgrep -P "$(cat "$WORK/nginx.pid")"
+  else
+    cat "$WORK/$1/pid"
+    pgrep -P "$(cat "$WORK/$1/pid")" || true
+  fi
+}
+conn_pids() { # server: the processes holding client connections
+  if [ "$1" = nginx ]; then pgrep -P "$(cat "$WORK/nginx.pid")"; else cat "$WORK/$1/pid"; fi
+}
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+vcsw() { # every thread's voluntary context switches
+  local t=0 p f
+  for p in "$@"; do
+    for f in /proc/"$p"/task/*/status; do
+      t=$((t + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$f" 2>/dev/null || echo 0)))
+    done
+  done
+  echo $t
+}
+rss_kb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
 
 stop_nginx() { [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; }
 

@@ -54,41 +54,6 @@ start() { # server
     nginx) start_nginx ${PORT[nginx]} ;;
   esac
 }
-stop() { # server
-  if [ "$1" = nginx ]; then
-    stop_nginx
-    # nginx removes its pid file as it exits: read it once per check, quietly.
-    while pid=$(cat "$WORK/nginx.pid" 2>/dev/null) && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    rm -f "$WORK/nginx.pid"
-  else
-    kill -TERM "$(cat "$WORK/$1/pid")" 2>/dev/null || true
-    while kill -0 "$(cat "$WORK/$1/pid")" 2>/dev/null; do sleep 0.1; done
-  fi
-}
-pids() { # server: every process of it
-  if [ "$1" = nginx ]; then
-    cat "$WORK/nginx.pid"
-    pgrep -P "$(cat "$WORK/nginx.pid")"
-  else
-    cat "$WORK/$1/pid"
-    pgrep -P "$(cat "$WORK/$1/pid")" || true
-  fi
-}
-conn_pids() { # server: the processes holding client connections
-  if [ "$1" = nginx ]; then pgrep -P "$(cat "$WORK/nginx.pid")"; else cat "$WORK/$1/pid"; fi
-}
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-vcsw() { # every thread's voluntary context switches
-  local t=0 p f
-  for p in "$@"; do
-    for f in /proc/"$p"/task/*/status; do
-      t=$((t + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$f" 2>/dev/null || echo 0)))
-    done
-  done
-  echo $t
-}
-rss_kb() { local t=0 p; for p in "$@"; do t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
-
 echo "ingest cost benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 machine
 echo

@@ -46,7 +46,6 @@ java -Xms512m -Xmx512m -cp "$LIBS/*" kafka.Kafka "$WORK/kafka.properties" >"$WOR
 echo $! >"$WORK/kafka.pid"
 for _ in $(seq 300); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.2; done
 
-cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 HZ=$(getconf CLK_TCK)
 KAFKA_PID=$(cat "$WORK/kafka.pid")
 

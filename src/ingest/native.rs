@@ -323,7 +323,14 @@ fn read_and_process(
         } else {
             &mut st.pending
         };
-        match t.read(stream, w, into, &mut st.unsent)? {
+        let handshaking = !t.established();
+        let read = t.read(stream, w, into, &mut st.unsent)?;
+        if handshaking && t.established() {
+            // The handshake deadline is over; an idle connection now waits for its idle
+            // timeout, as a plain one does (a request that arrives sets its own deadline).
+            st.deadline = None;
+        }
+        match read {
             None => return Ok(None),
             Some(n) => n_scratch = n,
         }

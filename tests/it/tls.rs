@@ -209,6 +209,9 @@ fn hostile_input_on_the_tls_port_is_refused_and_counted() {
     let stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let (tls, admin) = (bin.https(), bin.admin());
+    // Handshake done, no request yet: past the header deadline it must stay open (it is
+    // idle, not slow), as a browser that preconnects and sends its beacon later.
+    let mut ok = TlsConn::open(tls, "localhost", &client(&pki.ca));
     // Plain HTTP: nginx's 400, then close.
     let mut plain = Conn::open(tls);
     let r = plain
@@ -240,8 +243,13 @@ fn hostile_input_on_the_tls_port_is_refused_and_counted() {
         !out.contains("Verify return code: 0") || out.contains("alert"),
         "{out}"
     );
-    // A good client still gets in.
-    let mut ok = TlsConn::open(tls, "localhost", &client(&pki.ca));
+    // The slow handshake, begun after `ok`'s, was cut: `ok` is past its header deadline too.
+    let r = ok.request(b"GET /beacon?k=ok HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        r.map(|r| r.status),
+        Some(204),
+        "an idle established connection stays"
+    );
     assert_eq!(
         ok.request(b"GET /beacon?k=ok HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap()
