@@ -281,6 +281,37 @@ impl Resp {
     }
 }
 
+/// A client connection speaking raw HTTP/1.1, in the clear or over TLS.
+pub trait Requester: Send {
+    /// Writes `raw`; false when the connection failed.
+    fn send(&mut self, raw: &[u8]) -> bool;
+    /// Reads one answer (not to a HEAD); `None` when the connection closed first.
+    fn read_resp(&mut self) -> Option<Resp>;
+}
+
+/// Opens a [`Requester`] to an address (`None`: the connect failed).
+pub type Dial = std::sync::Arc<dyn Fn(SocketAddr) -> Option<Box<dyn Requester>> + Send + Sync>;
+
+/// Plain TCP connections whose reads give up after `read_timeout`.
+pub fn dial_plain(read_timeout: Duration) -> Dial {
+    std::sync::Arc::new(move |a| {
+        let s = TcpStream::connect_timeout(&a, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(read_timeout)).ok()?;
+        Some(Box::new(Conn {
+            rd: BufReader::new(s),
+        }) as Box<dyn Requester>)
+    })
+}
+
+impl Requester for Conn {
+    fn send(&mut self, raw: &[u8]) -> bool {
+        self.rd.get_mut().write_all(raw).is_ok()
+    }
+    fn read_resp(&mut self) -> Option<Resp> {
+        self.read(false)
+    }
+}
+
 /// A keep-alive connection speaking raw HTTP/1.1.
 pub struct Conn {
     pub rd: BufReader<TcpStream>,
@@ -561,6 +592,15 @@ impl Load {
     /// Like `start`, each client pausing `pause` after every answer (a bounded rate, for
     /// tests whose downstream is slower than the collector).
     pub fn paced(addr: SocketAddr, clients: usize, pause: Duration) -> Load {
+        Self::with(addr, clients, pause, dial_plain(Duration::from_secs(5)))
+    }
+
+    /// Like `start`, over HTTPS (`tls::dial`).
+    pub fn tls(addr: SocketAddr, clients: usize, dial: Dial) -> Load {
+        Self::with(addr, clients, Duration::ZERO, dial)
+    }
+
+    fn with(addr: SocketAddr, clients: usize, pause: Duration, dial: Dial) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shared_addr = std::sync::Arc::new(std::sync::Mutex::new(addr));
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -569,24 +609,20 @@ impl Load {
                 let stop = stop.clone();
                 let accepted = accepted.clone();
                 let addr = shared_addr.clone();
+                let dial = dial.clone();
                 std::thread::spawn(move || {
                     let mut ok = Vec::new();
                     let mut other = 0u64;
-                    let mut conn: Option<Conn> = None;
+                    let mut conn: Option<Box<dyn Requester>> = None;
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let c0 = match conn.as_mut() {
                             Some(c) => c,
                             None => {
                                 let a = *addr.lock().unwrap();
-                                match TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
-                                    Ok(s) => {
-                                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                                        conn.insert(Conn {
-                                            rd: BufReader::new(s),
-                                        })
-                                    }
-                                    Err(_) => {
+                                match dial(a) {
+                                    Some(r) => conn.insert(r),
+                                    None => {
                                         std::thread::sleep(Duration::from_millis(20));
                                         continue;
                                     }
@@ -596,14 +632,14 @@ impl Load {
                         let key = format!("{c}-{n}");
                         n += 1;
                         let raw = format!("GET /beacon?k={key}&t=1 HTTP/1.1\r\nHost: t\r\n\r\n");
-                        if c0.rd.get_mut().write_all(raw.as_bytes()).is_err() {
+                        if !c0.send(raw.as_bytes()) {
                             conn = None;
                             continue;
                         }
                         if !pause.is_zero() {
                             std::thread::sleep(pause);
                         }
-                        match c0.read(false) {
+                        match c0.read_resp() {
                             Some(r) if r.status == 204 => {
                                 ok.push(key);
                                 accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

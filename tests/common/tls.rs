@@ -145,17 +145,21 @@ pub struct TlsConn {
 
 impl TlsConn {
     pub fn open(addr: SocketAddr, name: &str, cfg: &Arc<rustls::ClientConfig>) -> TlsConn {
-        let tcp = TcpStream::connect(addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let conn = rustls::ClientConnection::new(cfg.clone(), name.to_string().try_into().unwrap())
-            .unwrap();
+        Self::connect(addr, name, cfg).expect("TLS connect and handshake")
+    }
+
+    fn connect(addr: SocketAddr, name: &str, cfg: &Arc<rustls::ClientConfig>) -> Option<TlsConn> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let conn =
+            rustls::ClientConnection::new(cfg.clone(), name.to_string().try_into().ok()?).ok()?;
         let mut s = rustls::StreamOwned::new(conn, tcp);
         while s.conn.is_handshaking() {
-            s.conn.complete_io(&mut s.sock).expect("TLS handshake");
+            s.conn.complete_io(&mut s.sock).ok()?;
         }
-        TlsConn {
+        Some(TlsConn {
             rd: BufReader::new(s),
-        }
+        })
     }
 
     /// The end-entity certificate the server presented (DER).
@@ -168,6 +172,25 @@ impl TlsConn {
         self.rd.get_mut().flush().ok()?;
         read_resp(&mut self.rd, raw.starts_with(b"HEAD "))
     }
+}
+
+impl super::Requester for TlsConn {
+    fn send(&mut self, raw: &[u8]) -> bool {
+        let s = self.rd.get_mut();
+        s.write_all(raw).is_ok() && s.flush().is_ok()
+    }
+    fn read_resp(&mut self) -> Option<Resp> {
+        read_resp(&mut self.rd, false)
+    }
+}
+
+/// TLS connections for `name` under `cfg` (handshake done; `None` when the connect or the
+/// handshake failed).
+pub fn dial(name: &str, cfg: Arc<rustls::ClientConfig>) -> super::Dial {
+    let name = name.to_string();
+    Arc::new(move |a| {
+        TlsConn::connect(a, &name, &cfg).map(|c| Box::new(c) as Box<dyn super::Requester>)
+    })
 }
 
 /// Sends `raw` on a fresh TLS connection, then close_notify and a half-close, and returns

@@ -5,17 +5,16 @@
 use crate::common::*;
 use beacon_collector::config::{Config, ForwardMode};
 use beacon_collector::ingest::proxy::Mode;
-use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// HAProxy running the deployment example, stopped on drop.
-struct Haproxy {
+/// HAProxy running a deployment example, stopped on drop.
+pub(crate) struct Haproxy {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Haproxy {
@@ -23,24 +22,35 @@ impl Haproxy {
         Self::start_with(collectors, &[])
     }
 
+    /// `deploy/haproxy.cfg` in front of `collectors`, with the deployment's timings scaled
+    /// down to test time (and `env` over them).
     fn start_with(collectors: [SocketAddr; 2], env: &[(&str, &str)]) -> Haproxy {
+        let (c1, c2) = (collectors[0].to_string(), collectors[1].to_string());
+        let mut all = vec![
+            ("COLLECTOR_1", c1.as_str()),
+            ("COLLECTOR_2", c2.as_str()),
+            ("CLIENT_IDLE", "30s"),
+            ("SERVER_IDLE", "10s"),
+        ];
+        all.extend_from_slice(env);
+        Self::run("haproxy.cfg", "BEACON_BIND", &all)
+    }
+
+    /// `deploy/<file>` with `env`, its frontend bound (through `bind_var`) to a free port;
+    /// health checks every 200 ms, down after 2.
+    pub(crate) fn run(file: &str, bind_var: &str, env: &[(&str, &str)]) -> Haproxy {
         let bin = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("haproxy not found: apt-get install haproxy (.ci/run installs it)");
         let addr = free_port();
-        let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+        let cfg = format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"));
         let child = Command::new(bin)
-            .args(["-db", "-f", cfg])
-            .env("BEACON_BIND", addr.to_string())
-            .env("COLLECTOR_1", collectors[0].to_string())
-            .env("COLLECTOR_2", collectors[1].to_string())
-            // The deployment's timings scaled down to test time.
+            .args(["-db", "-f", &cfg])
+            .env(bind_var, addr.to_string())
             .env("CHECK_INTER", "200ms")
             .env("CHECK_FALL", "2")
             .env("CHECK_RISE", "2")
-            .env("CLIENT_IDLE", "30s")
-            .env("SERVER_IDLE", "10s")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -88,24 +98,30 @@ pub(crate) fn continuous(
     clients: usize,
     stop: Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<Seen>> {
+    continuous_with(addr, clients, stop, dial_plain(Duration::from_secs(10)))
+}
+
+/// [`continuous`] over connections `dial` opens (plain or TLS).
+pub(crate) fn continuous_with(
+    addr: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    dial: Dial,
+) -> Vec<std::thread::JoinHandle<Seen>> {
     (0..clients)
         .map(|c| {
             let stop = stop.clone();
+            let dial = dial.clone();
             std::thread::spawn(move || {
                 let mut seen = Seen::default();
-                let mut conn: Option<Conn> = None;
+                let mut conn: Option<Box<dyn Requester>> = None;
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let c0 = match conn.as_mut() {
                         Some(c) => c,
-                        None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                            Ok(s) => {
-                                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                                conn.insert(Conn {
-                                    rd: BufReader::new(s),
-                                })
-                            }
-                            Err(_) => {
+                        None => match dial(addr) {
+                            Some(r) => conn.insert(r),
+                            None => {
                                 seen.transport_errors += 1;
                                 std::thread::sleep(Duration::from_millis(10));
                                 continue;
@@ -115,12 +131,12 @@ pub(crate) fn continuous(
                     let key = format!("{c}-{n}");
                     n += 1;
                     let raw = format!("GET /beacon?k={key} HTTP/1.1\r\nHost: t\r\n\r\n");
-                    if c0.rd.get_mut().write_all(raw.as_bytes()).is_err() {
+                    if !c0.send(raw.as_bytes()) {
                         seen.transport_errors += 1;
                         conn = None;
                         continue;
                     }
-                    match c0.read(false) {
+                    match c0.read_resp() {
                         Some(r) => {
                             // Like any HTTP client: a server that says it closes is not reused.
                             if r.header("connection")
