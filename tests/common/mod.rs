@@ -748,21 +748,27 @@ pub fn send_until_refused(addr: SocketAddr, limit: usize) -> (Vec<String>, Resp)
 /// Headless Chromium loading `url` with its profile in `profile` and `extra` flags; the caller
 /// kills it. Needs the Debian package `chromium` (.ci/run installs it).
 pub fn chromium(url: &str, profile: &Path, extra: &[&str]) -> std::process::Child {
-    std::process::Command::new("chromium")
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-extensions",
-            "--disable-background-networking",
-        ])
-        .args(extra)
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    chromium_command(url, profile, extra)
         .spawn()
         .expect("chromium is installed (.ci/run installs the Debian package)")
+}
+
+/// The command [`chromium`] runs, to add to (e.g. a `HOME` whose NSS database trusts a test CA).
+pub fn chromium_command(url: &str, profile: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("chromium");
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--disable-background-networking",
+    ])
+    .args(extra)
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(url)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    cmd
 }

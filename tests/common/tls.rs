@@ -214,3 +214,54 @@ pub fn exchange(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, raw: &[u8]) -
     }
     got
 }
+
+/// A rustls server config serving `leaf` (for a test's own HTTPS page server).
+pub fn server(leaf: &Leaf) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
+}
+
+/// An NSS database under `home` (`$HOME/.pki/nssdb`, where Chromium on Linux reads it) that
+/// trusts the test CA for TLS servers (certutil, Debian package libnss3-tools).
+pub fn trust_in_nss(home: &Path, ca: &Path) {
+    let db = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    for args in [
+        vec!["-N", "-d", &db, "--empty-password"],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "beacon-test-ca",
+            "-i",
+            ca.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("certutil")
+            .args(&args)
+            .output()
+            .expect("certutil (Debian package libnss3-tools; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "certutil {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
