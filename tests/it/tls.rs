@@ -565,3 +565,56 @@ fn collector_killed_under_https_load_loses_nothing() {
     );
     stage.stop();
 }
+
+/// testssl.sh (Debian's package) against the TLS port: no SSLv2/SSLv3/TLS 1.0/1.1, no NULL,
+/// anonymous, export or low ciphers, forward secrecy, and no vulnerability it checks for:
+/// every finding is OK or INFO.
+#[test]
+fn testssl_finds_nothing_to_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let leaf = pki.leaf("localhost", &["localhost"], 30);
+    let c = tls_config(dir.path(), &leaf);
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c);
+    let json = dir.path().join("testssl.json");
+    let out = Command::new("testssl")
+        .args(["--quiet", "--color", "0", "--warnings", "off", "--jsonfile"])
+        .arg(&json)
+        .args(["-p", "-s", "-f", "-U"])
+        .arg(srv.tls_addr.unwrap().to_string())
+        .output()
+        .expect("testssl (Debian package testssl.sh; .ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(findings.len() > 20, "testssl ran its checks: {text}");
+    let flagged: Vec<&serde_json::Value> = findings
+        .iter()
+        .filter(|f| !matches!(f["severity"].as_str(), Some("OK" | "INFO")))
+        .collect();
+    assert!(flagged.is_empty(), "testssl flags: {flagged:#?}");
+    let finding = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("no {id} in testssl's output: {text}"))
+            .to_string()
+    };
+    for id in [
+        "SSLv2",
+        "SSLv3",
+        "TLS1",
+        "TLS1_1",
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+    ] {
+        assert_eq!(finding(id), "not offered", "{id}");
+    }
+    assert!(finding("TLS1_3").starts_with("offered"));
+    srv.shutdown(Shutdown::Fast).unwrap();
+    stage.stop();
+}
