@@ -178,6 +178,13 @@ fn a_live_collector_and_stage_export_every_metric_the_rules_and_dashboard_read()
     c.processor.admin.enabled = true;
     c.processor.admin.listen = "127.0.0.1:0".parse().unwrap();
     c.check.sample_interval_seconds = 1;
+    // HTTPS on, so the TLS series (handshakes, certificate expiry) are exported too.
+    let pki = crate::common::tls::Pki::new(dir.path());
+    let leaf = pki.leaf("localhost", &["localhost"], 30);
+    c.tls.enabled = true;
+    c.tls.listen = "127.0.0.1:0".parse().unwrap();
+    c.tls.cert_file = leaf.cert;
+    c.tls.key_file = leaf.key;
     let mut bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
     let admin = bin.admin();
