@@ -54,9 +54,10 @@ pub struct TlsConfig {
     /// any of them (48 or 80 random bytes, as nginx's `ssl_session_ticket_key`:
     /// `openssl rand 80 > ticket.key`). Empty: a random key per process, rotated every 6 h.
     pub ticket_key_file: PathBuf,
-    /// Handshakes in progress per worker. Past it, the worker stops accepting TLS
-    /// connections until one completes (the kernel's backlog holds the rest), so a flood of
-    /// new connections cannot starve the keep-alive connections already served.
+    /// TLS connections per worker accepted and not yet answered (ClientHello awaited or being
+    /// computed). Past it, the worker stops accepting TLS connections until one is answered
+    /// (the kernel's backlog holds the rest), so a flood of new connections cannot starve the
+    /// keep-alive connections already served.
     pub max_handshakes_per_worker: usize,
     /// More certificates, chosen by SNI; the default one answers every other name.
     pub certificates: Vec<SniCertificate>,

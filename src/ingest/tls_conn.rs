@@ -34,7 +34,7 @@ pub(super) struct TlsIo {
     /// Ciphertext of a record not complete yet (empty, unallocated, between records).
     partial: Vec<u8>,
     /// The worker's handshake slot (`tls.max_handshakes_per_worker`), given back once the
-    /// handshake is done.
+    /// server's first flight is sent.
     gate: Option<OwnedSemaphorePermit>,
     /// The handshake completed.
     established: bool,
@@ -135,6 +135,10 @@ impl TlsIo {
             self.partial = Vec::new();
         }
         if !enc.is_empty() {
+            // The first flight is out: the costly part of the handshake (key exchange,
+            // signature) is done, and the slot serves the next connection while this one
+            // waits a round trip for the client's Finished.
+            self.gate = None;
             send(stream, &enc, unsent).map_err(|_| End::Error)?;
         }
         if !self.established && !self.conn.is_handshaking() {
