@@ -37,6 +37,8 @@
 //! - [`metrics`]: metric names and the Prometheus recorder; [`admin`] serves them.
 //! - [`host`]: reading `/proc`, the self-check against the config with its generated
 //!   sysctl/limits/systemd files, and kernel counters as metrics.
+//! - [`tls`]: HTTPS certificates (SNI, SIGHUP reload, checks), the rustls config both engines
+//!   use, session tickets, handshake metrics.
 //! - [`logging`], [`time`]: log setup; RFC 3339 and HTTP dates without a date-time dependency.
 //!
 //! Data path: a worker accepts → frames the request → builds the record into its commit

@@ -6,7 +6,8 @@
 //!   connections, timers, scratch buffers, counters and commit group; [`worker_state`]: what
 //!   its connections share.
 //! - [`native`] (default) and [`hyper_engine`]: the two HTTP/1.1 connection engines; [`h1`] is
-//!   the native engine's framing on httparse; [`conn`]: who a connection's client is (the
+//!   the native engine's framing on httparse, [`tls_conn`] its TLS layer (rustls unbuffered),
+//!   [`sock`] its non-waiting socket writes; [`conn`]: who a connection's client is (the
 //!   PROXY header).
 //! - Shared by both engines: [`request`] (the head, the route), [`routes`] (the decisions
 //!   from the head), [`record_build`] (request → records), [`answer`] (answers, rejection →
