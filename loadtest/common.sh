@@ -168,3 +168,55 @@ cleanup() {
 machine() {
   echo "machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
 }
+
+# medians RESULTS: the median of every "part server key value" line of RESULTS, with its ratio
+# to nginx's for the same part and key.
+medians() {
+  echo "medians (ratio to nginx):"
+  python3 - "$1" <<'PY'
+import sys, statistics, collections
+vals = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    part, server, key, v = line.split()
+    vals[(part, server, key)].append(float(v))
+med = {k: statistics.median(v) for k, v in vals.items()}
+for (part, server, key), v in sorted(med.items()):
+    ref = med.get((part, "nginx", key))
+    ratio = f"  ({v / ref:.2f}x)" if ref and server != "nginx" else ""
+    print(f"  {part:10} {key:8} {server:9} {v:12.3f}{ratio}")
+PY
+}
+
+# median RESULTS PART SERVER KEY: one median (empty when there are none).
+median() {
+  python3 - "$@" <<'PY'
+import sys, statistics
+f, part, server, key = sys.argv[1:]
+v = [float(l.split()[3]) for l in open(f) if l.split()[:3] == [part, server, key]]
+print(statistics.median(v) if v else "")
+PY
+}
+
+# fleet_rss SERVER URL CLIENTS INTERVAL DURATION [LOADGEN OPTION...]: SERVER started fresh (the
+# caller's `start`), a fleet of CLIENTS keep-alive browsers on URL; prints and records
+# ("fleet SERVER rsskb") the RSS growth per held connection, sampled 10 s before the end, when
+# every client is connected and idle between pings.
+fleet_rss() {
+  local s=$1 url=$2 clients=$3 interval=$4 dur=$5 ps_ before during lg held per
+  shift 5
+  start "$s"
+  sleep 1
+  ps_=$(conn_pids "$s" | xargs)
+  before=$(rss_kb $ps_)
+  "$LOADGEN" --json --clients "$clients" --interval "$interval" -d "$dur" "$@" "$url" > "$WORK/fleet.json" || true &
+  lg=$!
+  sleep $(( ${dur%s} - 10 ))
+  during=$(rss_kb $ps_)
+  wait $lg || true
+  held=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1]))["connections_held"] or {}).get("min_after_ramp", 0))' "$WORK/fleet.json")
+  per=$(python3 -c "print(f'{($during - $before) / max($held, 1):.2f}')")
+  printf '%-44s %-9s %8s %12s\n' "" "$s" "$held" "$per"
+  echo "    RSS ${before} kB idle -> ${during} kB with the fleet connected"
+  echo "fleet $s rsskb $per" >> "$RESULTS"
+  stop "$s"
+}

@@ -138,42 +138,15 @@ fi
 
 # --- 4. idle fleet: RSS per connection, each server fresh ---------------------------------------
 if [[ " $PARTS " == *" fleet "* ]]; then
-  printf '%-40s %-7s %8s %12s\n' "fleet: $FLEET_CLIENTS clients every 15 s, $FLEET_DUR" server held "RSS/conn KB"
+  printf '%-44s %-9s %8s %12s\n' "fleet: $FLEET_CLIENTS clients every 15 s, $FLEET_DUR" server held "RSS/conn KB"
   for s in ${FLEET_SERVERS:-$SERVERS}; do
-    start $s
-    sleep 1
-    ps_=$(conn_pids $s | xargs)
-    before=$(rss_kb $ps_)
-    "$LOADGEN" --json --clients "$FLEET_CLIENTS" --interval 15s -d "$FLEET_DUR" "http://127.0.0.1:${PORT[$s]}/beacon" > "$WORK/fleet.json" || true &
-    lg=$!
-    # Sampled while every client is connected and idle between pings (10 s before the end).
-    sleep $(( ${FLEET_DUR%s} - 10 ))
-    during=$(rss_kb $ps_)
-    wait $lg || true
-    held=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1]))["connections_held"] or {}).get("min_after_ramp", 0))' "$WORK/fleet.json")
-    per=$(python3 -c "print(f'{($during - $before) / max($held, 1):.2f}')")
-    printf '%-40s %-7s %8s %12s\n' "" $s "$held" "$per"
-    echo "    RSS ${before} kB idle -> ${during} kB with the fleet connected"
-    echo "fleet $s rsskb $per" >> "$RESULTS"
-    stop $s
+    fleet_rss $s "http://127.0.0.1:${PORT[$s]}/beacon" "$FLEET_CLIENTS" 15s "$FLEET_DUR"
   done
   echo
 fi
 
 # --- medians and ratios ------------------------------------------------------------------------
-echo "medians (ratio to nginx):"
-python3 - "$RESULTS" <<'PY'
-import sys, statistics, collections
-vals = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    part, server, key, v = line.split()
-    vals[(part, server, key)].append(float(v))
-med = {k: statistics.median(v) for k, v in vals.items()}
-for (part, server, key), v in sorted(med.items()):
-    ref = med.get((part, "nginx", key))
-    ratio = f"  ({v / ref:.2f}x)" if ref and server != "nginx" else ""
-    print(f"  {part:8} {key:7} {server:7} {v:12.3f}{ratio}")
-w, f = med.get(("ack", "write", "rps")), med.get(("ack", "fsync", "rps"))
-if w and f:
-    print(f"  fsync costs {100 * (1 - f / w):.1f} % of write-mode throughput")
-PY
+medians "$RESULTS"
+w=$(median "$RESULTS" ack write rps) f=$(median "$RESULTS" ack fsync rps)
+[ -z "$w" ] || [ -z "$f" ] ||
+  python3 -c "print(f'  fsync costs {100 * (1 - $f / $w):.1f} % of write-mode throughput')"

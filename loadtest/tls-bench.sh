@@ -124,23 +124,7 @@ fi
 if [[ " $PARTS " == *" fleet "* ]]; then
   printf '%-44s %-9s %8s %12s\n' "fleet: $FLEET_CLIENTS HTTPS clients every 60 s, $FLEET_DUR" server held "RSS/conn KB"
   for s in $SERVERS; do
-    start $s
-    sleep 1
-    ps_=$(conn_pids $s | xargs)
-    before=$(rss_kb $ps_)
-    "$LOADGEN" --json --clients "$FLEET_CLIENTS" --interval 60s -d "$FLEET_DUR" --cacert "$PKI/ca.pem" \
-      "$(url $s)" > "$WORK/fleet.json" || true &
-    lg=$!
-    # Sampled once every client is connected and idle (10 s before the end).
-    sleep $(( ${FLEET_DUR%s} - 10 ))
-    during=$(rss_kb $ps_)
-    wait $lg || true
-    held=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1]))["connections_held"] or {}).get("min_after_ramp", 0))' "$WORK/fleet.json")
-    per=$(python3 -c "print(f'{($during - $before) / max($held, 1):.2f}')")
-    printf '%-44s %-9s %8s %12s\n' "" $s "$held" "$per"
-    echo "    RSS ${before} kB idle -> ${during} kB with the fleet connected"
-    echo "fleet $s rsskb $per" >> "$RESULTS"
-    stop $s
+    fleet_rss $s "$(url $s)" "$FLEET_CLIENTS" 60s "$FLEET_DUR" --cacert "$PKI/ca.pem"
   done
   echo
 fi
@@ -174,19 +158,7 @@ print(statistics.median(b) / 1000 if b else 0)'
   echo
 fi
 
-echo "medians (ratio to nginx):"
-python3 - "$RESULTS" <<'PY'
-import sys, statistics, collections
-vals = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    part, server, key, v = line.split()
-    vals[(part, server, key)].append(float(v))
-med = {k: statistics.median(v) for k, v in vals.items()}
-for (part, server, key), v in sorted(med.items()):
-    ref = med.get((part, "nginx", key))
-    ratio = f"  ({v / ref:.2f}x)" if ref and server != "nginx" else ""
-    print(f"  {part:10} {key:7} {server:9} {v:12.2f}{ratio}")
-full, res = med.get(("full", "collector", "percpu")), med.get(("resumed", "collector", "percpu"))
-if full and res:
-    print(f"  collector: resumed / full handshakes per CPU-second = {res / full:.2f}x")
-PY
+medians "$RESULTS"
+full=$(median "$RESULTS" full collector percpu) res=$(median "$RESULTS" resumed collector percpu)
+[ -z "$full" ] || [ -z "$res" ] ||
+  python3 -c "print(f'  collector: resumed / full handshakes per CPU-second = {$res / $full:.2f}x')"

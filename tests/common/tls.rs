@@ -35,31 +35,45 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// `openssl req` with a new ECDSA P-256 key into `key`: a request (or with `-x509` in
+/// `extra`, a self-signed certificate) for `subject` into `out`.
+fn new_key(key: &Path, out: &Path, subject: &str, extra: &[&str]) {
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        out.to_str().unwrap(),
+        "-subj",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(&args);
+}
+
 impl Pki {
     /// A new CA in `dir`.
     pub fn new(dir: &Path) -> Pki {
         let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            ca_key.to_str().unwrap(),
-            "-out",
-            ca.to_str().unwrap(),
-            "-days",
-            "30",
-            "-subj",
+        new_key(
+            &ca_key,
+            &ca,
             "/CN=beacon-collector test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
+            &[
+                "-x509",
+                "-days",
+                "30",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
         Pki {
             dir: dir.to_path_buf(),
             ca,
@@ -86,20 +100,7 @@ impl Pki {
             ),
         )
         .unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            csr.to_str().unwrap(),
-            "-subj",
-            &format!("/CN={}", names[0]),
-        ]);
+        new_key(&key, &csr, &format!("/CN={}", names[0]), &[]);
         openssl(&[
             "x509",
             "-req",

@@ -23,6 +23,22 @@ fn tls_config(dir: &Path, leaf: &crate::common::tls::Leaf) -> Config {
     c
 }
 
+/// A temp dir with a test CA and a `localhost` leaf it signed, and a test config serving
+/// HTTPS with that leaf.
+fn https() -> (tempfile::TempDir, Pki, crate::common::tls::Leaf, Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let leaf = pki.leaf("localhost", &["localhost"], 30);
+    let c = tls_config(dir.path(), &leaf);
+    (dir, pki, leaf, c)
+}
+
+/// The admin listener on a free loopback port (its address is in the log).
+fn with_admin(c: &mut Config) {
+    c.admin.enabled = true;
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+}
+
 fn curl(args: &[&str]) -> (String, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20"])
@@ -71,33 +87,34 @@ fn beacons_over_https_reach_the_stage_on_both_engines() {
         let url = |p: &str| format!("https://localhost:{}{p}", tls.port());
         let resolve = format!("localhost:{}:127.0.0.1", tls.port());
         let ca = pki.ca.to_str().unwrap();
-        let (code, err) = curl(&[
-            "--cacert",
-            ca,
-            "--resolve",
-            &resolve,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url("/beacon?k=curl-get&engine=x"),
-        ]);
+        // curl over HTTPS: the status code, and what it said on stderr.
+        let https_curl = |extra: &[&str], target: &str| {
+            let mut args = vec![
+                "--cacert",
+                ca,
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ];
+            args.extend_from_slice(extra);
+            let u = url(target);
+            args.push(&u);
+            curl(&args)
+        };
+        let (code, err) = https_curl(&[], "/beacon?k=curl-get&engine=x");
         assert_eq!(code, "204", "{engine:?}: curl GET over HTTPS: {err}");
-        let (code, err) = curl(&[
-            "--cacert",
-            ca,
-            "--resolve",
-            &resolve,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "content-type: application/json",
-            "--data",
-            r#"{"k":"curl-post"}"#,
-            &url("/beacon"),
-        ]);
+        let (code, err) = https_curl(
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data",
+                r#"{"k":"curl-post"}"#,
+            ],
+            "/beacon",
+        );
         assert_eq!(code, "204", "{engine:?}: curl POST over HTTPS: {err}");
         // Keep-alive over one TLS connection, and a body split across TLS records.
         let cfg = client(&pki.ca);
@@ -198,12 +215,8 @@ fn sni_alpn_and_versions_as_openssl_sees_them() {
 
 #[test]
 fn hostile_input_on_the_tls_port_is_refused_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let leaf = pki.leaf("localhost", &["localhost"], 30);
-    let mut c = tls_config(dir.path(), &leaf);
-    c.admin.enabled = true;
-    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let (dir, pki, _leaf, mut c) = https();
+    with_admin(&mut c);
     c.http.header_timeout_seconds = 1;
     c.tls.min_version = beacon_collector::config::MinVersion::Tls13;
     let stage = Stage::start(dir.path(), &c);
@@ -289,8 +302,7 @@ fn sighup_reloads_certificates_and_keeps_open_connections() {
     std::fs::copy(&first.cert, &live.cert).unwrap();
     std::fs::copy(&first.key, &live.key).unwrap();
     let mut c = tls_config(dir.path(), &live);
-    c.admin.enabled = true;
-    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    with_admin(&mut c);
     let stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let (tls, admin) = (bin.https(), bin.admin());
@@ -408,12 +420,8 @@ fn check_reports_names_chain_and_expiry_of_the_certificates() {
 fn loadgen_measures_full_and_resumed_handshakes() {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let leaf = pki.leaf("localhost", &["localhost"], 30);
-    let mut c = tls_config(dir.path(), &leaf);
-    c.admin.enabled = true;
-    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    let (dir, pki, _leaf, mut c) = https();
+    with_admin(&mut c);
     let stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let (tls, admin) = (bin.https(), bin.admin());
@@ -538,10 +546,7 @@ fn drain_behind_haproxy_tls_passthrough_shows_no_errors() {
 /// over TLS is in the output.
 #[test]
 fn collector_killed_under_https_load_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let leaf = pki.leaf("localhost", &["localhost"], 30);
-    let c = tls_config(dir.path(), &leaf);
+    let (dir, pki, _leaf, c) = https();
     let stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let load = Load::tls(
@@ -571,10 +576,7 @@ fn collector_killed_under_https_load_loses_nothing() {
 /// every finding is OK or INFO.
 #[test]
 fn testssl_finds_nothing_to_flag() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let leaf = pki.leaf("localhost", &["localhost"], 30);
-    let c = tls_config(dir.path(), &leaf);
+    let (dir, _pki, _leaf, c) = https();
     let stage = Stage::start(dir.path(), &c);
     let srv = Server::start(c);
     let json = dir.path().join("testssl.json");
