@@ -168,6 +168,11 @@ impl TlsConn {
         self.rd.get_ref().conn.peer_certificates().unwrap()[0].to_vec()
     }
 
+    /// Whether the handshake resumed a session.
+    pub fn resumed(&self) -> bool {
+        self.rd.get_ref().conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     pub fn request(&mut self, raw: &[u8]) -> Option<Resp> {
         self.rd.get_mut().write_all(raw).ok()?;
         self.rd.get_mut().flush().ok()?;

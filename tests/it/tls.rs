@@ -239,6 +239,14 @@ fn hostile_input_on_the_tls_port_is_refused_and_counted() {
     g.write_all(b"\x16\x03\x01\x00\x08garbage!").unwrap();
     let mut sink = Vec::new();
     let _ = g.read_to_end(&mut sink);
+    // An oversized ClientHello: a handshake record announcing 18 KB (more than a TLS record
+    // may carry), sent in full.
+    let mut big = std::net::TcpStream::connect(tls).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rec = b"\x16\x03\x01\x48\x00".to_vec();
+    rec.resize(5 + 0x4800, 0x41);
+    let _ = big.write_all(&rec);
+    let _ = big.read_to_end(&mut sink);
     let mut slow = std::net::TcpStream::connect(tls).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -252,22 +260,13 @@ fn hostile_input_on_the_tls_port_is_refused_and_counted() {
     );
     // TLS 1.2 against min_version = "1.3".
     let out = s_client(tls, &["-tls1_2"]);
-    assert!(
-        !out.contains("Verify return code: 0") || out.contains("alert"),
-        "{out}"
-    );
+    assert!(out.contains("Cipher is (NONE)"), "TLS 1.2 refused: {out}");
     // The slow handshake, begun after `ok`'s, was cut: `ok` is past its header deadline too.
     let r = ok.request(b"GET /beacon?k=ok HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(
         r.map(|r| r.status),
         Some(204),
         "an idle established connection stays"
-    );
-    assert_eq!(
-        ok.request(b"GET /beacon?k=ok HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap()
-            .status,
-        204
     );
     let m = |r: &str| {
         metric(
@@ -277,7 +276,7 @@ fn hostile_input_on_the_tls_port_is_refused_and_counted() {
     };
     wait_until(Duration::from_secs(10), || {
         m("plain_http") >= 1.0
-            && m("protocol_error") >= 1.0
+            && m("protocol_error") >= 2.0
             && m("timeout") >= 1.0
             && m("no_shared_cipher") >= 1.0
             && m("ok") >= 1.0
@@ -619,4 +618,45 @@ fn testssl_finds_nothing_to_flag() {
     assert!(finding("TLS1_3").starts_with("offered"));
     srv.shutdown(Shutdown::Fast).unwrap();
     stage.stop();
+}
+
+/// Two collectors sharing `tls.ticket_key_file` (one balancer's fleet): a browser resumes on
+/// B the session A gave it. With keys of their own it cannot, and gets a full handshake.
+#[test]
+fn a_shared_ticket_key_lets_a_browser_resume_on_another_collector() {
+    let (dir, pki, leaf, _) = https();
+    let key = dir.path().join("ticket.key");
+    std::fs::write(&key, (0..80u8).collect::<Vec<u8>>()).unwrap();
+    let start = |name: &str, shared: bool| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut c = tls_config(&d, &leaf);
+        if shared {
+            c.tls.ticket_key_file = key.clone();
+        }
+        let stage = Stage::start(&d, &c);
+        (Server::start(c), stage)
+    };
+    for shared in [true, false] {
+        let (a, sa) = start(&format!("a-{shared}"), shared);
+        let (b, sb) = start(&format!("b-{shared}"), shared);
+        // One client config: one session cache, as one browser.
+        let browser = client(&pki.ca);
+        let mut first = TlsConn::open(a.tls_addr.unwrap(), "localhost", &browser);
+        // The ticket comes after the handshake: an answer on the connection brings it in.
+        let r = first.request(b"GET /beacon?k=a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.unwrap().status, 204);
+        let mut second = TlsConn::open(b.tls_addr.unwrap(), "localhost", &browser);
+        assert_eq!(
+            second.resumed(),
+            shared,
+            "resumed on B with a shared key: {shared}"
+        );
+        let r = second.request(b"GET /beacon?k=b HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.unwrap().status, 204);
+        for (srv, stage) in [(a, sa), (b, sb)] {
+            srv.shutdown(Shutdown::Fast).unwrap();
+            stage.stop();
+        }
+    }
 }
