@@ -381,7 +381,7 @@ pub(crate) fn spawn(
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
     hyper: Option<Arc<hyper::server::conn::http1::Builder>>,
-    tls: Option<super::native::Tls>,
+    tls: Option<super::tls_conn::Tls>,
 ) {
     let fut = async move {
         // Held for the connection's life: returned when the task ends.
@@ -414,7 +414,7 @@ pub(crate) fn spawn(
 /// `None` when it failed (plain HTTP is answered 400 first, as nginx does).
 async fn handshake(
     stream: TcpStream,
-    t: super::native::Tls,
+    t: super::tls_conn::Tls,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     use crate::tls::Handshake;

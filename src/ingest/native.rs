@@ -84,19 +84,12 @@ pub(crate) async fn run(
     peer: std::net::SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
     w: Rc<Worker>,
-    tls: Option<Tls>,
+    // Boxed, and made by the caller: a plain connection's future carries one pointer for it.
+    mut tls: Option<Box<TlsIo>>,
 ) {
     let mode = w.app().proxy;
     let Some(conn) = identify(mode, &mut stream, peer, w.header_timeout).await else {
         return;
-    };
-    // Boxed: a plain connection's future carries one pointer for it.
-    let mut tls = match tls {
-        Some(t) => match TlsIo::new(t.config, t.gate) {
-            Some(io) => Some(Box::new(io)),
-            None => return,
-        },
-        None => None,
     };
     w.open.increment(1.0);
     let _open = Open(&w);
@@ -173,15 +166,10 @@ pub(crate) async fn run(
         }
         let step = match read_and_process(&stream, &mut tls, &conn, &w, &mut st, process_pending) {
             Ok(Some(step)) => step,
-            Ok(None) => {
-                // Spurious readiness, or a TLS handshake step whose answer the socket did
-                // not take at once.
-                if !st.unsent.is_empty() && Box::pin(flush(&stream, &mut st.unsent)).await.is_err()
-                {
-                    break;
-                }
-                continue;
-            }
+            // Spurious readiness, or a TLS step with nothing for HTTP (a handshake message
+            // whose answer may wait in `unsent`): the flush below, then wait. (Not an await
+            // of its own here: every await site adds to an idle connection's future.)
+            Ok(None) => Step::More,
             Err(End::Eof) if st.head_done => {
                 // The client stopped sending in the middle of a body it announced: 400, as
                 // the hyper engine answers a body that ends early.
@@ -235,13 +223,6 @@ pub(crate) async fn run(
 /// locals live across its awaits and every byte of its future is a byte per idle connection.)
 fn idle_until(w: &Worker, last_active: TokioInstant) -> TokioInstant {
     last_active + w.idle_timeout
-}
-
-/// A TLS connection's start: the config its handshake runs under, and the worker's handshake
-/// slot it holds until the handshake is done.
-pub(crate) struct Tls {
-    pub(crate) config: std::sync::Arc<rustls::ServerConfig>,
-    pub(crate) gate: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Decrements the open-connections gauge however the task ends.

@@ -28,8 +28,15 @@ The plain HTTP request was sent to the TLS port\n";
 /// record is at most ~18 KB, and a ClientHello of every browser fits in one.
 const MAX_PARTIAL: usize = 32 * 1024;
 
+/// A TLS connection's start: the config its handshake runs under, and the worker's handshake
+/// slot it holds until the handshake is done.
+pub(crate) struct Tls {
+    pub(crate) config: std::sync::Arc<rustls::ServerConfig>,
+    pub(crate) gate: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// One connection's TLS state.
-pub(super) struct TlsIo {
+pub(crate) struct TlsIo {
     conn: UnbufferedServerConnection,
     /// Ciphertext of a record not complete yet (empty, unallocated, between records).
     partial: Vec<u8>,

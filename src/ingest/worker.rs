@@ -7,6 +7,7 @@ use super::commit::Committer;
 use super::listener::{self, SocketOptions};
 use super::state::SharedState;
 use super::stats::Counter;
+use super::tls_conn::{Tls, TlsIo};
 use super::worker_state::{Deadlines, Worker};
 use super::{native, Engine, Phase};
 use crate::lifecycle::CancellationToken;
@@ -166,8 +167,15 @@ async fn run(spec: Spec) -> WorkerResult {
                 }
                 w.stats.add(Counter::Connections, 1);
                 let (w, hyper) = (w.clone(), hyper.clone());
-                let tls = tls.clone().map(|config| native::Tls { config, gate: slot });
+                let tls = tls.clone().map(|config| Tls { config, gate: slot });
                 if engine == Engine::Native {
+                    let tls = match tls {
+                        Some(t) => match TlsIo::new(t.config, t.gate) {
+                            Some(io) => Some(Box::new(io)),
+                            None => return,
+                        },
+                        None => None,
+                    };
                     // Memory per idle connection is what a browser fleet costs: the native
                     // task is one flat future (see `native::run`).
                     tokio::task::spawn_local(native::run(stream, peer, permit, w, tls));
