@@ -2,6 +2,17 @@
 # stage and a reference nginx on loopback, each in its own directory under $WORK.
 # The caller sets ROOT and WORK and kills its jobs on exit (`cleanup` below helps).
 
+# PIN=1: every server confined to CPU $SERVER_CPU (1) with one worker (the collector: one
+# ingest worker, its forwarder and its processing stage; nginx: one worker process), every
+# generator to CPU $LOAD_CPU (0). On a 2-core box unpinned figures flatter whichever server
+# leaves the generator more of the machine; pinned, each server has exactly one core.
+SERVER_PREFIX=""
+LOAD_PREFIX=""
+if [ "${PIN:-0}" = 1 ]; then
+  SERVER_PREFIX="taskset -c ${SERVER_CPU:-1}"
+  LOAD_PREFIX="taskset -c ${LOAD_CPU:-0}"
+fi
+
 # need CMD PACKAGE: the command, installed from Debian's packages when running as root.
 need() {
   command -v "$1" >/dev/null 2>&1 && return
@@ -43,6 +54,8 @@ wait_http() { # URL: up to 10 s for the server to answer
 # its worker-count key: `worker_threads` before the thread-per-core workers; OLD_KEYS=1 writes
 # the [processor] keys as builds before [processor.files] read them).
 start_collector() {
+  local workers=$3
+  [ "${PIN:-0}" != 1 ] || workers=1
   mkdir -p "$WORK/$1"
   local stage="[processor.files]
 data_dir = \"$WORK/$1/data\"
@@ -53,7 +66,7 @@ admin_enabled = false"
   cat > "$WORK/$1/collector.toml" <<TOML
 [server]
 listen = "127.0.0.1:$2"
-${WORKERS_KEY:-workers} = $3
+${WORKERS_KEY:-workers} = $workers
 ${SERVER_EXTRA:-}
 [admin]
 enabled = false
@@ -72,7 +85,7 @@ format = "json"
 level = "warn"
 ${EXTRA_TOML:-}
 TOML
-  "${COLLECTOR_BIN:-$ROOT/target/release/beacon-collector}" serve -c "$WORK/$1/collector.toml" 2>"$WORK/$1/collector.log" &
+  $SERVER_PREFIX "${COLLECTOR_BIN:-$ROOT/target/release/beacon-collector}" serve -c "$WORK/$1/collector.toml" 2>"$WORK/$1/collector.log" &
   echo $! > "$WORK/$1/pid"
   wait_http "http://127.0.0.1:$2/healthz"
 }
@@ -83,7 +96,7 @@ TOML
 start_nginx() {
   mkdir -p "$WORK/nginx"
   cat > "$WORK/nginx.conf" <<NGX
-worker_processes auto;
+worker_processes $([ "${PIN:-0}" = 1 ] && echo 1 || echo auto);
 worker_rlimit_nofile $(ulimit -Hn);
 pid $WORK/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -103,14 +116,14 @@ ${NGINX_TLS_LISTEN:-}
   }
 }
 NGX
-  nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
+  $SERVER_PREFIX nginx -c "$WORK/nginx.conf" -e "$WORK/nginx/error.log"
   wait_http "http://127.0.0.1:$1/beacon"
 }
 
 # run_wrk URL THREADS CONNS DURATION -> "requests/s p99_ms non-2xx requests"
 run_wrk() {
   local out rps p99 non2xx n
-  out=$(wrk -t"$2" -c"$3" -d"$4" --latency "$1")
+  out=$($LOAD_PREFIX wrk -t"$2" -c"$3" -d"$4" --latency "$1")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")
   non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
@@ -208,7 +221,7 @@ fleet_rss() {
   sleep 1
   ps_=$(conn_pids "$s" | xargs)
   before=$(rss_kb $ps_)
-  "$LOADGEN" --json --clients "$clients" --interval "$interval" -d "$dur" "$@" "$url" > "$WORK/fleet.json" || true &
+  $LOAD_PREFIX "$LOADGEN" --json --clients "$clients" --interval "$interval" -d "$dur" "$@" "$url" > "$WORK/fleet.json" || true &
   lg=$!
   sleep $(( ${dur%s} - 10 ))
   during=$(rss_kb $ps_)

@@ -8,7 +8,8 @@
 #      (every thread of every server process);
 #   2. an open-loop rate of half nginx's -t1 -c64 maximum (beacon-loadgen, coordinated
 #      omission corrected): p50/p99 for each server;
-#   3. ack_after = "fsync" against "write" (native engine): requests/s;
+#   3. ack_after = "fsync" against "write" (native engine): requests/s; 3b (PARTS has
+#      "fsyncfleet"): the same under a fleet of idle browsers plus a fixed open-loop rate: p99;
 #   4. a fleet of idle keep-alive browsers (beacon-loadgen --clients N --interval 15s), each
 #      server fresh: RSS growth per held connection.
 # Every server runs on loopback and stops with the script.
@@ -17,8 +18,12 @@
 # "before" in parts 1 and 4 (its config uses `worker_threads`, or BEFORE_WORKERS_KEY, and the
 # [processor] keys before [processor.files]).
 #
+# PIN=1: the per-core figure: each server alone on CPU 1 with one worker (collector: worker,
+# forwarder and processing stage together; nginx: one worker), wrk and beacon-loadgen on CPU 0.
+#
 # Usage: loadtest/ingest-bench.sh     (about 8 minutes with the defaults)
 # Knobs: RUNS=3 DUR=8s FLEET_CLIENTS=18000 FLEET_DUR=50s PARTS="closed open fsync fleet"
+#        (add "fsyncfleet" for part 3b: FSYNC_FLEET=10000 browsers + FSYNC_RATE=30000 open loop)
 #        FLEET_SERVERS="native hyper nginx"
 # Needs wrk, nginx, curl, python3 (Debian packages; installed when run as root).
 set -euo pipefail
@@ -26,6 +31,8 @@ RUNS=${RUNS:-3}
 DUR=${DUR:-8s}
 FLEET_CLIENTS=${FLEET_CLIENTS:-18000}
 FLEET_DUR=${FLEET_DUR:-50s}
+FSYNC_FLEET=${FSYNC_FLEET:-10000}
+FSYNC_RATE=${FSYNC_RATE:-30000}
 PARTS=${PARTS:-closed open fsync fleet}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
@@ -54,7 +61,7 @@ start() { # server
     nginx) start_nginx ${PORT[nginx]} ;;
   esac
 }
-echo "ingest cost benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "ingest cost benchmark, $(date -u +%Y-%m-%dT%H:%MZ)$([ "${PIN:-0}" = 1 ] && echo ", pinned: servers on CPU ${SERVER_CPU:-1} (one worker), generators on CPU ${LOAD_CPU:-0}")"
 machine
 echo
 
@@ -71,7 +78,7 @@ if [[ " $PARTS " == *" closed "* ]]; then
       for s in $SERVERS; do
         ps_=$(pids $s | xargs)
         c0=$(cpu_ticks $ps_); v0=$(vcsw $ps_)
-        out=$(wrk -t"$t" -c"$c" -d"$DUR" --latency -H "User-Agent: $UA" -H "Referer: $REF" "http://127.0.0.1:${PORT[$s]}$URL_PATH")
+        out=$($LOAD_PREFIX wrk -t"$t" -c"$c" -d"$DUR" --latency -H "User-Agent: $UA" -H "Referer: $REF" "http://127.0.0.1:${PORT[$s]}$URL_PATH")
         c1=$(cpu_ticks $ps_); v1=$(vcsw $ps_)
         rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
         n=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -97,14 +104,14 @@ if [[ " $PARTS " == *" open "* ]]; then
   for s in native hyper nginx; do start $s; done
   max=$(awk '$1=="t1c64" && $2=="nginx" && $3=="rps" {print $4}' "$RESULTS" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}')
   if [ -z "$max" ]; then
-    out=$(wrk -t1 -c64 -d"$DUR" "http://127.0.0.1:${PORT[nginx]}$URL_PATH")
+    out=$($LOAD_PREFIX wrk -t1 -c64 -d"$DUR" "http://127.0.0.1:${PORT[nginx]}$URL_PATH")
     max=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   fi
   rate=$(python3 -c "print(int($max / 2))")
   printf '%-34s %-7s %4s %9s %8s %8s %7s\n' "open loop $rate req/s, -c64, $DUR" server run "req/s" "p50 ms" "p99 ms" errors
   for i in $(seq "$RUNS"); do
     for s in native hyper nginx; do
-      "$LOADGEN" --json -t 1 -c 64 --rate "$rate" -d "$DUR" "http://127.0.0.1:${PORT[$s]}$URL_PATH" > "$WORK/open.json" || true
+      $LOAD_PREFIX "$LOADGEN" --json -t 1 -c 64 --rate "$rate" -d "$DUR" "http://127.0.0.1:${PORT[$s]}$URL_PATH" > "$WORK/open.json" || true
       read -r rps p50 p99 errs < <(python3 - "$WORK/open.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -130,6 +137,37 @@ if [[ " $PARTS " == *" fsync "* ]]; then
       label=$([ $s = fsync ] && echo fsync || echo write)
       printf '%-22s %-14s %4s %9.0f %8s\n' "" "$label" "$i" "$rps" "$p99"
       echo "ack $label rps $rps" >> "$RESULTS"
+    done
+  done
+  stop native; stop fsync
+  echo
+fi
+
+# --- 3b. fsync vs write under a fleet: FSYNC_FLEET browsers plus an open loop of FSYNC_RATE -----
+if [[ " $PARTS " == *" fsyncfleet "* ]]; then
+  start native; start fsync
+  printf '%-40s %-9s %4s %9s %9s %9s %7s\n' "fleet $FSYNC_FLEET / 15 s + open loop $FSYNC_RATE req/s" ack_after run "req/s" "p99 ms" "fleet p99" errors
+  for i in $(seq "$RUNS"); do
+    for s in native fsync; do
+      label=$([ $s = fsync ] && echo fsync || echo write)
+      url="http://127.0.0.1:${PORT[$s]}$URL_PATH"
+      # The fleet connects first, then the open loop runs inside its span.
+      $LOAD_PREFIX "$LOADGEN" --json --clients "$FSYNC_FLEET" --interval 15s -d "$(( ${DUR%s} + 6 ))s" "$url" > "$WORK/ff.json" || true &
+      fl=$!
+      sleep 3
+      $LOAD_PREFIX "$LOADGEN" --json -c 64 --rate "$FSYNC_RATE" -d "$DUR" "$url" > "$WORK/fo.json" || true
+      wait $fl || true
+      read -r rps p99 fp99 errs < <(python3 - "$WORK/fo.json" "$WORK/ff.json" <<'PY'
+import json, sys
+o, f = (json.load(open(p)) for p in sys.argv[1:3])
+p99 = lambda r: (r["latency_us"] or {}).get("p99", 0) / 1000
+print("%.0f %.3f %.3f %d" % (o["requests_per_second"], p99(o), p99(f), o["errors_total"] + f["errors_total"]))
+PY
+)
+      printf '%-40s %-9s %4s %9s %9s %9s %7s\n' "" "$label" "$i" "$rps" "$p99" "$fp99" "$errs"
+      echo "ackfleet $label rps $rps" >> "$RESULTS"
+      echo "ackfleet $label p99 $p99" >> "$RESULTS"
+      echo "ackfleet $label fleetp99 $fp99" >> "$RESULTS"
     done
   done
   stop native; stop fsync
