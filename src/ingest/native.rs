@@ -293,14 +293,15 @@ fn read_and_process(
     only_pending: bool,
 ) -> Result<Option<Step>, End> {
     let mut scratch = w.scratch.borrow_mut();
+    // TLS: the plaintext of a read lands here (the ciphertext took the scratch of `tls_conn`).
+    let mut tls_plain = tls.as_ref().map(|_| w.tls_plain.borrow_mut());
     let use_scratch = st.pending.is_empty() && !only_pending;
     let mut n_scratch = 0;
-    if let (Some(t), false) = (tls.as_mut(), only_pending) {
-        // TLS: the plaintext of what arrived, into scratch or after the unfinished request.
-        let mut tls_plain = w.tls_plain.borrow_mut();
-        tls_plain.clear();
+    if let (Some(t), Some(plain), false) = (tls.as_mut(), tls_plain.as_mut(), only_pending) {
+        // The plaintext of what arrived, on its own or after the unfinished request.
+        plain.clear();
         let into = if use_scratch {
-            &mut *tls_plain
+            &mut **plain
         } else {
             &mut st.pending
         };
@@ -314,9 +315,6 @@ fn read_and_process(
         match read {
             None => return Ok(None),
             Some(n) => n_scratch = n,
-        }
-        if use_scratch {
-            scratch[..n_scratch].copy_from_slice(&tls_plain[..n_scratch]);
         }
     } else if !only_pending {
         let room;
@@ -346,10 +344,15 @@ fn read_and_process(
             Err(_) => return Err(End::Error),
         }
     }
+    // What this read brought, when it is not appended to an unfinished request.
+    let fresh: &[u8] = match &tls_plain {
+        Some(plain) => &plain[..n_scratch.min(plain.len())],
+        None => &scratch[..n_scratch],
+    };
     let mut out = w.out.borrow_mut();
     out.clear();
     let (consumed, step) = if use_scratch {
-        process(&scratch[..n_scratch], conn, w, st, &mut out)
+        process(fresh, conn, w, st, &mut out)
     } else {
         let data = std::mem::take(&mut st.pending);
         let r = process(&data, conn, w, st, &mut out);
@@ -357,7 +360,7 @@ fn read_and_process(
         r
     };
     if use_scratch {
-        let left = &scratch[consumed..n_scratch];
+        let left = &fresh[consumed..];
         if !left.is_empty() && !matches!(step, Step::Close) {
             st.pending = left.to_vec();
         }
