@@ -146,13 +146,13 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// Whether certificate name `pattern` (exact, or `*.` for one left-most label) covers `host`.
+/// (Called per handshake for SNI: no allocation.)
 pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
-    let (p, h) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
-    match p.strip_prefix("*.") {
-        Some(suffix) => h
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
             .split_once('.')
-            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-        None => p == h,
+            .is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(suffix)),
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 
