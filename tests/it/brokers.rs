@@ -48,6 +48,26 @@ pub trait Broker: Sized {
     fn route_of(site: Option<&str>) -> Option<String>;
 }
 
+/// Stops `load`, sends one beacon with a page host (key `site`, `u` = www.example.com: a
+/// routed beacon), then stops the collector (gracefully) and the stage. Returns the keys
+/// answered 204 (`site` among them), the other answers, and the collector's report.
+pub fn finish_with_a_site_beacon(
+    load: Load,
+    srv: Server,
+    stage: Stage,
+) -> (Vec<String>, u64, beacon_collector::RunReport) {
+    let (mut keys, other) = load.stop();
+    let r = get(
+        srv.addr,
+        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
+    );
+    assert_eq!(r.status, 204);
+    keys.push("site".into());
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    (keys, other, report)
+}
+
 /// The broker is stopped for `outage` under load, longer than the sink's publish or delivery
 /// timeout: the stage holds and retries, the collector's spool absorbs it (no 503), and
 /// everything answered 204 arrives (in the files sink too). Returns the copies.
@@ -68,16 +88,7 @@ pub fn stopped_and_restarted_under_load<B: Broker>(outage: Duration) -> usize {
     std::thread::sleep(outage);
     broker.start();
     load.wait_accepted(300);
-    let (mut keys, other) = load.stop();
-    // The route of a beacon with a page host (the `u` parameter).
-    let r = get(
-        srv.addr,
-        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
-    );
-    assert_eq!(r.status, 204);
-    keys.push("site".into());
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
+    let (keys, other, report) = finish_with_a_site_beacon(load, srv, stage);
     let name = format!("{} restart", B::NAME);
     assert_eq!(
         report.remaining,

@@ -361,15 +361,7 @@ fn steady_load_into_files_and_kafka_loses_nothing() {
         scrape.contains("beacon_sink_kafka_brokers_up 1"),
         "{scrape}"
     );
-    let (mut keys, other) = load.stop();
-    let r = get(
-        srv.addr,
-        "/beacon?k=site&u=https%3A%2F%2Fwww.example.com%2Fcart",
-    );
-    assert_eq!(r.status, 204);
-    keys.push("site".into());
-    let report = srv.shutdown(Shutdown::Graceful).unwrap();
-    stage.stop();
+    let (keys, other, report) = crate::brokers::finish_with_a_site_beacon(load, srv, stage);
     assert_eq!(report.remaining, 0, "the collector flushed everything");
     assert_eq!(other, 0);
     let s = read_topic(&[kafka.addr()], "beacons");
