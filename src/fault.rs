@@ -16,6 +16,8 @@ use std::sync::Mutex;
 pub enum Point {
     /// The forwarder panics before reading its next batch.
     ForwarderPanic,
+    /// The next `fdatasync` of a group fails (`ack_after = "fsync"`), as on a failing disk.
+    SpoolSyncFails,
 }
 
 static ANY: AtomicBool = AtomicBool::new(false);

@@ -52,6 +52,9 @@ pub(crate) const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "beacon_spool_corrupt_recor
 pub(crate) const SPOOL_WRITE_ERRORS_TOTAL: &str = "beacon_spool_write_errors_total";
 /// Records per group commit.
 pub(crate) const SPOOL_GROUP_RECORDS: &str = "beacon_spool_group_records";
+/// `ack_after = "fsync"`: seconds per `fdatasync` of a group (a group's requests wait for it,
+/// and the worker's next group waits behind it).
+pub(crate) const SPOOL_SYNC_SECONDS: &str = "beacon_spool_sync_seconds";
 /// Records sent to the processing stage and not yet acknowledged.
 pub(crate) const FORWARD_UNACKED_RECORDS: &str = "beacon_forward_unacked_records";
 /// Records written to the processing stage (resends included).
@@ -156,6 +159,14 @@ pub fn install() -> PrometheusHandle {
                     &[
                         0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
                         0.25, 1.0, 5.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(SPOOL_SYNC_SECONDS.to_string()),
+                    &[
+                        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
                     ],
                 )
                 .expect("bucket list is not empty");

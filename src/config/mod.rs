@@ -34,7 +34,8 @@ pub(crate) use processor::{FilesConfig, ProcessorConfig};
 pub(crate) use rate_limit::RateLimitConfig;
 pub(crate) use server::ServerConfig;
 pub(crate) use shutdown::ShutdownConfig;
-pub(crate) use spool::{AckAfter, SpoolConfig};
+pub use spool::AckAfter;
+pub(crate) use spool::SpoolConfig;
 pub use tls::{MinVersion, SniCertificate, TlsConfig};
 
 pub(crate) use error::dir_mode;

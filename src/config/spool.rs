@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// When a beacon counts as accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum AckAfter {
+pub enum AckAfter {
     /// After `write(2)` to the spool: survives a crash or `kill -9` of the collector.
     Write,
     /// After `fdatasync(2)` of the spool (group commit): survives power loss.
@@ -21,7 +21,7 @@ pub struct SpoolConfig {
     /// Directory of the spool segments and checkpoint (created if missing).
     pub dir: PathBuf,
     /// `write` (default) or `fsync`: what must happen before a beacon is answered 204.
-    pub(crate) ack_after: AckAfter,
+    pub ack_after: AckAfter,
     /// A new segment file is started when the current one reaches this size. Segments are
     /// deleted whole once every record in them is acknowledged.
     pub segment_bytes: u64,

@@ -128,7 +128,14 @@ impl Spool {
     /// `fdatasync` of a segment a group was written to (blocking: call off the event loop).
     /// A failure marks the spool failing and retires that segment for appends.
     pub(crate) fn sync(&self, file: &File) -> Result<(), AppendError> {
-        match file.sync_data() {
+        let started = Instant::now();
+        let res = if crate::fault::fires(crate::fault::Point::SpoolSyncFails, &self.shared.dir) {
+            Err(io::Error::other("injected fdatasync failure"))
+        } else {
+            file.sync_data()
+        };
+        metrics::histogram!(m::SPOOL_SYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        match res {
             Ok(()) => Ok(()),
             Err(e) => {
                 let sh = &*self.shared;

@@ -2,6 +2,7 @@
 //! (lost = 0). Duplicates are allowed (at-least-once) and printed.
 
 use crate::common::*;
+use beacon_collector::config::AckAfter;
 use beacon_collector::Shutdown;
 use std::time::Duration;
 
@@ -69,8 +70,20 @@ fn stage_killed_and_restarted_repeatedly() {
 
 #[test]
 fn collector_killed_with_sigkill_then_restarted() {
+    killed_with_sigkill_then_restarted("collector kill -9", AckAfter::Write);
+}
+
+/// The same with `ack_after = "fsync"`: the path where each group waits for its `fdatasync`
+/// before its requests are answered.
+#[test]
+fn collector_with_fsync_killed_with_sigkill_then_restarted() {
+    killed_with_sigkill_then_restarted("collector kill -9, ack_after = fsync", AckAfter::Fsync);
+}
+
+fn killed_with_sigkill_then_restarted(name: &str, ack_after: AckAfter) {
     let dir = tempfile::tempdir().unwrap();
-    let c = test_config(dir.path());
+    let mut c = test_config(dir.path());
+    c.spool.ack_after = ack_after;
     let stage = Stage::start(dir.path(), &c);
     let bin = Binary::serve(dir.path(), &c);
     let addr = bin.listening();
@@ -88,11 +101,64 @@ fn collector_killed_with_sigkill_then_restarted() {
     assert!(bin.wait(Duration::from_secs(30)).success());
     stage.stop();
     report(
-        "collector kill -9",
+        name,
         &keys,
         other,
         assert_no_loss(&c.processor.files.data_dir, &keys),
     );
+}
+
+/// With `ack_after = "fsync"`, a failed `fdatasync` (made by a fault point: a failing disk
+/// cannot be had here) answers that group 503 `spool_write_failed`, never 204; health fails for
+/// the cool-down, accepting resumes on a new segment, and every 204'd beacon arrives.
+#[test]
+fn failed_fdatasync_answers_503_never_204_then_recovers() {
+    use beacon_collector::fault::{self, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.spool.ack_after = AckAfter::Fsync;
+    c.http.retry_after_seconds = 1;
+    let stage = Stage::start(dir.path(), &c);
+    let srv = Server::start(c.clone());
+    let synced = |scrape: &str| {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix("beacon_spool_sync_seconds_count "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = synced(&beacon_collector::metrics::install().render());
+    let mut keys: Vec<String> = (0..20).map(|i| format!("s-{i}")).collect();
+    for k in &keys {
+        assert_eq!(get(srv.addr, &format!("/beacon?k={k}")).status, 204);
+    }
+    assert!(
+        synced(&beacon_collector::metrics::install().render()) >= before + 1.0,
+        "each 204 waited for an fdatasync, and it was measured"
+    );
+
+    fault::arm(Point::SpoolSyncFails, &c.spool.dir);
+    let r = get(srv.addr, "/beacon?k=failed");
+    assert_eq!(
+        r.status, 503,
+        "a beacon whose fdatasync failed is not acknowledged"
+    );
+    assert_eq!(r.body, b"spool_write_failed");
+    assert_eq!(get(srv.addr, "/healthz").status, 503);
+
+    wait_until(Duration::from_secs(15), || {
+        let r = get(srv.addr, "/beacon?k=again");
+        assert!(matches!(r.status, 204 | 503), "unexpected {}", r.status);
+        r.status == 204
+    });
+    keys.push("again".into());
+    wait_until(Duration::from_secs(15), || {
+        get(srv.addr, "/healthz").status == 200
+    });
+    let report = srv.shutdown(Shutdown::Graceful).unwrap();
+    stage.stop();
+    assert_eq!(report.remaining, 0);
+    assert_no_loss(&c.processor.files.data_dir, &keys);
 }
 
 /// `beacon_task_restarts_total{task="forwarder"}` in a scrape.
