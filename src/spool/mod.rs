@@ -134,6 +134,10 @@ struct Shared {
     /// Taken for one group write at a time; never held across an await. Lock order: `writer`,
     /// then `state`.
     writer: Mutex<Writer>,
+    /// Serialises checkpoint writes, which run without `state` held: with `ack_after =
+    /// "fsync"` a checkpoint's `fsync` is a journal commit (tens of ms behind other files'
+    /// dirty data), and every worker's group write needs `state`.
+    checkpointing: Mutex<()>,
 }
 
 /// A handle to the spool for the ingest workers and the forwarder. Cloning is cheap.
@@ -256,6 +260,7 @@ impl Spool {
             max_bytes: cfg.max_bytes,
             fsync,
             file_mode: cfg.file_mode,
+            checkpointing: Mutex::new(()),
             writer: Mutex::new(Writer {
                 segment_bytes: cfg.segment_bytes,
                 active: None,
@@ -268,7 +273,7 @@ impl Spool {
         });
         {
             let mut st = shared.state.lock().expect("not poisoned");
-            shared.delete_acked(&mut st);
+            remove_segments(shared.delete_acked(&mut st));
             // Records left by an earlier run: their receive times are not kept, but the
             // segment holding the oldest was last written no later than it was received,
             // so its age is at least that (a lower bound, right to the second for a spool
@@ -285,8 +290,8 @@ impl Spool {
                 st.marks.push_back((acked + 1, at));
             }
             shared.update_gauges(&st);
-            shared.write_checkpoint(&mut st);
         }
+        shared.write_checkpoint();
         // The spool's gauges are computed at every scrape: the oldest record's age grows and
         // the bytes may have changed while nothing was written or acknowledged.
         let weak = Arc::downgrade(&shared);
@@ -341,7 +346,7 @@ impl Spool {
             return;
         }
         st.acked = seq;
-        self.shared.delete_acked(&mut st);
+        let done = self.shared.delete_acked(&mut st);
         prune_marks(&mut st.marks, seq + 1);
         if !self.shared.accepting.load(Ordering::Relaxed) && st.total_bytes < self.shared.low_bytes
         {
@@ -352,12 +357,14 @@ impl Spool {
             );
         }
         self.shared.update_gauges(&st);
+        drop(st);
+        // Unlinking a large file frees its extents (milliseconds): not under `state`.
+        remove_segments(done);
     }
 
     /// Persists the acknowledged position (cheap; call every second or so and at exit).
     pub(crate) fn checkpoint(&self) {
-        let mut st = self.shared.state.lock().expect("not poisoned");
-        self.shared.write_checkpoint(&mut st);
+        self.shared.write_checkpoint();
     }
 
     /// Records not yet acknowledged.
@@ -373,15 +380,18 @@ impl Spool {
 }
 
 impl Shared {
-    fn delete_acked(&self, st: &mut State) {
+    /// Drops the fully acknowledged segments from the list; the caller deletes their files
+    /// (with [`remove_segments`], after letting go of `state`).
+    #[must_use]
+    fn delete_acked(&self, st: &mut State) -> Vec<PathBuf> {
+        let mut done = Vec::new();
         // Keep the last segment: the writer may still be appending to it.
         while st.segments.len() > 1 && st.segments[0].last_seq <= st.acked {
             let s = st.segments.pop_front().expect("len > 1");
             st.total_bytes -= s.bytes;
-            if let Err(e) = std::fs::remove_file(&s.path) {
-                tracing::warn!(path = %s.path.display(), error = %e, "deleting acknowledged segment");
-            }
+            done.push(s.path);
         }
+        done
     }
 
     fn update_gauges(&self, st: &State) {
@@ -391,15 +401,20 @@ impl Shared {
         metrics::gauge!(m::SPOOL_OLDEST_UNACKED_SECONDS).set(age.as_secs_f64());
     }
 
-    fn write_checkpoint(&self, st: &mut State) {
-        if st.checkpointed == st.acked {
-            return;
-        }
+    fn write_checkpoint(&self) {
+        let _one = self.checkpointing.lock().expect("not poisoned");
+        let acked = {
+            let st = self.state.lock().expect("not poisoned");
+            if st.checkpointed == st.acked {
+                return;
+            }
+            st.acked
+        };
         let tmp = self.dir.join("checkpoint.tmp");
         let body = format!(
             "{:016x} {} {}\n",
             self.instance,
-            st.acked,
+            acked,
             boot_id().unwrap_or_else(|| "-".into())
         );
         let res = OpenOptions::new()
@@ -416,9 +431,19 @@ impl Shared {
                 std::fs::rename(&tmp, self.dir.join(CHECKPOINT))
             });
         match res {
-            Ok(()) => st.checkpointed = st.acked,
+            Ok(()) => self.state.lock().expect("not poisoned").checkpointed = acked,
             // Not fatal: a stale checkpoint only means more replays (duplicates) after a crash.
             Err(e) => tracing::warn!(error = %e, "writing spool checkpoint"),
+        }
+    }
+}
+
+/// Deletes acknowledged segment files (a reader still holding one open reads on; one that
+/// opens it next finds it gone and moves on).
+fn remove_segments(paths: Vec<PathBuf>) {
+    for p in paths {
+        if let Err(e) = std::fs::remove_file(&p) {
+            tracing::warn!(path = %p.display(), error = %e, "deleting acknowledged segment");
         }
     }
 }
