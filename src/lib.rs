@@ -65,6 +65,7 @@ pub mod ingest;
 mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod processor;
 pub mod protocol;
 pub mod record;

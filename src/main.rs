@@ -4,10 +4,12 @@
 use anyhow::Context as _;
 use beacon_collector::config::{Config, ConfigError, LogFormat};
 use beacon_collector::host::{check, kernel::ProcRoot};
+use beacon_collector::probe::{self, Probe};
 use beacon_collector::{logging, processor, server};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 const EX_USAGE: u8 = 64;
 
@@ -45,6 +47,19 @@ enum Cmd {
         /// Print a file tuned to the config instead of checking.
         #[arg(long, value_enum)]
         emit: Option<Emit>,
+    },
+    /// GET the collector's own /livez (or /readyz) on its configured listener: exit 0 on 200,
+    /// 1 otherwise. For a container HEALTHCHECK or exec probe where there is no curl.
+    Health {
+        /// Config file (TOML) the collector runs with. Without it the built-in defaults.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Ask the readiness path (http.ready_path) instead of liveness (http.live_path).
+        #[arg(long)]
+        ready: bool,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
     },
     /// Configuration tools.
     Config {
@@ -162,6 +177,28 @@ fn main() -> ExitCode {
                 json,
                 color,
             ))
+        }
+        Cmd::Health {
+            config,
+            ready,
+            timeout_seconds,
+        } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let probe = if ready { Probe::Ready } else { Probe::Live };
+            match probe::run(&config, probe, Duration::from_secs(timeout_seconds.max(1))) {
+                Ok(200) => ExitCode::SUCCESS,
+                Ok(status) => {
+                    eprintln!("unhealthy: {status}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Serve(common) => start(&common, |c, path| {
             server::main(c, path).map_err(anyhow::Error::from)

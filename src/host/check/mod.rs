@@ -53,7 +53,72 @@ pub(crate) struct Finding {
     pub(crate) why: String,
     /// The exact fix (a sysctl line, a limits or systemd setting); empty when ok.
     pub(crate) fix: String,
+    /// Who can change it: what a container or pod may set for itself, and what only the node.
+    pub(crate) scope: Scope,
 }
+
+/// Where a setting lives, which decides who can change it when the collector runs in a
+/// container (its own network namespace) or a Kubernetes pod. Checked on Linux 6.x by writing
+/// each in a fresh network namespace (`unshare -n`) and reading it back on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Scope {
+    /// Per network namespace, and in Kubernetes' safe set: a pod sets it in
+    /// `securityContext.sysctls` with no kubelet change.
+    NetnsSafe,
+    /// Per network namespace, outside Kubernetes' safe set: `podman run --sysctl` sets it; a
+    /// pod needs the kubelet's `--allowed-unsafe-sysctls` (e.g. `net.core.somaxconn`).
+    Netns,
+    /// Kernel-wide: only the node sets it (sysctl.d on the host, a privileged DaemonSet); a
+    /// container sees the node's value, or nothing.
+    Node,
+    /// The collector process's own limit: the service manager or the container runtime
+    /// (`LimitNOFILE`, `--ulimit`).
+    Process,
+    /// A key of the collector's config.
+    Config,
+}
+
+impl Scope {
+    /// The scope of a finding's key.
+    pub(crate) fn of(key: &str) -> Scope {
+        match key {
+            // Kubernetes' safe sysctls (1.29+ for the keepalive and FIN timeouts).
+            "net.ipv4.ip_local_port_range"
+            | "net.ipv4.tcp_syncookies"
+            | "net.ipv4.tcp_keepalive_time"
+            | "net.ipv4.tcp_fin_timeout" => Scope::NetnsSafe,
+            // Global: read-only (or absent) inside a network namespace.
+            "net.core.netdev_max_backlog"
+            | "net.core.rmem_max"
+            | "net.core.wmem_max"
+            | "net.netfilter.nf_conntrack_max"
+            | "net.netfilter.nf_conntrack_count" => Scope::Node,
+            k if k.starts_with("net.") => Scope::Netns,
+            k if k.starts_with("RLIMIT_") => Scope::Process,
+            k if k.starts_with("fs.") || k.starts_with("vm.") || k.starts_with("kernel.") => {
+                Scope::Node
+            }
+            _ => Scope::Config,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::NetnsSafe => "netns-safe",
+            Scope::Netns => "netns",
+            Scope::Node => "node",
+            Scope::Process => "process",
+            Scope::Config => "config",
+        }
+    }
+}
+
+/// The table's legend for the SCOPE column.
+const SCOPES: &str = "SCOPE: netns-safe / netns = this network namespace's own value: a container sets it \
+(podman/docker run --sysctl KEY=VALUE), a Kubernetes pod in securityContext.sysctls (netns needs the \
+kubelet's --allowed-unsafe-sysctls); node = kernel-wide, only the host sets it (a container sees the \
+node's value or nothing); process = the runtime's limit (LimitNOFILE, --ulimit); config = this config.";
 
 /// The outcome of a check.
 #[derive(Debug, Clone, Serialize)]
@@ -255,16 +320,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<4}  {:<kw$}  {:<cw$}  RECOMMENDED",
-            "", "KEY", "CURRENT"
+            "{:<4}  {:<kw$}  {:<10}  {:<cw$}  RECOMMENDED",
+            "", "KEY", "SCOPE", "CURRENT"
         );
         for f in &self.findings {
             let sev = format!("{:<4}", f.severity.as_str());
             let _ = writeln!(
                 out,
-                "{}  {:<kw$}  {:<cw$}  {}",
+                "{}  {:<kw$}  {:<10}  {:<cw$}  {}",
                 paint(f.severity, &sev),
                 f.key,
+                f.scope.as_str(),
                 f.current,
                 f.recommended
             );
@@ -278,6 +344,7 @@ impl Report {
             "\n{} ok, {} warn, {} fail ({})",
             self.summary.ok, self.summary.warn, self.summary.fail, self.proc_root
         );
+        let _ = writeln!(out, "{SCOPES}");
         out
     }
 }

@@ -259,6 +259,7 @@ fn push(
         severity,
         why: why.to_string(),
         fix: if severity == Ok { String::new() } else { fix },
+        scope: super::Scope::of(key),
     });
 }
 
