@@ -14,6 +14,8 @@ mod browser;
 mod check;
 #[path = "it/config.rs"]
 mod config;
+#[path = "it/container.rs"]
+mod container;
 #[path = "it/differential.rs"]
 mod differential;
 #[path = "it/faults.rs"]
