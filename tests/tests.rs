@@ -28,6 +28,8 @@ mod haproxy;
 mod house;
 #[path = "it/kafka.rs"]
 mod kafka;
+#[path = "it/kubernetes.rs"]
+mod kubernetes;
 #[path = "it/lifecycle.rs"]
 mod lifecycle;
 #[path = "it/limits.rs"]
