@@ -140,10 +140,33 @@ pub(crate) enum Notify {
     Stopping,
 }
 
-/// Builds a multi-thread runtime with `threads` workers and every driver.
-pub(crate) fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// Builds a multi-thread runtime with `threads` workers and every driver, its threads (workers
+/// and blocking pool) at `nice` (see `server.background_nice`). Only the runtime's own threads:
+/// the thread that builds it keeps its priority, and so do the threads it starts (the ingest
+/// workers are started from it).
+pub(crate) fn runtime(threads: usize, nice: u8) -> std::io::Result<tokio::runtime::Runtime> {
+    // Absolute, from the builder's own: a blocking thread started from a worker thread
+    // inherits the worker's value and must not get the increment twice.
+    let to = thread_nice() + i32::from(nice);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
+        .on_thread_start(move || lower_priority_to(to))
         .enable_all()
         .build()
+}
+
+/// The calling thread's nice value (on Linux `getpriority(PRIO_PROCESS, tid)` is per thread).
+pub(crate) fn thread_nice() -> i32 {
+    // SAFETY: a plain syscall about the calling thread.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+}
+
+/// Lowers the calling thread's priority to nice `to` (at most 19) if it is higher; never raises
+/// it (that would need privilege). A failure leaves the thread as it was.
+pub(crate) fn lower_priority_to(to: i32) {
+    let to = to.min(19);
+    if thread_nice() < to {
+        // SAFETY: a plain syscall about the calling thread; no memory is passed.
+        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, to) };
+    }
 }

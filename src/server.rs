@@ -414,7 +414,8 @@ pub enum ServeError {
 pub fn main(config: Config, config_path: Option<PathBuf>) -> Result<(), ServeError> {
     // The ingest workers run on threads of their own; this runtime hosts the forwarder, the
     // admin listener, the sampler and the supervisor.
-    let rt = crate::lifecycle::runtime(1).map_err(ServeError::Start)?;
+    let rt =
+        crate::lifecycle::runtime(1, config.server.background_nice).map_err(ServeError::Start)?;
     rt.block_on(async move {
         let shutdown = crate::lifecycle::collector_signals().map_err(ServeError::Start)?;
         let hangups = crate::lifecycle::hangups().map_err(ServeError::Start)?;

@@ -356,6 +356,15 @@ mod tests {
     }
 
     #[test]
+    fn background_nice_stops_at_19() {
+        let e = Config::from_toml("[server]\nbackground_nice = 20\n").unwrap_err();
+        assert_eq!(e.key, "server.background_nice");
+        assert!(e.fix.contains("19"), "{e}");
+        Config::from_toml("[server]\nbackground_nice = 0\n").unwrap();
+        Config::from_toml("[server]\nbackground_nice = 19\n").unwrap();
+    }
+
+    #[test]
     fn idle_timeout_must_exceed_lb_idle_timeout() {
         let e = Config::from_toml("[http]\nidle_timeout_seconds = 60\n").unwrap_err();
         assert_eq!(e.key, "http.idle_timeout_seconds");

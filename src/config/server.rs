@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// to start and says who holds the port. On for a deliberate hand-over: start the new
     /// collector, then SIGTERM the old one. Sockets from the service manager are never checked.
     pub share_port: bool,
+    /// Nice increment (0–19) of everything that is not an ingest worker: the collector's
+    /// forwarder/admin runtime and the processing stage it starts (a stage run with `process`
+    /// applies it to itself too). When they compete with the workers for a core, the workers
+    /// answering browsers go first and the spool absorbs the difference. 0: same priority.
+    pub background_nice: u8,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +66,7 @@ impl Default for ServerConfig {
             tcp_keepalive_jitter_percent: 10,
             tcp_user_timeout_seconds: 30,
             share_port: false,
+            background_nice: 10,
         }
     }
 }
@@ -70,6 +76,13 @@ impl ServerConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let s = self;
         positive("server.backlog", s.backlog as u64)?;
+        if s.background_nice > 19 {
+            return Err(ConfigError::new(
+                "server.background_nice",
+                format!("{} is above 19, the lowest priority", s.background_nice),
+                "use 0 (same priority as the ingest workers) to 19; default 10",
+            ));
+        }
         if s.backlog > i32::MAX as u32 {
             return Err(ConfigError::new(
                 "server.backlog",

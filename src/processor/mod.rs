@@ -69,7 +69,10 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, ProcessError>
 pub fn main(config: Config, watch_stdin: bool) -> Result<(), ProcessError> {
     // One thread: the stage's work per batch is short (decode, render, append, ACK), and a
     // second worker only added wake-ups between the two.
-    let rt = crate::lifecycle::runtime(1).map_err(ProcessError::Start)?;
+    // The whole stage is background work (server.background_nice): this thread, and the
+    // runtime's threads started from it. Started by `serve`, it already inherits the value.
+    crate::lifecycle::lower_priority_to(i32::from(config.server.background_nice));
+    let rt = crate::lifecycle::runtime(1, 0).map_err(ProcessError::Start)?;
     let res = rt.block_on(async move {
         // Installed before anything else can take time: a signal during start-up is not lost.
         let stop = crate::lifecycle::stage_stop(watch_stdin).map_err(ProcessError::Start)?;

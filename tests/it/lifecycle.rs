@@ -120,6 +120,67 @@ fn embedded_stage_killed_is_restarted_and_nothing_is_lost() {
     assert_eq!(unique_ids(&records(&c.processor.files.data_dir)).len(), 200);
 }
 
+/// The threads' nice values (field 19 of /proc/PID/task/TID/stat) by thread name.
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm"))
+                .ok()?
+                .trim()
+                .to_string();
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // After the ")" that ends the name: state is field 3, nice field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            Some((name, nice))
+        })
+        .collect()
+}
+
+/// `server.background_nice`: the ingest workers keep the process's priority; the forwarder's
+/// runtime and every thread of the embedded processing stage run that much lower.
+#[test]
+fn background_work_runs_below_the_ingest_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = test_config(dir.path());
+    c.forward.mode = ForwardMode::Embedded;
+    c.server.background_nice = 7;
+    let own = thread_nices(std::process::id())
+        .into_iter()
+        .map(|(_, n)| n)
+        .min()
+        .unwrap();
+    let (mut bin, addr) = start_serve(dir.path(), &c);
+    let started = bin.wait_for("processing stage started", Duration::from_secs(10));
+    let stage = started["pid"].as_i64().unwrap() as u32;
+    assert_eq!(get(addr, "/beacon?k=nice").status, 204);
+    let collector = thread_nices(bin.child.id());
+    let workers: Vec<_> = collector
+        .iter()
+        .filter(|(n, _)| n.starts_with("ingest-"))
+        .collect();
+    assert!(!workers.is_empty(), "{collector:?}");
+    assert!(workers.iter().all(|(_, n)| *n == own), "{collector:?}");
+    let runtime: Vec<_> = collector
+        .iter()
+        .filter(|(n, _)| n == "tokio-rt-worker")
+        .collect();
+    assert!(!runtime.is_empty(), "{collector:?}");
+    assert!(
+        runtime.iter().all(|(_, n)| *n == (own + 7).min(19)),
+        "{collector:?}"
+    );
+    let stage_threads = thread_nices(stage);
+    assert!(
+        stage_threads.iter().all(|(_, n)| *n == (own + 7).min(19)),
+        "{stage_threads:?}"
+    );
+    bin.signal(libc::SIGINT);
+    assert!(bin.wait(Duration::from_secs(30)).success());
+}
+
 #[test]
 fn backlog_above_somaxconn_is_reported() {
     let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
