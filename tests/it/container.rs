@@ -107,7 +107,10 @@ fn build_base() -> String {
 struct Container(String);
 
 impl Container {
+    /// Starts `name` (suffixed with this test process's id: two suites on one host do not
+    /// touch each other's containers).
     fn run(name: &str, opts: &[&str], args: &[&str]) -> Container {
+        let name = &format!("{name}-{}", std::process::id());
         let _ = podman(&["rm", "-f", "-v", name]);
         let limits = ulimits();
         let mut all = vec!["run", "-d", "--name", name];
@@ -201,6 +204,20 @@ fn mounted_config(dir: &Path, port: u16) -> PathBuf {
     p
 }
 
+/// `podman run` options: the host's network, a read-only root, `state` as the volume and
+/// `cfg` as the config.
+fn on_host(state: &Path, cfg: &Path) -> Vec<String> {
+    vec![
+        "--network".into(),
+        "host".into(),
+        "--read-only".into(),
+        "-v".into(),
+        format!("{}:/var/lib/beacon-collector", state.display()),
+        "-v".into(),
+        format!("{}:/etc/beacon-collector/collector.toml:ro", cfg.display()),
+    ]
+}
+
 fn uid_of(pid: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -265,20 +282,9 @@ fn beacons_land_in_the_mounted_volume_and_stop_drains() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_dir(dir.path());
     let port = free_port();
-    let cfg = mounted_config(dir.path(), port);
-    let c = Container::run(
-        "beacon-it-drain",
-        &[
-            "--network",
-            "host",
-            "--read-only",
-            "-v",
-            &format!("{}:/var/lib/beacon-collector", state.display()),
-            "-v",
-            &format!("{}:/etc/beacon-collector/collector.toml:ro", cfg.display()),
-        ],
-        &[],
-    );
+    let opts = on_host(&state, &mounted_config(dir.path(), port));
+    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+    let c = Container::run("beacon-it-drain", &opts, &[]);
     c.wait_healthy();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let load = Load::start(addr, 2);
@@ -318,16 +324,7 @@ fn killed_container_restarted_on_its_volume_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let state = state_dir(dir.path());
     let port = free_port();
-    let cfg = mounted_config(dir.path(), port);
-    let opts = [
-        "--network".to_string(),
-        "host".to_string(),
-        "--read-only".to_string(),
-        "-v".to_string(),
-        format!("{}:/var/lib/beacon-collector", state.display()),
-        "-v".to_string(),
-        format!("{}:/etc/beacon-collector/collector.toml:ro", cfg.display()),
-    ];
+    let opts = on_host(&state, &mounted_config(dir.path(), port));
     let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
     let c = Container::run("beacon-it-kill", &opts, &[]);
     c.wait_healthy();
