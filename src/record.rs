@@ -787,7 +787,9 @@ mod tests {
             }
         }
         for _ in 0..20_000 {
-            let b: Vec<u8> = (0..fastrand::usize(0..40)).map(|_| fastrand::u8(..)).collect();
+            let b: Vec<u8> = (0..fastrand::usize(0..40))
+                .map(|_| fastrand::u8(..))
+                .collect();
             assert_eq!(is_plain_ascii(&b), rule(&b), "{b:?}");
         }
     }
