@@ -204,18 +204,46 @@ fn mounted_config(dir: &Path, port: u16) -> PathBuf {
     p
 }
 
-/// `podman run` options: the host's network, a read-only root, `state` as the volume and
-/// `cfg` as the config.
-fn on_host(state: &Path, cfg: &Path) -> Vec<String> {
-    vec![
-        "--network".into(),
-        "host".into(),
-        "--read-only".into(),
-        "-v".into(),
-        format!("{}:/var/lib/beacon-collector", state.display()),
-        "-v".into(),
-        format!("{}:/etc/beacon-collector/collector.toml:ro", cfg.display()),
-    ]
+/// A collector container on the host's network with a read-only root, a host directory as
+/// its state volume and a mounted config listening on a free loopback port.
+struct OnHost {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    opts: Vec<String>,
+    addr: std::net::SocketAddr,
+}
+
+impl OnHost {
+    fn new() -> OnHost {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state_dir(dir.path());
+        let port = free_port();
+        let cfg = mounted_config(dir.path(), port);
+        let opts = vec![
+            "--network".into(),
+            "host".into(),
+            "--read-only".into(),
+            "-v".into(),
+            format!("{}:/var/lib/beacon-collector", state.display()),
+            "-v".into(),
+            format!("{}:/etc/beacon-collector/collector.toml:ro", cfg.display()),
+        ];
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        OnHost {
+            _dir: dir,
+            state,
+            opts,
+            addr,
+        }
+    }
+
+    /// Starts the container (again, on the same volume) and waits until it is healthy.
+    fn run(&self, name: &str) -> Container {
+        let opts: Vec<&str> = self.opts.iter().map(String::as_str).collect();
+        let c = Container::run(name, &opts, &[]);
+        c.wait_healthy();
+        c
+    }
 }
 
 fn uid_of(pid: &str) -> String {
@@ -279,14 +307,9 @@ fn image_starts_with_its_default_config_as_non_root_on_a_read_only_root() {
 #[test]
 #[ignore = "needs root (rootful podman); .ci/run runs it with --ignored"]
 fn beacons_land_in_the_mounted_volume_and_stop_drains() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = state_dir(dir.path());
-    let port = free_port();
-    let opts = on_host(&state, &mounted_config(dir.path(), port));
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-    let c = Container::run("beacon-it-drain", &opts, &[]);
-    c.wait_healthy();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let host = OnHost::new();
+    let c = host.run("beacon-it-drain");
+    let addr = host.addr;
     let load = Load::start(addr, 2);
     load.wait_accepted(300);
 
@@ -309,7 +332,7 @@ fn beacons_land_in_the_mounted_volume_and_stop_drains() {
         logs.contains("shutdown complete: spool empty"),
         "drained and flushed: {logs}"
     );
-    let (recs, _, _) = assert_no_loss(&state.join("data"), &keys);
+    let (recs, _, _) = assert_no_loss(&host.state.join("data"), &keys);
     eprintln!(
         "container drain: {} 204s, {recs} records in the volume",
         keys.len()
@@ -321,20 +344,13 @@ fn beacons_land_in_the_mounted_volume_and_stop_drains() {
 #[test]
 #[ignore = "needs root (rootful podman); .ci/run runs it with --ignored"]
 fn killed_container_restarted_on_its_volume_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = state_dir(dir.path());
-    let port = free_port();
-    let opts = on_host(&state, &mounted_config(dir.path(), port));
-    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-    let c = Container::run("beacon-it-kill", &opts, &[]);
-    c.wait_healthy();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let load = Load::start(addr, 4);
+    let host = OnHost::new();
+    let c = host.run("beacon-it-kill");
+    let load = Load::start(host.addr, 4);
     load.wait_accepted(300);
     podman_ok(&["kill", "-s", "KILL", &c.0]);
     drop(c);
-    let c = Container::run("beacon-it-kill", &opts, &[]);
-    c.wait_healthy();
+    let c = host.run("beacon-it-kill");
     load.wait_accepted(300);
     let (keys, other) = load.stop();
     podman_ok(&["stop", "-t", "60", &c.0]);
@@ -343,7 +359,7 @@ fn killed_container_restarted_on_its_volume_loses_nothing() {
         "{}",
         c.logs()
     );
-    let (recs, unique, dups) = assert_no_loss(&state.join("data"), &keys);
+    let (recs, unique, dups) = assert_no_loss(&host.state.join("data"), &keys);
     eprintln!(
         "container kill -9: 204s={} other={other} records={recs} unique={unique} duplicates={dups} lost=0",
         keys.len()
