@@ -52,6 +52,9 @@ pub(crate) const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "beacon_spool_corrupt_recor
 pub(crate) const SPOOL_WRITE_ERRORS_TOTAL: &str = "beacon_spool_write_errors_total";
 /// Records per group commit.
 pub(crate) const SPOOL_GROUP_RECORDS: &str = "beacon_spool_group_records";
+/// Seconds per group `write(2)` to the spool, on the worker's own thread: every connection of
+/// that worker waits for it (a write that waits for a journal commit shows here).
+pub(crate) const SPOOL_WRITE_SECONDS: &str = "beacon_spool_write_seconds";
 /// `ack_after = "fsync"`: seconds per `fdatasync` of a group (a group's requests wait for it,
 /// and the worker's next group waits behind it).
 pub(crate) const SPOOL_SYNC_SECONDS: &str = "beacon_spool_sync_seconds";
@@ -146,6 +149,13 @@ pub(crate) const SINK_STALLED: &str = "beacon_sink_stalled";
 /// Kafka sink: brokers the producer is connected to.
 pub(crate) const KAFKA_BROKERS_UP: &str = "beacon_sink_kafka_brokers_up";
 
+/// Buckets of the spool's disk timings: a page-cache write takes microseconds, a device flush
+/// a tenth of a millisecond to milliseconds, a write or flush behind a journal commit tens.
+const DISK_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and returns its handle. Later calls
@@ -162,12 +172,11 @@ pub fn install() -> PrometheusHandle {
                     ],
                 )
                 .expect("bucket list is not empty")
+                .set_buckets_for_metric(Matcher::Full(SPOOL_SYNC_SECONDS.to_string()), DISK_BUCKETS)
+                .expect("bucket list is not empty")
                 .set_buckets_for_metric(
-                    Matcher::Full(SPOOL_SYNC_SECONDS.to_string()),
-                    &[
-                        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-                        0.25, 1.0,
-                    ],
+                    Matcher::Full(SPOOL_WRITE_SECONDS.to_string()),
+                    DISK_BUCKETS,
                 )
                 .expect("bucket list is not empty");
             let recorder = builder.build_recorder();

@@ -80,7 +80,10 @@ impl Spool {
         let seq = frame::seal(frames, first);
         debug_assert_eq!(seq - first, count as u64);
         let active = w.active.as_mut().expect("opened above");
-        if let Err(e) = (&*active.file).write_all(frames) {
+        let started = Instant::now();
+        let written = (&*active.file).write_all(frames);
+        metrics::histogram!(m::SPOOL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+        if let Err(e) = written {
             // Undo a partial write so the segment stays a sequence of whole records, then
             // never append to this file again; the next group starts a new segment.
             let _ = active.file.set_len(active.bytes);
