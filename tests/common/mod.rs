@@ -688,6 +688,16 @@ impl Load {
     }
 }
 
+/// The finding for `key` in a `beacon-collector check --json` report; fails the test without it.
+pub fn finding<'a>(report: &'a serde_json::Value, key: &str) -> &'a serde_json::Value {
+    report["findings"]
+        .as_array()
+        .expect("a findings array")
+        .iter()
+        .find(|f| f["key"] == key)
+        .unwrap_or_else(|| panic!("no finding for {key}: {report}"))
+}
+
 /// Checks every 204'd key is in the output; returns (records, unique ids, duplicates).
 pub fn assert_no_loss(data_dir: &Path, keys: &[String]) -> (usize, usize, usize) {
     let recs = records(data_dir);

@@ -85,12 +85,7 @@ fn somaxconn_128_with_backlog_511_fails() {
         ])
     );
     assert_eq!(code, 1);
-    let f = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["key"] == "net.core.somaxconn")
-        .unwrap();
+    let f = finding(&v, "net.core.somaxconn");
     assert_eq!(f["current"], "128");
     assert!(f["fix"]
         .as_str()
@@ -124,12 +119,7 @@ fn conntrack_99_percent_full_with_5_day_timeout() {
         ])
     );
     assert_eq!(code, 1);
-    let f = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["key"] == "net.netfilter.nf_conntrack_count")
-        .unwrap();
+    let f = finding(&v, "net.netfilter.nf_conntrack_count");
     assert!(f["current"].as_str().unwrap().contains("99% full"), "{f}");
 }
 
@@ -138,12 +128,7 @@ fn nofile_1024_fails() {
     let (code, bad, v) = findings("nofile-1024", None);
     assert_eq!(bad, expect(&[("RLIMIT_NOFILE", "fail")]));
     assert_eq!(code, 1);
-    let f = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["key"] == "RLIMIT_NOFILE")
-        .unwrap();
+    let f = finding(&v, "RLIMIT_NOFILE");
     assert!(f["fix"].as_str().unwrap().contains("LimitNOFILE=131072"));
 }
 

@@ -400,30 +400,22 @@ fn check_in_the_container_reads_its_own_namespace_and_says_what_only_the_node_se
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let finding = |key: &str| {
-        report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["key"] == key)
-            .unwrap_or_else(|| panic!("no finding for {key}: {report}"))
-            .clone()
-    };
-    let somaxconn = finding("net.core.somaxconn");
+    let find = |key: &str| finding(&report, key).clone();
+    let somaxconn = find("net.core.somaxconn");
     assert_eq!(
         somaxconn["current"], mine,
         "the container's value, not the host's {host}"
     );
     assert_eq!(somaxconn["severity"], "fail", "below server.backlog 4096");
     assert_eq!(somaxconn["scope"], "netns");
-    let range = finding("net.ipv4.ip_local_port_range");
+    let range = find("net.ipv4.ip_local_port_range");
     assert!(
         range["current"].as_str().unwrap().contains("20000"),
         "{range}"
     );
     assert_eq!(range["scope"], "netns_safe");
-    assert_eq!(finding("fs.file-max")["scope"], "node");
-    assert_eq!(finding("RLIMIT_NOFILE")["scope"], "process");
+    assert_eq!(find("fs.file-max")["scope"], "node");
+    assert_eq!(find("RLIMIT_NOFILE")["scope"], "process");
     // Conntrack: the table (or its absence) as this namespace sees it; only the node sizes it.
     let ct = report["findings"]
         .as_array()

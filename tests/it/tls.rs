@@ -377,15 +377,7 @@ fn check_reports_names_chain_and_expiry_of_the_certificates() {
         .output()
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let find = |key: &str| {
-        report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["key"] == key)
-            .unwrap_or_else(|| panic!("no {key} in {report}"))
-            .clone()
-    };
+    let find = |key: &str| finding(&report, key).clone();
     let expiry = find("tls.cert_file (expiry)");
     assert_eq!(expiry["severity"], "warn", "{expiry}");
     assert!(expiry["current"].as_str().unwrap().contains("day(s) left"));
